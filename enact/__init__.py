@@ -1,0 +1,1 @@
+"""ENACT: entropy-based clustering of attention input for detection transformers."""

@@ -1,0 +1,1 @@
+"""enact-bench: memory, time, FLOPs and mAP of detection transformers with and without ENACT."""
