@@ -1,0 +1,102 @@
+"""Exact peak of live tensor storage bytes, for CPU runs (and fake tensors).
+
+`LiveTensorTracker` is a TorchDispatchMode: every storage that an op produces is counted from
+the moment it first appears until its Python object is freed (a weakref finalizer). Storages
+already alive when tracking starts (parameters, gradients, optimizer state, inputs) are found
+with the garbage collector and counted in, so the peak means what `max_memory_allocated` means
+on CUDA: every live tensor at the peak. Unlike RSS it is exact and deterministic.
+"""
+from __future__ import annotations
+
+import gc
+import warnings
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+MIB = 2**20
+
+
+def _storage_nbytes(t: torch.Tensor) -> tuple[object, int] | None:
+    if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
+        return None
+    try:
+        st = t.untyped_storage()
+    except (NotImplementedError, RuntimeError):  # tensor subclasses without storage
+        return None
+    return st, st.nbytes()
+
+
+class LiveTensorTracker(TorchDispatchMode):
+    """Track the peak of live tensor bytes inside a `with` block.
+
+    Attributes after the block: `start_bytes` (live when it began), `peak_bytes`,
+    `end_bytes`, and `peak_mib`. `reset_peak()` restarts the peak at the current level,
+    like `torch.cuda.reset_peak_memory_stats`.
+    """
+
+    def __init__(self, count_existing: bool = True):
+        super().__init__()
+        self.count_existing = count_existing
+        self._live: dict[int, int] = {}
+        self.current_bytes = 0
+        self.peak_bytes = 0
+        self.start_bytes = 0
+        self.end_bytes = 0
+
+    # --- bookkeeping -------------------------------------------------------------------
+    def _track(self, t: torch.Tensor) -> None:
+        found = _storage_nbytes(t)
+        if found is None:
+            return
+        st, nbytes = found
+        key = id(st)
+        if key in self._live:
+            if nbytes != self._live[key]:  # resized in place (resize_, set_)
+                self.current_bytes += nbytes - self._live[key]
+                self._live[key] = nbytes
+                self.peak_bytes = max(self.peak_bytes, self.current_bytes)
+            return
+        self._live[key] = nbytes
+        self.current_bytes += nbytes
+        self.peak_bytes = max(self.peak_bytes, self.current_bytes)
+        weakref.finalize(st, self._free, key)
+
+    def _free(self, key: int) -> None:
+        nbytes = self._live.pop(key, None)
+        if nbytes is not None:
+            self.current_bytes -= nbytes
+
+    def reset_peak(self) -> None:
+        self.peak_bytes = self.current_bytes
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak_bytes / MIB
+
+    # --- mode ----------------------------------------------------------------------------
+    def __enter__(self):
+        if self.count_existing:
+            gc.collect()
+            with warnings.catch_warnings():  # isinstance() on deprecated module proxies warns
+                warnings.simplefilter("ignore")
+                for obj in gc.get_objects():
+                    if isinstance(obj, torch.Tensor):
+                        self._track(obj)
+        self.start_bytes = self.current_bytes
+        self.peak_bytes = self.current_bytes
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        out = super().__exit__(*exc)
+        self.end_bytes = self.current_bytes
+        return out
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._track(t)
+        return out
