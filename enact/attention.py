@@ -232,6 +232,7 @@ class EnactAttention(nn.Module):
         if key_mask is not None:
             logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
         weights = F.softmax(logits, dim=-1)
+        del logits  # without autograd the logits can go before the next S x n tensor is made
         if self.config.scale == "reference":
             weights = weights / self.head_dim  # the release divides the weights by the head size
         return weights @ v, weights
