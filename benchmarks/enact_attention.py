@@ -128,9 +128,9 @@ def peak(call, src, pos, backward, device, module) -> tuple[float, float]:
         torch.cuda.synchronize()
         own = torch.cuda.max_memory_allocated() - before
     else:
-        with LiveTensorTracker(count_existing=False) as tracker:
+        with LiveTensorTracker() as tracker:  # counts what is alive already, so own excludes it
             run_once(call, src, pos, backward)
-        own = tracker.peak_bytes
+        own = tracker.peak_bytes - tracker.start_bytes
     return (own + resident) / MIB, own / MIB
 
 
