@@ -109,3 +109,19 @@ def test_postprocess_absolute_xyxy(name):
     assert torch.allclose(res[1]["boxes"][0], torch.tensor([24.0, 15.0, 36.0, 35.0]))  # w=60, h=50
     with pytest.raises(ValueError, match="target_sizes must be a \\(B, 2\\)"):
         model.postprocess({"pred_logits": logits, "pred_boxes": boxes}, torch.tensor([100, 200]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("enact", VARIANTS)
+@pytest.mark.parametrize("name", TINY)
+def test_cuda_forward_matches_cpu(name, enact):
+    torch.manual_seed(0)
+    model = create_detector(name, enact=enact).eval()
+    imgs = images()
+    with torch.no_grad():
+        cpu = model(imgs)
+        model.cuda()
+        gpu = model([img.cuda() for img in imgs])
+    assert gpu["pred_boxes"].device.type == "cuda"
+    # TF32 may be on for convolutions: compare loosely
+    torch.testing.assert_close(gpu["pred_boxes"].cpu(), cpu["pred_boxes"], atol=1e-2, rtol=0)
