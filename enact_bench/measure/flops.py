@@ -61,7 +61,7 @@ for _f in EXTRA_FORMULAS.values():
 _CONTRACTION = re.compile(
     r"(^|_)(mm|bmm|addmm|baddbmm|addbmm|addmv|mv|dot|vdot|matmul|linear|einsum|tensordot|"
     r"scaled_mm|int_mm)($|_)|conv|attention|attn|grid_sampler|deform")
-_SAFE_NAMESPACES = ("aten", "prims", "_ops")
+_SAFE_NAMESPACES = ("aten", "prims", "_ops", "profiler")  # profiler: record_function markers
 
 
 @dataclass
