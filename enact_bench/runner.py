@@ -352,7 +352,8 @@ def run_case_subprocess(case: Case, run_dir: Path, *, run_id: str, suite: str,
     else:
         why = f"case process exited with code {rc}"
     metrics = {k: None for k in METRIC_KEYS}
-    return Record(run_id=run_id, suite=suite, case_id=case.case_id, status="error", case=case.to_dict(),
+    return Record(run_id=run_id, suite=suite, case_id=case.case_id, status="error",
+                  case={**case.to_dict(), "attention": None},
                   metrics=metrics, null_reasons={k: "case process failed" for k in metrics},
                   error=why + ("\n" + "\n".join(tail) if tail else ""), started_at=started,
                   duration_s=round(time.perf_counter() - t0, 3))
