@@ -34,7 +34,7 @@ from enact_bench.suites import Case, Suite, load_suite_text
 MIB = 2**20
 METRIC_KEYS = (
     "params", "params_trainable",
-    "mem_peak_alloc_mib", "mem_peak_reserved_mib", "nvml_device_used_peak_mib", "nvml_process_used_peak_mib",
+    "mem_peak_alloc_mib", "mem_peak_reserved_mib", "mem_start_alloc_mib", "nvml_device_used_peak_mib", "nvml_process_used_peak_mib",
     "cpu_tracked_peak_bytes", "cpu_tracked_peak_mib", "cpu_tracked_start_bytes", "rss_peak_mib",
     "step_ms_p50", "step_ms_p10", "step_ms_p90", "step_ms_mean", "step_ms_iqr", "step_count",
     "first_step_ms", "images_per_s", "timing_clock",

@@ -64,5 +64,6 @@ def test_cuda_peak_and_nvml_see_a_known_allocation():
         x.fill_(1.0)
         del x
     assert 256.0 <= m.fields["mem_peak_alloc_mib"] - before_mib < 257.0
+    assert m.fields["mem_start_alloc_mib"] == pytest.approx(before_mib)
     assert m.fields["mem_peak_reserved_mib"] >= 256.0
     assert s.fields["nvml_device_used_peak_mib"] >= 256.0
