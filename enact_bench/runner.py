@@ -371,6 +371,11 @@ class RunResult:
     interrupted: bool = False
 
 
+def _needs_missing_cuda(case: Case) -> bool:
+    import torch
+    return case.device.startswith("cuda") and not torch.cuda.is_available()
+
+
 def new_run_id(suite_name: str) -> str:
     return f"{suite_name}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
 
@@ -427,7 +432,7 @@ def run_suite(suite: Suite, run_dir: Path, run_id: str, *, inline: bool = False,
         for i, case in enumerate(todo):
             if on_start:
                 on_start(i, len(todo), case)
-            if inline:
+            if inline or _needs_missing_cuda(case):  # a skipped case needs no subprocess
                 rec = run_case(case, run_id=run_id, suite=suite.name)
             else:
                 rec = run_case_subprocess(case, run_dir, run_id=run_id, suite=suite.name, timeout_s=timeout_s)
