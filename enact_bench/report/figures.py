@@ -92,6 +92,12 @@ def log_axis(ax, which: str = "x") -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def plain_ticks(ax, which: str = "y") -> None:
+    """Linear axis ticks as plain numbers with thousands separators (17,500, not 17500)."""
+    from matplotlib.ticker import FuncFormatter
+    (ax.xaxis if which == "x" else ax.yaxis).set_major_formatter(FuncFormatter(_plain))
+
+
 def setting_label(rec: dict, with_detector: bool = True) -> str:
     parts = [rec["mode"], f"b{rec['batch_size']}", str(rec["image_size"]).replace("x", "×")]
     if rec.get("data") not in (None, "synthetic"):
@@ -108,6 +114,6 @@ def new_figure(width: float, height: float) -> Figure:
 def save(fig: Figure, out_dir: Path, name: str, caption: str) -> Plot:
     out_dir.mkdir(parents=True, exist_ok=True)
     png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
-    fig.savefig(png, dpi=110, bbox_inches="tight", metadata={"Software": None})
-    fig.savefig(svg, bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    fig.savefig(png, dpi=110, metadata={"Software": None})
+    fig.savefig(svg, metadata={"Date": None, "Creator": None})
     return Plot(name, png, svg, caption)

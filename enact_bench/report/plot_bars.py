@@ -11,7 +11,7 @@ from pathlib import Path
 from matplotlib import transforms
 from matplotlib.patches import Patch
 
-from .figures import (FAIL_COLOR, Plot, facets, log_axis, memory_axis_label, new_figure, save,
+from .figures import (FAIL_COLOR, Plot, facets, log_axis, plain_ticks, memory_axis_label, new_figure, save,
                       setting_label, variant_colors, wants_log)
 from .labels import STATUS_TEXT, is_missing
 
@@ -99,6 +99,7 @@ def _bar_panel(ax, facet, metric, colors, xlabel, errors: bool):
             xlabel += ", log scale"
         else:
             ax.set_xlim(0, max(vals) * 1.22)
+            plain_ticks(ax, "x")
     ax.set_xlabel(xlabel)
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)

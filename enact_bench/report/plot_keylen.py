@@ -9,7 +9,7 @@ from pathlib import Path
 
 from matplotlib.lines import Line2D
 
-from .figures import PALETTE, Plot, log_axis, new_figure, save, wants_log
+from .figures import PALETTE, Plot, log_axis, plain_ticks, new_figure, save, wants_log
 from .labels import DEFORMABLE_ENACT, DEFORMABLE_FAMILIES
 from .load import layer_values
 
@@ -79,6 +79,7 @@ def keylen_plot(df, out_dir: Path) -> Plot | None:
                 ylabel += ", log scale"
             else:
                 ax.set_ylim(0, max(vals) * 1.1)
+                plain_ticks(ax, "y")
             ax.set_xlabel("ENACT encoder layer (in encoder order)")
             ax.set_ylabel(ylabel)
             ax.set_title(dict(PANELS)[kind], fontsize=9)

@@ -12,7 +12,7 @@ from pathlib import Path
 from matplotlib import transforms
 from matplotlib.lines import Line2D
 
-from .figures import (BASELINE_COLOR, FAIL_COLOR, PALETTE, Plot, facets, log_axis,
+from .figures import (BASELINE_COLOR, FAIL_COLOR, PALETTE, Plot, facets, log_axis, plain_ticks,
                       memory_axis_label, new_figure, save, wants_log)
 from .labels import STATUS_TEXT, is_missing
 
@@ -91,6 +91,7 @@ def _panel(ax, lines, colors, sweep, metric, ylabel, title):
         ax.set_ylim(min(vals) / 1.3, max(vals) * room ** 2)
     else:
         ax.set_ylim(0, max(vals) * room if vals else 1)
+        plain_ticks(ax, "y")
     ax.set_xlabel(spec["xlabel"] if sweep == "image_size" or ax.get_xscale() == "linear"
                   else spec["xlabel"] + ", log scale")
     ax.set_ylabel(ylabel)
