@@ -8,7 +8,7 @@ import pandas as pd
 
 from . import tables
 from .figures import Plot
-from .labels import DEFORMABLE_ENACT, METRICS, STATUS_TEXT
+from .labels import DEFORMABLE_ENACT, DEVICE_MEMORY, METRICS, STATUS_TEXT, device_type
 from .load import load_records, records_path
 from .plot_bars import memory_bars, time_bars
 from .plot_keylen import keylen_plot
@@ -41,7 +41,7 @@ def _summary(p: pd.DataFrame, section: dict) -> list[str]:
     g = p[(p["run"] == section["run"]) & (p["device"] == section["device"])]
     both = g[(g["status_base"] == "ok") & (g["status_enact"] == "ok")]
     lines = []
-    mem = tables.DEVICE_MEMORY.get(section["device"], "mem_peak_alloc_mib")
+    mem = DEVICE_MEMORY.get(device_type(section["device"]), "mem_peak_alloc_mib")
     for metric, what in ((mem, METRICS[mem][0] + " memory"), ("step_ms_p50", "median step time")):
         d = both[f"{metric}_delta"].dropna()
         if len(d):

@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .labels import DEVICE_ORDER, MEMORY_PREFERENCE, METRICS, device_title, is_missing
+from .labels import (DEVICE_MEMORY, MEMORY_PREFERENCE, METRICS, device_rank, device_title,
+                     device_type, is_missing)
 
 BASELINE_COLOR = "#6b6b6b"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
@@ -40,7 +41,7 @@ class Plot:
 def facets(df: pd.DataFrame) -> list[Facet]:
     several = df["run"].nunique() > 1
     keys = sorted({(r, d) for r, d in zip(df["run"], df["device"])},
-                  key=lambda k: (k[0], DEVICE_ORDER.get(k[1], 9), str(k[1])))
+                  key=lambda k: (k[0], device_rank(k[1])))
     out = []
     for run, device in keys:
         g = df[(df["run"] == run) & (df["device"] == device)]
@@ -53,7 +54,7 @@ def facets(df: pd.DataFrame) -> list[Facet]:
 
 def memory_metric(g: pd.DataFrame, device: str) -> str:
     """The first memory reading (MEMORY_PREFERENCE, the device's own first) measured in `g`."""
-    first = {"cuda": "mem_peak_alloc_mib", "cpu": "cpu_tracked_peak_mib"}.get(device)
+    first = DEVICE_MEMORY.get(device_type(device))
     for m in ((first,) if first else ()) + MEMORY_PREFERENCE:
         if m in g.columns and g[m].notna().any():
             return m

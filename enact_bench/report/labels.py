@@ -33,6 +33,9 @@ MEMORY_PREFERENCE = ("mem_peak_alloc_mib", "cpu_tracked_peak_mib", "nvml_process
 MEMORY_TABLE = ("mem_peak_alloc_mib", "mem_peak_reserved_mib", "nvml_process_used_peak_mib",
                 "nvml_device_used_peak_mib", "cpu_tracked_peak_mib")
 DEVICE_ORDER = {"cuda": 0, "cpu": 1}
+DEVICE_MEMORY = {"cuda": "mem_peak_alloc_mib", "cpu": "cpu_tracked_peak_mib"}   # the reading that matters
+# case keys that do not define the setting a baseline and its ENACT variant share
+NOT_SETTING = ("enact", "enact_config", "attention", "checkpoint", "family")
 MODE_ORDER = {"train": 0, "infer": 1}
 COCO_ORDER = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
               "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
@@ -40,6 +43,15 @@ COCO_NAMES = {"map": "AP", "map_50": "AP50", "map_75": "AP75", "map_small": "APs
               "map_medium": "APm", "map_large": "APl", "mar_1": "AR1", "mar_10": "AR10",
               "mar_100": "AR100", "mar_small": "ARs", "mar_medium": "ARm", "mar_large": "ARl"}
 STATUS_TEXT = {"oom": "OOM", "error": "error", "skipped": "skipped"}
+
+
+def device_type(device) -> str:
+    """"cuda:1" -> "cuda"."""
+    return str(device or "").split(":")[0]
+
+
+def device_rank(device) -> tuple:
+    return (DEVICE_ORDER.get(device_type(device), 9), str(device))
 
 
 def detector_family(detector: str) -> str:
@@ -114,6 +126,6 @@ def fmt_delta(v, kind: str) -> str:
 def device_title(device_name: str | None, device: str | None, device_kind: str | None,
                  host: str | None) -> str:
     """Name of the device a case ran on. A cpu case on a GPU host is not the GPU."""
-    if device == "cpu" and device_kind != "cpu":
+    if device_type(device) == "cpu" and device_kind != "cpu":
         return f"CPU of host {host or '?'}"
     return device_name or device or "unknown device"

@@ -4,7 +4,8 @@ One row per record. Case fields keep their names (`detector`, `batch_size`, ...)
 theirs (`mem_peak_alloc_mib`, ...), COCO stats become `coco_<stat>`, environment fields
 `env_<field>`. Per-layer ENACT lists stay Python lists. Derived columns: `run` (1-based index of
 the run folder), `run_label` (device, torch version, commit), `family`, `variant`, `image_size`
-("HxW" or "native"), `image_pixels`, `overrides_json`, `enact_config_json`, `key_len_before`
+("HxW", or the size rule such as "coco", or "native"), `image_pixels`, `device_type`,
+`setting_json` (the case minus enact/enact_config/attention/checkpoint: the pairing key), `overrides_json`, `enact_config_json`, `key_len_before`
 and `key_len_after` (means over the encoder layers). `coco_*` columns are in percent (COCOeval's
 fraction x 100); COCOeval's -1 (no objects of that size) becomes an empty cell.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .labels import detector_family, variant_label
+from .labels import NOT_SETTING, detector_family, device_type, variant_label
 
 RECORDS_FILE = "records.jsonl"
 SCHEMA = 1
@@ -63,6 +64,19 @@ def read_records(path: str | Path) -> list[dict]:
     return out
 
 
+def latest_per_case(recs: list[dict]) -> list[dict]:
+    """A resumed run appends a new attempt of a case after the old one: keep the last attempt,
+    at the place of the first."""
+    last = {r.get("case_id"): r for r in recs}
+    out, seen = [], set()
+    for r in recs:
+        cid = r.get("case_id")
+        if cid not in seen:
+            seen.add(cid)
+            out.append(last[cid])
+    return out
+
+
 def flatten_record(rec: dict) -> dict:
     case = rec.get("case") or {}
     metrics = rec.get("metrics") or {}
@@ -72,14 +86,19 @@ def flatten_record(rec: dict) -> dict:
     for k in CASE_FIELDS:
         row[k] = case.get(k)
     row["enact"] = bool(case.get("enact"))
+    row["device_type"] = device_type(case.get("device"))
     size = case.get("image_size")
-    if size:
+    if isinstance(size, (list, tuple)) and len(size) == 2:
         row["image_h"], row["image_w"] = int(size[0]), int(size[1])
         row["image_size"] = f"{row['image_h']}x{row['image_w']}"
         row["image_pixels"] = row["image_h"] * row["image_w"]
-    else:
+    else:   # DETR's multi-scale sizes ("coco"), or the data's own sizes
         row["image_h"] = row["image_w"] = row["image_pixels"] = None
-        row["image_size"] = "native"
+        dist = case.get("image_size_dist")
+        row["image_size"] = f"{dist} sizes" if dist else str(size or "native")
+    # everything a baseline and its ENACT variant share: the pairing key
+    row["setting_json"] = json.dumps({k: v for k, v in case.items() if k not in NOT_SETTING},
+                                     sort_keys=True, default=str)
     cfg = case.get("enact_config")
     row["enact_config_json"] = json.dumps(cfg, sort_keys=True) if cfg else ""
     row["overrides_json"] = json.dumps(case.get("overrides") or {}, sort_keys=True)
@@ -118,7 +137,7 @@ def mean_over_layers(v) -> float | None:
 
 
 def run_label(env: dict, run_id: str) -> str:
-    commit = (env.get("git_commit") or "no commit")[:8]
+    commit = (env.get("git_commit") or "no commit")[:8] + ("-dirty" if env.get("git_dirty") else "")
     return f"{env.get('device_name') or 'unknown device'} · torch {env.get('torch') or '?'} · {commit}"
 
 
@@ -129,10 +148,11 @@ def load_records(run_dirs) -> pd.DataFrame:
     rows, labels = [], []
     for i, rd in enumerate(run_dirs, start=1):
         path = records_path(rd)
-        recs = read_records(path)
+        recs = latest_per_case(read_records(path))
         if not recs:
             raise ValueError(f"{path} holds no records: did the run finish any case?")
-        label = run_label(recs[0].get("env") or {}, recs[0].get("run_id") or "")
+        env = next((r["env"] for r in recs if r.get("env")), {})   # skipped cases may have none
+        label = run_label(env, recs[0].get("run_id") or "")
         if label in labels:   # same device, torch and commit: tell the runs apart by their id
             label = f"{label} · {recs[0].get('run_id') or path.parent.name}"
         labels.append(label)

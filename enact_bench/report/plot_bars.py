@@ -24,8 +24,7 @@ def _settings(g):
                           key=lambda s: s.map({"train": 0, "infer": 1}) if s.name == "mode" else s,
                           na_position="first", kind="stable")
     for rec in order.to_dict("records"):
-        k = (rec["detector"], rec["mode"], rec["batch_size"], rec["image_size"], rec["data"],
-             rec["dtype"], rec["overrides_json"])
+        k = rec["setting_json"]
         if k not in seen:
             seen.add(k)
             keys.append((k, rec))
@@ -54,9 +53,7 @@ def _bar_panel(ax, facet, metric, colors, xlabel, errors: bool):
     variants = [v for v in colors if v in set(facet.df["variant"])]
     groups = []
     for key, _ in settings:
-        group = facet.df[[
-            (r["detector"], r["mode"], r["batch_size"], r["image_size"], r["data"], r["dtype"],
-             r["overrides_json"]) == key for r in facet.df.to_dict("records")]]
+        group = facet.df[facet.df["setting_json"] == key]
         groups.append({r["variant"]: r for r in group.to_dict("records")})
     h = 0.8 / max(len(g) for g in groups)   # same bar width everywhere; groups centred on their tick
     vals = []
@@ -117,7 +114,7 @@ def _bars(df, out_dir: Path, name: str, what: str, metric_of, xlabel_of, errors:
     heights = []
     for f in fs:
         n_set = len(_settings(f.df))
-        n_var = f.df.groupby(["detector", "mode", "batch_size", "image_size", "data"], dropna=False).size().max()
+        n_var = f.df.groupby("setting_json").size().max()
         heights.append(max(1.6, n_set * (n_var * BAR_IN + 0.12) + 0.9))
     fig = new_figure(10.5, sum(heights) + 0.4)
     axes = fig.subplots(len(fs), 1, squeeze=False, height_ratios=heights)[:, 0]

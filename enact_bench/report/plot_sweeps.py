@@ -7,6 +7,7 @@ out of memory is an "x" at the top of the panel, above its size.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from matplotlib import transforms
@@ -18,27 +19,29 @@ from .labels import STATUS_TEXT, is_missing
 
 SWEEPS = {
     "image_size": {"x": "image_pixels", "exclude": ("image_size", "image_h", "image_w", "image_pixels"),
+                   "case_keys": ("image_size", "image_size_dist"),
                    "xlabel": "image size H×W (log scale of pixels per image)", "what": "image size"},
-    "batch_size": {"x": "batch_size", "exclude": ("batch_size",),
+    "batch_size": {"x": "batch_size", "exclude": ("batch_size",), "case_keys": ("batch_size",),
                    "xlabel": "batch size (images per step)", "what": "batch size"},
 }
-LINE_KEYS = ("detector", "mode", "dtype", "batch_size", "image_size", "data", "iters", "warmup",
-             "seed", "overrides_json", "attention", "variant")
+LINE_KEYS = ("detector", "mode", "dtype", "batch_size", "image_size", "data", "attention", "variant")
 STYLES = ("--", ":", "-.")
 
 
 def _lines(g, sweep: str) -> list[tuple[dict, list[dict]]]:
     spec = SWEEPS[sweep]
-    keys = [k for k in LINE_KEYS if k not in spec["exclude"]]
+    label_keys = [k for k in LINE_KEYS if k not in spec["exclude"]]
     groups: dict[tuple, list[dict]] = {}
     for rec in g.to_dict("records"):
         if is_missing(rec.get(spec["x"])):
             continue
-        groups.setdefault(tuple(str(rec.get(k)) for k in keys), []).append(rec)
+        rest = {k: v for k, v in json.loads(rec["setting_json"]).items() if k not in spec["case_keys"]}
+        key = (json.dumps(rest, sort_keys=True), rec["variant"], str(rec.get("attention")))
+        groups.setdefault(key, []).append(rec)
     out = []
     for recs in groups.values():
         if len({r[spec["x"]] for r in recs}) >= 2:
-            out.append(({k: recs[0].get(k) for k in keys}, sorted(recs, key=lambda r: r[spec["x"]])))
+            out.append(({k: recs[0].get(k) for k in label_keys}, sorted(recs, key=lambda r: r[spec["x"]])))
     return out
 
 

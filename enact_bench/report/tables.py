@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .labels import (COCO_NAMES, COCO_ORDER, DEVICE_ORDER, MEMORY_TABLE, METRICS, MODE_ORDER,
+from .labels import (COCO_NAMES, COCO_ORDER, DEVICE_MEMORY, MEMORY_TABLE, METRICS, MODE_ORDER,
                      STATUS_TEXT, delta_header, device_title, fmt_delta, fmt_value, header,
-                     is_missing, text)
+                     device_rank, device_type, is_missing, text)
 
-PAIR_KEYS = ("run", "detector", "family", "mode", "device", "dtype", "batch_size", "image_size",
-             "data", "iters", "warmup", "seed", "overrides_json")
+PAIR_KEYS = ("run", "setting_json")
 PAIR_METRICS = MEMORY_TABLE + ("step_ms_p50", "images_per_s", "gflops_fwd", "gflops_fwd_bwd",
                                "key_len", "coco_map", "coco_map_50", "coco_map_75")
 SPEED_METRICS = ("step_ms_p50", "images_per_s", "gflops_fwd", "gflops_fwd_bwd", "key_len")
 AP_METRICS = ("coco_map", "coco_map_50", "coco_map_75")
-DEVICE_MEMORY = {"cuda": "mem_peak_alloc_mib", "cpu": "cpu_tracked_peak_mib"}
 
 
 def _get(rec: dict | None, col: str):
@@ -89,7 +87,7 @@ def paired_table(df: pd.DataFrame) -> pd.DataFrame:
         rows.append(row)
     out = pd.DataFrame(rows)
     if len(out):
-        out["_d"] = out["device"].map(lambda d: DEVICE_ORDER.get(d, 9))
+        out["_d"] = out["device"].map(device_rank)
         out["_m"] = out["mode"].map(lambda m: MODE_ORDER.get(m, 9))
         out["_v"] = out["variant"].map(lambda v: (v.startswith("(no"), len(v), v))
         out = out.sort_values(["run", "_d", "_m", "detector", "batch_size", "image_pixels", "data", "_v"],
@@ -157,10 +155,10 @@ def paired_sections(p: pd.DataFrame) -> list[dict]:
     metrics measured there (a CPU section has no CUDA columns)."""
     sections = []
     keys = sorted({(r, d) for r, d in zip(p["run"], p["device"])},
-                  key=lambda k: (k[0], DEVICE_ORDER.get(k[1], 9), str(k[1])))
+                  key=lambda k: (k[0], device_rank(k[1])))
     for run, device in keys:
         g = p[(p["run"] == run) & (p["device"] == device)].reset_index(drop=True)
-        mem = _measured(g, MEMORY_TABLE) or [DEVICE_MEMORY.get(device, "mem_peak_alloc_mib")]
+        mem = _measured(g, MEMORY_TABLE) or [DEVICE_MEMORY.get(device_type(device), "mem_peak_alloc_mib")]
         speed = _measured(g, SPEED_METRICS) or ["step_ms_p50"]
         ap_rows = g[g[[f"{m}_{s}" for m in AP_METRICS for s in ("base", "enact")]].notna().any(axis=1)]
         sections.append({
@@ -175,7 +173,7 @@ def paired_sections(p: pd.DataFrame) -> list[dict]:
 
 def primary_memory(rec: dict) -> tuple[float, str | None]:
     """(MiB, metric) of the memory reading that matters on the record's device."""
-    first = DEVICE_MEMORY.get(rec.get("device"))
+    first = DEVICE_MEMORY.get(device_type(rec.get("device")))
     for m in ((first,) if first else ()) + MEMORY_TABLE:
         v = rec.get(m)
         if not is_missing(v):

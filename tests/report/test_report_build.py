@@ -120,3 +120,18 @@ def test_report_package_never_imports_torch():
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_resumed_run_keeps_the_last_attempt_and_device_index_is_understood(tmp_path):
+    lines = (FIX / "cpu_run" / "records.jsonl").read_text().splitlines()
+    import json
+    first = json.loads(lines[0])
+    failed = dict(first, status="error", error="RuntimeError: first attempt", metrics={})
+    retried = json.loads(lines[0])
+    retried["case"]["device"] = "cpu:0"
+    (tmp_path / "records.jsonl").write_text("\n".join([json.dumps(failed)] + lines[1:] + [json.dumps(retried)]) + "\n")
+    df = load_records(tmp_path)
+    assert len(df) == len(lines)
+    row = df[df.case_id == first["case_id"]].iloc[0]
+    assert row.status == "ok" and row.device_type == "cpu" and df.index[df.case_id == first["case_id"]][0] == 0
+    assert row.cpu_tracked_peak_mib == pytest.approx(first["metrics"]["cpu_tracked_peak_bytes"] / 2**20)

@@ -42,15 +42,15 @@ def row(p, **kw):
 
 
 def test_fixture_values_are_the_ones_used_below():
-    base = raw("detr_r50-base-train-b2-800x1066-synthetic-cuda")["metrics"]
-    enact = raw("detr_r50-enact-train-b2-800x1066-synthetic-cuda")["metrics"]
+    base = raw("detr_r50-base-train-b2-800x1066")["metrics"]
+    enact = raw("detr_r50-enact-train-b2-800x1066")["metrics"]
     assert (base["mem_peak_alloc_mib"], enact["mem_peak_alloc_mib"]) == (2905.0, 2170.0)
     assert (base["step_ms_p50"], enact["step_ms_p50"]) == (95.0, 88.0)
     assert (base["gflops_fwd"], enact["gflops_fwd"]) == (344.0, 333.68)
     assert enact["enact_key_len_before"] == [850] * 6
     assert enact["enact_key_len_after"] == [141, 141, 170, 141, 121, 141]
-    assert raw("detr_r50-base-infer-b1-native-coco-cuda")["metrics"]["coco"]["map"] == 0.406
-    assert raw("detr_r50-enact-infer-b1-native-coco-cuda")["metrics"]["coco"]["map"] == 0.390
+    assert raw("detr_r50-base-infer-b1-coco-data=coco-checkpoint=detr-r50-e632da11.pth-evaluate=coco")["metrics"]["coco"]["map"] == 0.406
+    assert raw("detr_r50-enact-infer-b1-coco-data=coco-checkpoint=enact_detr_r50.pth-evaluate=coco")["metrics"]["coco"]["map"] == 0.390
 
 
 def test_paired_memory_time_flops_keylen_deltas(paired):
@@ -75,7 +75,7 @@ def test_paired_memory_time_flops_keylen_deltas(paired):
 def test_second_variant_is_paired_with_the_same_baseline(paired):
     r = row(paired, run=1, detector="detr_r50", mode="train", batch_size=2, image_size="800x1066",
             variant="ENACT (backend=sdpa, scale=standard)")
-    assert r.case_id_base == "detr_r50-base-train-b2-800x1066-synthetic-cuda"
+    assert r.case_id_base == "detr_r50-base-train-b2-800x1066"
     assert r.mem_peak_alloc_mib_delta == pytest.approx((1985.0 - 2905.0) / 2905.0 * 100)
 
 
@@ -106,8 +106,8 @@ def test_oom_and_error_show_as_status_not_gaps(paired):
 
 def test_cpu_cases_use_tracked_bytes_and_show_no_cuda_columns(paired):
     r = row(paired, run=1, detector="detr_tiny", mode="train")
-    b = raw("detr_tiny-base-train-b2-128x160-synthetic-cpu")["metrics"]["cpu_tracked_peak_bytes"]
-    e = raw("detr_tiny-enact-train-b2-128x160-synthetic-cpu")["metrics"]["cpu_tracked_peak_bytes"]
+    b = raw("detr_tiny-base-train-b2-128x160")["metrics"]["cpu_tracked_peak_bytes"]
+    e = raw("detr_tiny-enact-train-b2-128x160")["metrics"]["cpu_tracked_peak_bytes"]
     assert r.cpu_tracked_peak_mib_delta == pytest.approx((e - b) / b * 100)   # 46 MiB vs 56 MiB
     cpu = next(s for s in paired_sections(paired) if s["run"] == 1 and s["device"] == "cpu")
     assert not any("CUDA" in c or "NVML" in c for c in cpu["memory"].columns)
@@ -128,7 +128,7 @@ def test_every_case_is_listed_with_its_status(df):
     assert t["status"].value_counts().to_dict() == {"ok": 37, "OOM": 1, "error": 1}
     assert "synthetic" in t.loc[t["status"] == "error", "error"].iloc[0]
     assert {"peak memory (MiB)", "step time median (ms)", "throughput (images/s)"} <= set(t.columns)
-    oom = t[t["case"] == "detr_r50_dc5-base-train-b8-800x1333-synthetic-cuda"].iloc[0]
+    oom = t[t["case"] == "detr_r50_dc5-base-train-b8-800x1333"].iloc[0]
     assert oom["peak memory (MiB)"] == "OOM"
 
 
