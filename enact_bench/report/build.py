@@ -42,10 +42,13 @@ def _summary(p: pd.DataFrame, section: dict) -> list[str]:
     both = g[(g["status_base"] == "ok") & (g["status_enact"] == "ok")]
     lines = []
     mem = DEVICE_MEMORY.get(device_type(section["device"]), "mem_peak_alloc_mib")
-    for metric, what in ((mem, METRICS[mem][0] + " memory"), ("step_ms_p50", "median step time")):
-        d = both[f"{metric}_delta"].dropna()
-        if len(d):
-            lines.append(f"{what}: median change {_pct(statistics.median(d))} over {len(d)} pair{'s' if len(d) != 1 else ''} "
+    for (mode, metric), what in (((m, x), f"{m}, {w}") for m in dict.fromkeys(both["mode"])
+                                 for x, w in ((mem, METRICS[mem][0] + " memory"), ("step_ms_p50", "median step time"))):
+        d = both.loc[both["mode"] == mode, f"{metric}_delta"].dropna()
+        if len(d) == 1:
+            lines.append(f"{what}: change {_pct(d.iloc[0])} (1 pair).")
+        elif len(d):
+            lines.append(f"{what}: median change {_pct(statistics.median(d))} over {len(d)} pairs "
                          f"(from {_pct(d.min())} to {_pct(d.max())}).")
     ap = both["coco_map_delta"].dropna()
     if len(ap):

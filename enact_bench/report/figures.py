@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -115,6 +116,10 @@ def new_figure(width: float, height: float) -> Figure:
 def save(fig: Figure, out_dir: Path, name: str, caption: str) -> Plot:
     out_dir.mkdir(parents=True, exist_ok=True)
     png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
-    fig.savefig(png, dpi=110, metadata={"Software": None})
-    fig.savefig(svg, metadata={"Date": None, "Creator": None})
+    # tight: nothing drawn outside the figure (long titles, outside legends) is cut off
+    fig.savefig(png, dpi=110, bbox_inches="tight", pad_inches=0.15, metadata={"Software": None})
+    fig.set_layout_engine("none")   # positions are settled: do not lay the figure out again
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "enact-bench"}):
+        # text stays text (smaller, searchable); fixed ids so a rebuilt SVG is byte-identical
+        fig.savefig(svg, bbox_inches="tight", pad_inches=0.15, metadata={"Date": None, "Creator": None})
     return Plot(name, png, svg, caption)

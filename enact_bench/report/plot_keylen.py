@@ -15,7 +15,7 @@ from .load import layer_values
 
 COLORS = PALETTE + ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd")
 PANELS = (("dense", "ENACT: encoder self-attention keys per layer"),
-          ("deformable", f"{DEFORMABLE_ENACT}: encoder tokens per layer"))
+          ("deformable", f"{DEFORMABLE_ENACT}:\nencoder tokens per layer"))
 
 
 def _lines(g) -> dict[str, list[tuple[str, list[float], list[float]]]]:
@@ -33,7 +33,7 @@ def _lines(g) -> dict[str, list[tuple[str, list[float], list[float]]]]:
         extra = rec["variant"].removeprefix(base).strip(" ()")
         name = rec["detector"] + (f" [{extra}]" if extra else "")
         key = (kind, name, tuple(before), tuple(after))
-        merged.setdefault(key, []).append(str(rec["image_size"]).replace("x", "×"))
+        merged.setdefault(key, []).append(f"{rec['mode']} {str(rec['image_size']).replace('x', '×')}")
     out: dict[str, list] = {"dense": [], "deformable": []}
     for (kind, name, before, after), sizes in merged.items():
         label = f"{name} · {', '.join(dict.fromkeys(sizes))}" + (f" ({len(sizes)} cases)" if len(sizes) > 1 else "")
