@@ -263,8 +263,11 @@ def run_case(case: Case, *, run_id: str = "inline", suite: str = "") -> Record:
     record_case.setdefault("attention", None)
     env: dict = {}
     status, error = "ok", None
+    import torch
+    threads_before = torch.get_num_threads()
     try:
-        import torch
+        if case.cpu_threads:
+            torch.set_num_threads(case.cpu_threads)
 
         from enact_bench.records import capture_env
 
@@ -282,6 +285,7 @@ def run_case(case: Case, *, run_id: str = "inline", suite: str = "") -> Record:
         if status == "error":
             error += "\n" + "".join(traceback.format_exception(e)[-6:])
     finally:
+        torch.set_num_threads(threads_before)
         _release_memory()
     for k, v in metrics.items():
         if v is None and k not in reasons:
