@@ -96,9 +96,9 @@ def build_report(run_dirs, out_dir=None) -> dict[str, Path]:
     run_dirs = list(run_dirs)
     if not run_dirs:
         raise ValueError("build_report needs at least one run folder (reports/<run_id>/)")
+    df = load_records(run_dirs)   # first: bad input leaves no empty folder behind
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    df = load_records(run_dirs)
     paired = tables.paired_table(df)
     sections = tables.paired_sections(paired) if len(paired) else []
     coco = tables.coco_table(df)
