@@ -299,7 +299,7 @@ def _build(base: DeformableDetrConfig):
     return factory
 
 
-_TINY = dict(backbone="resnet18", hidden_dim=32, nheads=4, enc_layers=2, dec_layers=2, dim_feedforward=64,
+_TINY = dict(backbone="resnet18", hidden_dim=64, nheads=4, enc_layers=2, dec_layers=2, dim_feedforward=64,
              enc_n_points=2, dec_n_points=2, num_queries=20)
 PRESETS = {
     "deformable_detr_r50": (DeformableDetrConfig(),
@@ -309,7 +309,7 @@ PRESETS = {
     "deformable_detr_r50_two_stage": (DeformableDetrConfig(with_box_refine=True, two_stage=True),
                                       "Deformable DETR + box refinement + two-stage (41.2M params)"),
     "deformable_detr_tiny": (DeformableDetrConfig(**_TINY),
-                             "tiny Deformable DETR for CPU tests: resnet18, width 32, 2+2 layers, 20 queries"),
+                             "tiny Deformable DETR for CPU tests: resnet18, width 64, 2+2 layers, 20 queries"),
     "deformable_detr_tiny_box_refine": (DeformableDetrConfig(**_TINY, with_box_refine=True),
                                         "tiny Deformable DETR + box refinement, for CPU tests"),
     "deformable_detr_tiny_two_stage": (DeformableDetrConfig(**_TINY, with_box_refine=True, two_stage=True),

@@ -278,9 +278,10 @@ class DeformableTransformer(nn.Module):
             nn.init.constant_(self.reference_points.bias, 0.0)
         nn.init.normal_(self.level_embed)
 
-    @staticmethod
-    def get_proposal_pos_embed(proposals: Tensor, num_pos_feats: int = 128, temperature: int = 10000) -> Tensor:
-        """(N, K, 4) unsigmoided boxes -> (N, K, 4 * num_pos_feats) sine embedding."""
+    def get_proposal_pos_embed(self, proposals: Tensor, temperature: int = 10000) -> Tensor:
+        """(N, K, 4) unsigmoided boxes -> (N, K, 2 * d_model) sine embedding, d_model / 2 features per
+        coordinate (the release fixes 128, i.e. it supports d_model = 256 only; same numbers there)."""
+        num_pos_feats = self.d_model // 2
         scale = 2 * math.pi
         dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=proposals.device)
         dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
