@@ -45,43 +45,26 @@ mask_padding=True are not implemented for token clustering and raise ValueError 
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from enact import ops
 
 LayerFn = Callable[[Tensor, Tensor | None, Tensor], Tensor]
 
 
-# --- per-level statistics (DESIGN 4.1 steps 1-6) ---------------------------------------------------
-def _level_entropy(logits: Tensor) -> Tensor:
-    """(B, S) W_prob logits -> (B, S) per-position information -p log2 p, p = softmax + 1e-8."""
-    p = logits.softmax(dim=1) + 1e-8
-    return -p * torch.log(p) / math.log(2.0)
+def level_smoothed_entropy(logits: Tensor, sigma: float) -> Tensor:
+    """(B, S_l) W_prob logits of one level -> (B, S_l) smoothed information (float32), DESIGN 4.1 steps 1-3."""
+    return ops.smooth(ops.entropy_bits(logits), sigma)
 
 
-def _gaussian_smooth(e: Tensor, sigma: float) -> Tensor:
-    """(B, S) -> (B, S): 1-D Gaussian taps -(3 sigma - 1)..(3 sigma - 1), not renormalised, zero pad."""
-    half = int(3 * sigma - 1)
-    x = torch.arange(-half, half + 1, dtype=e.dtype, device=e.device)
-    kernel = torch.exp(-x**2 / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
-    return F.conv1d(e[:, None], kernel.view(1, 1, -1), padding=half)[:, 0]
-
-
-def _second_derivative(x: Tensor) -> Tensor:
-    """(B, S) -> (B, S): convolution with [-1, 2, -1], zero padding."""
-    kernel = torch.tensor([-1.0, 2.0, -1.0], dtype=x.dtype, device=x.device).view(1, 1, 3)
-    return F.conv1d(x[:, None], kernel, padding=1)[:, 0]
-
-
-def _cluster_size_from_data(smoothed: Tensor) -> int:
-    """Mean length of runs of equal (d > 0) values per image, averaged over the batch, rounded."""
-    step = (_second_derivative(smoothed.detach()) > 0).to(torch.int8)  # (B, S)
-    n_runs = 1 + (step[:, 1:] != step[:, :-1]).sum(dim=1)  # (B,)
-    mean_run = (step.shape[1] / n_runs.double()).mean()
-    return round(float(mean_run))  # Python round: half to even, as the reference
+def level_cluster_size_from_data(smoothed: Tensor) -> int:
+    """DESIGN 4.1 steps 4-6: mean run length of (d > 0) per image, averaged over the batch, rounded.
+    One device->host transfer."""
+    steps = ops.step(ops.second_derivative(smoothed.detach()))
+    return ops.cluster_size(ops.mean_run_length(steps).tolist())
 
 
 class TokenClustering(nn.Module):
@@ -114,7 +97,7 @@ class TokenClustering(nn.Module):
 
     def level_cluster_size(self, smoothed: Tensor) -> int:
         n = smoothed.shape[1]
-        size = self.config.cluster_size if self.config.cluster_size is not None else _cluster_size_from_data(smoothed)
+        size = self.config.cluster_size if self.config.cluster_size is not None else level_cluster_size_from_data(smoothed)
         return max(1, min(int(size), n))
 
     def forward(self, layer_fn: LayerFn, src: Tensor, pos: Tensor | None, reference_points: Tensor,
@@ -131,24 +114,22 @@ class TokenClustering(nn.Module):
         for h, w in shapes:
             n_tok = h * w
             sl = slice(start, start + n_tok)
-            smoothed = _gaussian_smooth(_level_entropy(logits[:, sl]), self.config.sigma)  # (B, S_l)
+            smoothed = level_smoothed_entropy(logits[:, sl], self.config.sigma)  # (B, S_l)
             size = self.level_cluster_size(smoothed)
-            n_win = n_tok // size
+            front, n_win = ops.trim_bounds(n_tok, size)
             rest = n_tok - n_win * size
-            front = rest // 2
-            win = slice(start + front, start + front + n_win * size)  # absolute positions of the windows
-            # (B, n*L) -> (B, n, L) softmax inside each window
-            weights = smoothed[:, front:front + n_win * size].reshape(bsz, n_win, size).softmax(dim=-1)
+            stop = start + front + n_win * size  # windows cover [start + front, stop)
             plans.append((start, front, n_win, size, rest, n_tok))
 
-            parts = [(src, q_src), (pos, q_pos), (reference_points, q_ref)]
-            for tensor, out in parts:
+            for tensor, out in ((src, q_src), (pos, q_pos), (reference_points, q_ref)):
                 if tensor is None:
                     continue
-                single_front = tensor[:, start:start + front]
-                single_back = tensor[:, win.stop:start + n_tok]
-                pooled = _pool_windows(tensor[:, win], weights)  # (B, n, ...)
-                out.extend([single_front, pooled, single_back])
+                level = tensor[:, sl]
+                # (B, S_l, ...) -> (S_l, B, D) view for ops.window_pool -> (n, B, D) -> (B, n, ...)
+                seq_first = level.reshape(bsz, n_tok, -1).transpose(0, 1)
+                pooled = ops.window_pool(seq_first, smoothed, size, front, n_win).transpose(0, 1)
+                pooled = pooled.reshape(bsz, n_win, *tensor.shape[2:])
+                out.extend([tensor[:, start:start + front], pooled, tensor[:, stop:start + n_tok]])
             start += n_tok
 
         q_src_t = torch.cat(q_src, 1)  # (B, Q, C)
@@ -181,14 +162,6 @@ class TokenClustering(nn.Module):
             "key_len_after": sum(before),
         }
         return out
-
-
-def _pool_windows(x: Tensor, weights: Tensor) -> Tensor:
-    """(B, n*L, ...) tokens and (B, n, L) weights -> (B, n, ...) weighted sums of each window."""
-    bsz, n_win, size = weights.shape
-    x = x.reshape(bsz, n_win, size, *x.shape[2:])  # (B, n, L, ...)
-    w = weights.view(bsz, n_win, size, *([1] * (x.dim() - 3))).to(x.dtype)
-    return (x * w).sum(dim=2)
 
 
 def _shapes_as_list(spatial_shapes) -> list[tuple[int, int]]:
