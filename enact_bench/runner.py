@@ -39,7 +39,7 @@ METRIC_KEYS = (
     "step_ms_p50", "step_ms_p10", "step_ms_p90", "step_ms_mean", "step_ms_iqr", "step_count",
     "first_step_ms", "images_per_s", "timing_clock",
     "gflops_fwd", "gflops_fwd_bwd", "gmacs_fwd", "gmacs_fwd_bwd", "flops_uncounted_ops",
-    "saved_for_backward_bytes",
+    "saved_for_backward_bytes", "attention_paths",
     "enact_cluster_size", "enact_key_len_before", "enact_key_len_after",
 )
 
@@ -175,6 +175,7 @@ def _measure(case: Case, metrics: dict, reasons: dict, record_case: dict) -> Non
     from enact_bench.measure.evaluation import get_evaluation
     from enact_bench.measure.flops import count_flops
     from enact_bench.measure.memory import CpuPeakMemory, CudaPeakMemory, NvmlSampler, rss_peak_mib
+    from enact_bench.measure.step_probe import OpRecorder, attention_paths
     from enact_bench.measure.timing import StepTimer, summarize_ms, time_steps
 
     device = torch.device(case.device)
@@ -211,8 +212,10 @@ def _measure(case: Case, metrics: dict, reasons: dict, record_case: dict) -> Non
                  else contextlib.nullcontext())
         cuda_mem = CudaPeakMemory(device)
         cpu_mem = CpuPeakMemory() if device.type == "cpu" else None
-        with cuda_mem, (cpu_mem or contextlib.nullcontext()), hooks:
+        ops = OpRecorder()
+        with cuda_mem, (cpu_mem or contextlib.nullcontext()), hooks, ops:
             step()
+        metrics["attention_paths"] = attention_paths(ops.ops)
     finally:
         sampler.stop()
     metrics.update(cuda_mem.fields)
@@ -275,7 +278,11 @@ def run_case(case: Case, *, run_id: str = "inline", suite: str = "") -> Record:
             torch.backends.cudnn.allow_tf32 = case.tf32
             torch.backends.cudnn.benchmark = case.cudnn_benchmark
             env = capture_env(case.device)
-            _measure(case, metrics, reasons, record_case)
+            if case.fake:
+                from enact_bench.measure.estimate import measure_case_fake
+                measure_case_fake(case, metrics, reasons, record_case)
+            else:
+                _measure(case, metrics, reasons, record_case)
     except Exception as e:  # noqa: BLE001 -- a failed case is a result, not a crash
         status = "oom" if _is_oom(e) else "error"
         error = f"{type(e).__name__}: {e}"

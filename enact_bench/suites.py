@@ -52,6 +52,7 @@ class Case:
     cudnn_benchmark: bool = False
     flops: bool = True
     evaluate: tuple[str, ...] = ()
+    fake: bool = False  # train step estimated under FakeTensorMode (shapes only; measure/estimate.py)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -199,7 +200,7 @@ def _check(key: str, value: Any, where: str) -> Any:
         if known is not None and value not in known:
             raise bad("one of " + ", ".join(sorted(known)))
         return value
-    if key in ("enact", "tf32", "cudnn_benchmark", "flops"):
+    if key in ("enact", "tf32", "cudnn_benchmark", "flops", "fake"):
         if not isinstance(value, bool):
             raise bad("true or false")
         return value

@@ -60,28 +60,37 @@ def use_fixed_assignment(criterion: nn.Module) -> nn.Module:
 
 @dataclass
 class Batch:
-    """A padded batch as the detectors take it: images (B, 3, H, W), mask (B, H, W), targets."""
+    """A batch as the detectors take it: a list of (3, H, W) images (mask None; the model pads
+    them into a new (B, 3, H, W) tensor, as the harness's runner feeds them) or a padded
+    (B, 3, H, W) tensor with its (B, H, W) mask; and DETR-style targets."""
 
-    images: torch.Tensor
-    mask: torch.Tensor
+    images: torch.Tensor | list[torch.Tensor]
+    mask: torch.Tensor | None
     targets: list[dict]
 
     def tensors(self) -> list[torch.Tensor]:
-        return [self.images, self.mask] + [v for t in self.targets for v in t.values() if isinstance(v, torch.Tensor)]
+        images = list(self.images) if isinstance(self.images, list) else [self.images]
+        mask = [self.mask] if self.mask is not None else []
+        return images + mask + [v for t in self.targets for v in t.values() if isinstance(v, torch.Tensor)]
 
 
 def make_batch(batch_size: int, image_size: tuple[int, int], num_targets: int = 6,
-               num_classes: int = 91, seed: int = 0) -> Batch:
+               num_classes: int = 91, seed: int = 0, padded: bool = False) -> Batch:
     """Deterministic synthetic batch (works under FakeTensorMode too: then only shapes matter).
 
     Boxes are valid normalised cxcywh strictly inside the image; every image has `num_targets`.
+    padded=False gives a list of images (the runner's and the DESIGN figure's convention: the
+    list and the model's padded copy are both alive); True a padded tensor + mask (one copy).
     """
     if batch_size < 1 or num_targets < 1:
         raise ValueError(f"batch_size and num_targets must be >= 1, got {batch_size}, {num_targets}")
     h, w = image_size
     g = torch.Generator().manual_seed(seed) if not _fake_mode_active() else None
-    images = torch.randn(batch_size, 3, h, w, generator=g)
-    mask = torch.zeros(batch_size, h, w, dtype=torch.bool)  # no padding: all images full size
+    if padded:
+        images = torch.randn(batch_size, 3, h, w, generator=g)
+        mask = torch.zeros(batch_size, h, w, dtype=torch.bool)  # all images full size: no padding
+    else:
+        images, mask = [torch.randn(3, h, w, generator=g) for _ in range(batch_size)], None
     targets = []
     for _ in range(batch_size):
         centre = 0.25 + 0.5 * torch.rand(num_targets, 2, generator=g)
@@ -271,7 +280,61 @@ def estimate_detector(name: str, batch_size: int, image_size: tuple[int, int], *
 
     torch.manual_seed(0)
     model = create_detector(name, enact=enact, **(overrides or {}))
-    clip = getattr(getattr(model, "cfg", None), "clip_max_norm", 0.1)
+    clip = getattr(model, "grad_clip_max_norm", None) or 0.0
     return estimate_train_step(model, model.build_criterion(), batch_size, image_size,
                                num_targets=num_targets, num_classes=model.num_classes if hasattr(model, "num_classes") else 91,
                                clip_max_norm=clip)
+
+
+FAKE_NOT_MEASURED = (
+    "mem_peak_alloc_mib", "mem_peak_reserved_mib", "nvml_device_used_peak_mib", "nvml_process_used_peak_mib",
+    "cpu_tracked_peak_bytes", "cpu_tracked_peak_mib", "cpu_tracked_start_bytes", "rss_peak_mib",
+    "step_ms_p50", "step_ms_p10", "step_ms_p90", "step_ms_mean", "step_ms_iqr", "step_count",
+    "first_step_ms", "images_per_s", "timing_clock", "gmacs_fwd_bwd", "flops_uncounted_ops",
+)
+
+
+def measure_case_fake(case, metrics: dict, reasons: dict, record_case: dict) -> None:
+    """Runner hook for a suite case with `fake = true`: fills the record's metrics.
+
+    Writes fake_tracked_peak_bytes / _mib / fake_tracked_start_bytes (the estimate: every live
+    tensor at the peak of the second training step), saved_for_backward_bytes, FLOPs, parameter
+    counts and attention_paths; timing and real-memory fields are null with the reason.
+    """
+    import dataclasses
+
+    from enact_bench.runner import build_model
+
+    if case.mode != "train":
+        raise ValueError(f"fake = true estimates a training step: mode must be 'train', got {case.mode!r}")
+    if case.image_size is None:
+        raise ValueError("fake = true needs a fixed image_size (\"HxW\")")
+    if case.enact and (case.enact_config or {}).get("cluster_size") is None:
+        raise ValueError("fake = true with ENACT needs a fixed cluster size: enact_config = {cluster_size = k} "
+                         "(data-dependent shapes cannot be faked)")
+    torch.manual_seed(case.seed)
+    model = build_model(case)
+    record_case["attention"] = getattr(model, "attention", None)
+    cfg = getattr(model, "enact_config", None)
+    record_case["enact_config"] = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
+    clip = case.clip_max_norm if case.clip_max_norm is not None else getattr(model, "grad_clip_max_norm", 0.1)
+    m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
+                            num_classes=case.num_classes, clip_max_norm=clip or 0.0)
+    metrics.update(m.metrics())
+    stats = model.enact_stats() if hasattr(model, "enact_stats") else []
+    for mk, sk in (("enact_cluster_size", "cluster_size"), ("enact_key_len_before", "key_len_before"),
+                   ("enact_key_len_after", "key_len_after")):
+        if stats:
+            metrics[mk] = [_plain(s.get(sk)) for s in stats]
+        else:
+            reasons[mk] = "ENACT is off"
+    for k in FAKE_NOT_MEASURED:
+        reasons.setdefault(k, "fake = true: shapes only (FakeTensorMode), nothing real was run or timed")
+
+
+def _plain(v):
+    if isinstance(v, torch.Tensor):
+        return None
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return int(v) if v is not None else None
