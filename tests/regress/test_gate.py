@@ -102,15 +102,17 @@ def test_extra_saved_tensor_fails_on_saved_bytes(baseline, tmp_path, monkeypatch
 
     def with_extra(case):
         model = build(case)
-        # out * ones: the multiplication saves the ones tensor for backward (an extra stored tensor)
-        model.input_proj.register_forward_hook(lambda mod, inp, out: out * torch.ones_like(out))
+        # out * ones: the multiplication saves the ones tensor for backward (an extra stored
+        # tensor), in the backbone's first trained stage: alive until the end of the backward
+        model.backbone[0].body.layer2.register_forward_hook(lambda mod, inp, out: out * torch.ones_like(out))
         return model
 
     monkeypatch.setattr(runner, "build_model", with_extra)
     res = run_check([_run(tmp_path, "extra")], baseline)
     assert res.exit_code == 1
     assert (BASE_ID, "saved_for_backward_bytes") in _failed(res)
-    assert (BASE_ID, "fake_tracked_peak_bytes") in _failed(res)
+    assert (ENACT_ID, "saved_for_backward_bytes") in _failed(res)
+    assert "saved_for_backward_bytes" in res.reason
 
 
 @pytest.mark.parametrize("field,value,exit_code", [
