@@ -157,6 +157,8 @@ class Row:
             diff = c - b
             pct = f" ({diff / b:+.2%})" if b else ""
             return f"{diff:+,.6g}{pct}" if isinstance(diff, float) else f"{diff:+,}{pct}"
+        if isinstance(b, list) and isinstance(c, list):
+            return "" if sorted(map(str, b)) == sorted(map(str, c)) else "changed"
         return "" if b == c else "changed"
 
 

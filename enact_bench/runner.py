@@ -75,32 +75,6 @@ def _autocast(case: Case, device):
     return torch.autocast(device_type=device.type, dtype=getattr(torch, case.dtype))
 
 
-class _SavedBytes:
-    """Bytes of distinct storages autograd saves for backward, parameters excluded."""
-
-    def __init__(self, model):
-        self.param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        self.seen: dict[int, int] = {}
-
-    def pack(self, t):
-        try:
-            st = t.untyped_storage()
-            ptr = st.data_ptr()
-            if ptr not in self.param_ptrs:
-                self.seen[ptr] = st.nbytes()
-        except (RuntimeError, NotImplementedError):
-            pass
-        return t
-
-    @staticmethod
-    def unpack(t):
-        return t
-
-    @property
-    def total(self) -> int:
-        return sum(self.seen.values())
-
-
 def _make_steps(case: Case, model, device, holder: dict):
     """Return (step, forward_only, forward_backward) closures over holder["batch"]."""
     import torch
@@ -175,7 +149,7 @@ def _measure(case: Case, metrics: dict, reasons: dict, record_case: dict) -> Non
     from enact_bench.measure.evaluation import get_evaluation
     from enact_bench.measure.flops import count_flops
     from enact_bench.measure.memory import CpuPeakMemory, CudaPeakMemory, NvmlSampler, rss_peak_mib
-    from enact_bench.measure.step_probe import OpRecorder, attention_paths
+    from enact_bench.measure.step_probe import OpRecorder, SavedTensorCounter, attention_paths
     from enact_bench.measure.timing import StepTimer, summarize_ms, time_steps
 
     device = torch.device(case.device)
@@ -207,9 +181,9 @@ def _measure(case: Case, metrics: dict, reasons: dict, record_case: dict) -> Non
 
         # one steady-state step on batch 0 with the memory trackers around it
         load(0)
-        saved = _SavedBytes(model) if case.mode == "train" else None
-        hooks = (torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack) if saved
-                 else contextlib.nullcontext())
+        saved = (SavedTensorCounter(exclude=list(model.parameters()) + list(model.buffers()))
+                 if case.mode == "train" else None)
+        hooks = saved.counting() if saved else contextlib.nullcontext()
         cuda_mem = CudaPeakMemory(device)
         cpu_mem = CpuPeakMemory() if device.type == "cpu" else None
         ops = OpRecorder()
@@ -229,7 +203,7 @@ def _measure(case: Case, metrics: dict, reasons: dict, record_case: dict) -> Non
             reasons[k] = f"device is {device.type}: see mem_peak_alloc_mib"
     metrics["rss_peak_mib"] = rss_peak_mib()
     if saved is not None:
-        metrics["saved_for_backward_bytes"] = saved.total
+        metrics["saved_for_backward_bytes"] = saved.saved_bytes
     else:
         reasons["saved_for_backward_bytes"] = "infer mode: nothing is saved for backward"
     _enact_metrics(model, metrics, reasons)

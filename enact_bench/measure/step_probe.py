@@ -5,6 +5,7 @@ tiny real runs report the same quantities.
 """
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 
 import torch
@@ -44,30 +45,41 @@ def attention_paths(ops: set[str]) -> list[str]:
     math fallback, or hand-written attention): the full attention matrix is stored for backward.
     A forward may contain both (DETR: math in its encoder, fused elsewhere).
     """
-    found = sorted({label for op, label in FUSED_ATTENTION_OPS.items() if op in ops})
+    found = {label for op, label in FUSED_ATTENTION_OPS.items() if op in ops}
     if ops & SOFTMAX_OPS:
-        found.append("math")
-    return found
+        found.add("math")
+    return sorted(found)
 
 
 class SavedTensorCounter:
-    """Bytes of the unique storages that autograd saves for backward (inside `counting()`).
+    """Peak of the live bytes of the unique storages that autograd saved for backward.
 
-    Storages in `exclude` (parameters and buffers: alive anyway) are not counted, so the figure is
-    the activation memory that the forward keeps for the backward pass.
+    Each storage packed inside `counting()` is counted once, from when it is first saved until
+    it is freed (weakref finalizer), so a storage dropped with a discarded graph branch in the
+    forward, and a later one that reuses its address or id, are not confused. Over a training
+    step the peak is reached at the end of the forward: the activation memory kept for backward.
+    Storages in `exclude` (parameters and buffers: alive anyway) are not counted.
     """
 
     def __init__(self, exclude: list[torch.Tensor] = ()):
         self._exclude = {id(t.untyped_storage()) for t in exclude}
-        self._seen: dict[int, int] = {}
+        self._live: dict[int, int] = {}
+        self.current_bytes = 0
+        self.peak_bytes = 0
 
     def _pack(self, t: torch.Tensor):
         if t.layout == torch.strided:
             st = t.untyped_storage()
-            key = id(st)  # saved storages stay alive until backward: ids are stable meanwhile
-            if key not in self._exclude:
-                self._seen[key] = st.nbytes()
+            key = id(st)
+            if key not in self._exclude and key not in self._live:
+                self._live[key] = st.nbytes()
+                self.current_bytes += self._live[key]
+                self.peak_bytes = max(self.peak_bytes, self.current_bytes)
+                weakref.finalize(st, self._free, key)
         return t
+
+    def _free(self, key: int) -> None:
+        self.current_bytes -= self._live.pop(key, 0)
 
     @contextmanager
     def counting(self):
@@ -76,4 +88,4 @@ class SavedTensorCounter:
 
     @property
     def saved_bytes(self) -> int:
-        return sum(self._seen.values())
+        return self.peak_bytes
