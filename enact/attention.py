@@ -15,6 +15,13 @@ from . import ops
 from .config import EnactConfig
 
 
+def _to_host(t: Tensor):
+    try:
+        return t.tolist()
+    except RuntimeError:  # a fake tensor's values are unknown (DataDependentOutputException)
+        return None
+
+
 class EnactAttention(nn.Module):
     """ENACT self-attention with the released code's parameters W_q, W_k, W_v, W_o, W_prob.
 
@@ -81,10 +88,12 @@ class EnactAttention(nn.Module):
     @property
     def last_stats(self) -> dict | None:
         """{"cluster_size", "key_len_before", "key_len_after"} of the last forward: ints when one
-        value holds for the batch, lists per image otherwise. None before the first forward."""
+        value holds for the batch, lists per image otherwise. None before the first forward.
+        Per-image lengths with a fixed L and mask_padding stay on the device until read here
+        (None under FakeTensorMode, where they are unknown)."""
         if self._stats is None:
             return None
-        return {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in self._stats.items()}
+        return {k: (_to_host(v) if isinstance(v, Tensor) else v) for k, v in self._stats.items()}
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}, config={self.config}"
@@ -130,10 +139,11 @@ class EnactAttention(nn.Module):
             out, weights = self._attend_math(q, k, v, key_mask)
         else:
             out = self._attend_sdpa(q, k, v, key_mask)
-        out = out.permute(0, 2, 1, 3).reshape(B, S_q, C)  # (B, h, S_q, d) -> (B, S_q, C)
-        out = self.W_o(out)
-        if not self.batch_first:
-            out = out.transpose(0, 1)  # (B, S_q, C) -> (S_q, B, C), a view
+        # (B, h, S_q, d) -> (S_q, B, C): a view when the fused kernel wrote its output in q's
+        # (S_q, B, h, d) memory order (CPU flash attention does), else one copy
+        out = self.W_o(out.permute(2, 0, 1, 3).reshape(S_q, B, C))
+        if self.batch_first:
+            out = out.transpose(0, 1)  # (S_q, B, C) -> (B, S_q, C), a view
         if need_weights:
             weights = weights.mean(dim=1) if average_attn_weights else weights
             return out, weights
@@ -179,6 +189,7 @@ class EnactAttention(nn.Module):
         valid_len = (~padding).sum(dim=1)  # (B,)
         valid = torch.arange(S, device=key.device).unsqueeze(0) < valid_len.unsqueeze(1)  # (B, S)
         e = ops.smooth(ops.entropy_bits(logits.gather(1, order), valid), cfg.sigma)  # (B, S) compacted
+        e = e.masked_fill(~valid, 0.0)  # each image's sequence ends at its length (zero padding after)
         if cfg.cluster_size is not None:  # static shapes, no transfer
             L = cfg.cluster_size
             if L > S:
@@ -222,14 +233,15 @@ class EnactAttention(nn.Module):
         if key_mask is not None:
             logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
         weights = F.softmax(logits, dim=-1)
+        del logits  # without autograd the logits can go before the next S x n tensor is made
         if self.config.scale == "reference":
             weights = weights / self.head_dim  # the release divides the weights by the head size
         return weights @ v, weights
 
     def _attend_sdpa(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
-        """Fused attention; softmax(QK^T)/d @ V == (softmax(QK^T) @ V) / d for the reference scale."""
+        """Fused attention. The reference scale: softmax(QK^T)/d @ V == softmax(QK^T) @ (V/d), so
+        the division falls on the n pooled values, not on the S x n weights or the S outputs."""
         mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, n), True = attend
         if self.config.scale == "reference":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
-            return out / self.head_dim
+            return F.scaled_dot_product_attention(q, k, v / self.head_dim, attn_mask=mask, scale=1.0)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -71,6 +71,8 @@ def register(app: typer.Typer) -> None:
         resume: Optional[Path] = typer.Option(None, help="continue RUN_DIR: skip its cases already ok"),
         run_id: Optional[str] = typer.Option(None, help="name of the run folder (default <suite>-<UTC time>)"),
         case_timeout: Optional[float] = typer.Option(None, help="seconds before a case's subprocess is stopped"),
+        report: bool = typer.Option(True, "--report/--no-report",
+                                    help="write RUN_DIR/report (tables, plots, report.html) at the end"),
     ) -> None:
         """Run a suite: one record per case in OUT/<run_id>/records.jsonl, then the summary."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -105,9 +107,24 @@ def register(app: typer.Typer) -> None:
         if records_path.exists():
             print_summary(read_records(records_path))
         console.print(f"records: {records_path}")
+        if report and records_path.exists():
+            _report_hook(result.run_dir)
         if result.interrupted:
             console.print(f"[yellow]interrupted[/]: finished records kept; continue with "
                           f"`enact-bench run --resume {result.run_dir}`")
             raise typer.Exit(130)
         if any(r.status == "error" for r in result.records):
             raise typer.Exit(1)
+
+
+def _report_hook(run_dir: Path) -> None:
+    """Build RUN_DIR/report after a run. A failing report never fails the run: its records are
+    safe, and `enact-bench report RUN_DIR` can rebuild it."""
+    from enact_bench.commands.report import print_written, report_command
+    from enact_bench.console import err_console
+
+    try:
+        print_written(report_command([run_dir]))
+    except Exception as e:  # noqa: BLE001 -- the run's result stands; say how to retry
+        err_console.print(f"[yellow]report not written[/]: {type(e).__name__}: {e}; "
+                          f"retry with `enact-bench report {run_dir}`", highlight=False)
