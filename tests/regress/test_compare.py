@@ -80,3 +80,26 @@ def test_not_comparable(env, suite, word):
     base = make_baseline([[rec(GPU)]])
     with pytest.raises(NotComparable, match=word):
         compare([rec(GPU, env=env, suite=suite)], base)
+
+
+def test_check_command_exit_codes_and_table(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from enact_bench.cli import app
+
+    def run_dir(name, metrics):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "records.jsonl").write_text(json.dumps(rec(metrics)) + "\n")
+        return str(d)
+
+    base, same, worse = run_dir("a", GPU), run_dir("b", GPU), run_dir("c", dict(GPU, saved_for_backward_bytes=20_000))
+    baseline = str(tmp_path / "baseline.json")
+    cli = CliRunner()
+    assert cli.invoke(app, ["check", base, "--baseline", baseline, "--update"]).exit_code == 0
+    assert cli.invoke(app, ["check", same, "--baseline", baseline]).exit_code == 0
+    out = cli.invoke(app, ["check", worse, "--baseline", baseline])
+    assert out.exit_code == 1 and "saved_for_backward_bytes" in out.output and "regressed" in out.output
+    assert cli.invoke(app, ["check", same, "--baseline", str(tmp_path / "none.json")]).exit_code == 2
