@@ -39,7 +39,7 @@ METRIC_KEYS = (
     "step_ms_p50", "step_ms_p10", "step_ms_p90", "step_ms_mean", "step_ms_iqr", "step_count",
     "first_step_ms", "images_per_s", "timing_clock",
     "gflops_fwd", "gflops_fwd_bwd", "gmacs_fwd", "gmacs_fwd_bwd", "flops_uncounted_ops",
-    "saved_for_backward_bytes",
+    "saved_for_backward_bytes", "attention_paths",
     "enact_cluster_size", "enact_key_len_before", "enact_key_len_after",
 )
 
@@ -83,32 +83,6 @@ def _autocast(case: Case, device):
     if case.dtype == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=getattr(torch, case.dtype))
-
-
-class _SavedBytes:
-    """Bytes of distinct storages autograd saves for backward, parameters excluded."""
-
-    def __init__(self, model):
-        self.param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        self.seen: dict[int, int] = {}
-
-    def pack(self, t):
-        try:
-            st = t.untyped_storage()
-            ptr = st.data_ptr()
-            if ptr not in self.param_ptrs:
-                self.seen[ptr] = st.nbytes()
-        except (RuntimeError, NotImplementedError):
-            pass
-        return t
-
-    @staticmethod
-    def unpack(t):
-        return t
-
-    @property
-    def total(self) -> int:
-        return sum(self.seen.values())
 
 
 def _make_steps(case: Case, model, device, holder: dict):
@@ -185,6 +159,7 @@ def _measure(case: Case, metrics: dict, reasons: dict, record_case: dict) -> Non
     from enact_bench.measure.evaluation import get_evaluation
     from enact_bench.measure.flops import count_flops
     from enact_bench.measure.memory import CpuPeakMemory, CudaPeakMemory, NvmlSampler, rss_peak_mib
+    from enact_bench.measure.step_probe import OpRecorder, SavedTensorCounter, attention_paths
     from enact_bench.measure.timing import StepTimer, summarize_ms, time_steps
 
     device = torch.device(case.device)
@@ -219,13 +194,15 @@ def _measure(case: Case, metrics: dict, reasons: dict, record_case: dict) -> Non
 
         # one steady-state step on batch 0 with the memory trackers around it
         load(0)
-        saved = _SavedBytes(model) if case.mode == "train" else None
-        hooks = (torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack) if saved
-                 else contextlib.nullcontext())
+        saved = (SavedTensorCounter(exclude=list(model.parameters()) + list(model.buffers()))
+                 if case.mode == "train" else None)
+        hooks = saved.counting() if saved else contextlib.nullcontext()
         cuda_mem = CudaPeakMemory(device)
         cpu_mem = CpuPeakMemory() if device.type == "cpu" else None
-        with cuda_mem, (cpu_mem or contextlib.nullcontext()), hooks:
+        ops = OpRecorder()
+        with cuda_mem, (cpu_mem or contextlib.nullcontext()), hooks, ops:
             step()
+        metrics["attention_paths"] = attention_paths(ops.ops)
     finally:
         sampler.stop()
     metrics.update(cuda_mem.fields)
@@ -239,7 +216,7 @@ def _measure(case: Case, metrics: dict, reasons: dict, record_case: dict) -> Non
             reasons[k] = f"device is {device.type}: see mem_peak_alloc_mib"
     metrics["rss_peak_mib"] = rss_peak_mib()
     if saved is not None:
-        metrics["saved_for_backward_bytes"] = saved.total
+        metrics["saved_for_backward_bytes"] = saved.saved_bytes
     else:
         reasons["saved_for_backward_bytes"] = "infer mode: nothing is saved for backward"
     _enact_metrics(model, metrics, reasons)
@@ -291,7 +268,11 @@ def run_case(case: Case, *, run_id: str = "inline", suite: str = "") -> Record:
             torch.backends.cudnn.allow_tf32 = case.tf32
             torch.backends.cudnn.benchmark = case.cudnn_benchmark
             env = capture_env(case.device)
-            _measure(case, metrics, reasons, record_case)
+            if case.fake:
+                from enact_bench.measure.estimate import measure_case_fake
+                measure_case_fake(case, metrics, reasons, record_case)
+            else:
+                _measure(case, metrics, reasons, record_case)
     except Exception as e:  # noqa: BLE001 -- a failed case is a result, not a crash
         status = "oom" if _is_oom(e) else "error"
         error = f"{type(e).__name__}: {e}"

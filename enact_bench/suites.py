@@ -53,6 +53,7 @@ class Case:
     flops: bool = True
     evaluate: tuple[str, ...] = ()
     cpu_threads: int | None = None  # torch.set_num_threads for the case (None: torch's default)
+    fake: bool = False  # train step estimated under FakeTensorMode (shapes only; measure/estimate.py)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -200,7 +201,7 @@ def _check(key: str, value: Any, where: str) -> Any:
         if known is not None and value not in known:
             raise bad("one of " + ", ".join(sorted(known)))
         return value
-    if key in ("enact", "tf32", "cudnn_benchmark", "flops"):
+    if key in ("enact", "tf32", "cudnn_benchmark", "flops", "fake"):
         if not isinstance(value, bool):
             raise bad("true or false")
         return value

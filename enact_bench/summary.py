@@ -20,6 +20,8 @@ def memory_of(rec: Record) -> tuple[float | None, str]:
         return m["mem_peak_alloc_mib"], "cuda_alloc"
     if m.get("cpu_tracked_peak_mib") is not None:
         return m["cpu_tracked_peak_mib"], "cpu_tracked"
+    if m.get("fake_tracked_peak_mib") is not None:  # fake = true: FakeTensorMode estimate
+        return m["fake_tracked_peak_mib"], "fake_estimate"
     return None, "-"
 
 
