@@ -1,0 +1,172 @@
+"""DETR (Carion et al. 2020) as facebookresearch/detr builds it, and its ENACT variant.
+
+Registered: detr_r50, detr_r50_dc5, detr_r101 (the originals' COCO configurations) and
+detr_tiny (resnet18, width 64, 2+2 layers, 10 queries: for CPU tests). Every field of DetrConfig
+is an override: create_detector("detr_r50", attention="sdpa", enc_layers=3, ...).
+With enact=True/EnactConfig the encoder self-attention becomes enact.EnactAttention, laid out as
+the ENACT release's DETR-ENACT (keys transformer.encoder.layers.i.self_attn.W_{q,k,v,o,prob}).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+from torch import Tensor, nn
+
+from .backbone import RESNETS, Backbone, Joiner
+from .base import Detector
+from .criterion import SetCriterion, detr_weight_dict
+from .detr_transformer import ACTIVATIONS, ATTENTION_MODES, Transformer
+from .matcher import HungarianMatcher
+from .mlp import MLP
+from .nested import batch_images
+from .position import PositionEmbeddingSine
+from .postprocess import postprocess_softmax
+from .registry import register_detector
+
+DETR_LR = 1e-4  # facebookresearch/detr main.py
+ENACT_LR = 5e-5  # GSavathrakis/ENACT DETR-ENACT main.py
+
+
+@dataclass(frozen=True)
+class DetrConfig:
+    backbone: str = "resnet50"
+    dilation: bool = False  # DC5
+    backbone_weights: str | None = None  # local torchvision ResNet .pth, with pretrained_backbone=True
+    hidden_dim: int = 256
+    nheads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    activation: str = "relu"
+    pre_norm: bool = False
+    num_queries: int = 100
+    aux_loss: bool = True
+    attention: str = "mha"  # "mha" (as the original: weights computed and stored) | "sdpa" (fused)
+    enact_layers: tuple[int, ...] | None = None  # encoder layers that get ENACT; None = all
+    # matcher costs and loss weights
+    set_cost_class: float = 1.0
+    set_cost_bbox: float = 5.0
+    set_cost_giou: float = 2.0
+    ce_loss_coef: float = 1.0
+    bbox_loss_coef: float = 5.0
+    giou_loss_coef: float = 2.0
+    eos_coef: float = 0.1
+    # optimiser (AdamW): lr None = the release's default (1e-4 DETR, 5e-5 DETR-ENACT)
+    lr: float | None = None
+    lr_backbone: float = 1e-5  # <= 0 freezes the whole backbone, as the originals
+    weight_decay: float = 1e-4
+    clip_max_norm: float = 0.1
+
+    def __post_init__(self):
+        if self.backbone not in RESNETS:
+            raise ValueError(f"backbone must be one of {RESNETS}; got {self.backbone!r}")
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}; got {self.attention!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}; got {self.activation!r}")
+        for field in ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "num_queries"):
+            if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
+                raise ValueError(f"{field} must be a positive int; got {getattr(self, field)!r}")
+        if self.hidden_dim % self.nheads:
+            raise ValueError(f"hidden_dim ({self.hidden_dim}) must be divisible by nheads ({self.nheads})")
+        if self.hidden_dim % 2:
+            raise ValueError(f"hidden_dim must be even (half of it encodes y, half x); got {self.hidden_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        if self.enact_layers is not None:
+            layers = tuple(self.enact_layers)
+            if not layers or any(not isinstance(i, int) or not 0 <= i < self.enc_layers for i in layers):
+                raise ValueError(f"enact_layers must be a non-empty tuple of encoder layer indices in "
+                                 f"[0, {self.enc_layers}); got {self.enact_layers!r}")
+            object.__setattr__(self, "enact_layers", tuple(sorted(set(layers))))
+
+
+class DETR(Detector):
+    family = "detr"
+    default_lr_backbone = 1e-5
+
+    def __init__(self, cfg: DetrConfig, num_classes: int = 91, enact_config=None,
+                 pretrained_backbone: bool = False):
+        super().__init__()
+        if pretrained_backbone and cfg.backbone_weights is None:
+            raise ValueError(
+                "pretrained_backbone=True needs a local torchvision ResNet weights file: pass "
+                f"backbone_weights='/path/to/{cfg.backbone}-<hash>.pth' (nothing is downloaded)"
+            )
+        if cfg.backbone_weights is not None and not pretrained_backbone:
+            raise ValueError("backbone_weights is only read with pretrained_backbone=True")
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.num_queries = cfg.num_queries
+        self.aux_loss = cfg.aux_loss
+        self.enact_config = enact_config
+        self.attention = cfg.attention
+        lr = cfg.lr if cfg.lr is not None else (ENACT_LR if enact_config is not None else DETR_LR)
+        self.default_optimizer_kwargs = {"lr": lr, "weight_decay": cfg.weight_decay}
+        self.default_lr_backbone = cfg.lr_backbone
+        self.grad_clip_max_norm = cfg.clip_max_norm
+
+        # registration order = the original's state_dict order
+        self.transformer = Transformer(
+            cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward, cfg.dropout,
+            cfg.activation, cfg.pre_norm, cfg.attention, enact_config, cfg.enact_layers,
+        )
+        self.class_embed = nn.Linear(cfg.hidden_dim, num_classes + 1)
+        self.bbox_embed = MLP(cfg.hidden_dim, cfg.hidden_dim, 4, 3)
+        self.query_embed = nn.Embedding(cfg.num_queries, cfg.hidden_dim)
+        body = Backbone(cfg.backbone, dilation=cfg.dilation, train_backbone=cfg.lr_backbone > 0,
+                        return_layers=("layer4",), weights_path=cfg.backbone_weights if pretrained_backbone else None)
+        self.input_proj = nn.Conv2d(body.num_channels[-1], cfg.hidden_dim, kernel_size=1)
+        self.backbone = Joiner(body, PositionEmbeddingSine(cfg.hidden_dim // 2, normalize=True))
+
+    def forward(self, images, mask: Tensor | None = None, targets: list[dict] | None = None) -> dict:
+        images, mask = batch_images(images, mask)  # (B, 3, H, W), (B, H, W)
+        levels, pos = self.backbone(images, mask)
+        src, src_mask = levels[-1]  # (B, C_b, h, w), (B, h, w)
+        hs = self.transformer(self.input_proj(src), src_mask, self.query_embed.weight, pos[-1])[0]  # (L, B, Q, C)
+        logits = self.class_embed(hs)  # (L, B, Q, K+1)
+        boxes = self.bbox_embed(hs).sigmoid()  # (L, B, Q, 4)
+        out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if self.aux_loss:
+            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+        return out
+
+    def build_criterion(self) -> SetCriterion:
+        cfg = self.cfg
+        matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou)
+        weights = detr_weight_dict(cfg.ce_loss_coef, cfg.bbox_loss_coef, cfg.giou_loss_coef,
+                                   num_aux=cfg.dec_layers - 1 if cfg.aux_loss else 0)
+        return SetCriterion(self.num_classes, matcher, weights, eos_coef=cfg.eos_coef)
+
+    def postprocess(self, outputs: dict, target_sizes: Tensor) -> list[dict[str, Tensor]]:
+        return postprocess_softmax(outputs, target_sizes)
+
+    def enact_modules(self) -> Iterator[nn.Module]:
+        for layer in self.transformer.encoder.layers:
+            if not isinstance(layer.self_attn, nn.MultiheadAttention):
+                yield layer.self_attn
+
+
+def _build(base: DetrConfig):
+    def factory(enact_config, num_classes, pretrained_backbone, **overrides) -> DETR:
+        if "enact_layers" in overrides and overrides["enact_layers"] is not None:
+            overrides["enact_layers"] = tuple(overrides["enact_layers"])
+        return DETR(replace(base, **overrides), num_classes, enact_config, pretrained_backbone)
+
+    return factory
+
+
+PRESETS = {
+    "detr_r50": (DetrConfig(), "DETR, ResNet-50, 6+6 layers, width 256, 100 queries (41.5M params)"),
+    "detr_r50_dc5": (DetrConfig(dilation=True), "DETR-DC5: ResNet-50 with a dilated last stage (stride 16)"),
+    "detr_r101": (DetrConfig(backbone="resnet101"), "DETR, ResNet-101"),
+    "detr_tiny": (DetrConfig(backbone="resnet18", hidden_dim=64, nheads=4, enc_layers=2, dec_layers=2,
+                             dim_feedforward=128, num_queries=10),
+                  "tiny DETR for CPU tests: resnet18, width 64, 2+2 layers, 10 queries"),
+}
+
+for _name, (_cfg, _doc) in PRESETS.items():
+    register_detector(_name, family="detr", tiny=_name.endswith("_tiny"), overrides=DetrConfig,
+                      description=_doc)(_build(_cfg))
