@@ -1,0 +1,96 @@
+"""Registry of data sources: the extension point behind a case's `data = "..."`.
+
+A data source turns a Case into batches. Register one with
+
+    @register_data_source("synthetic", options={"max_objects": "int, most objects per image"})
+    def make_synthetic(case) -> DataSource: ...
+
+where `options` lists the keys a suite may put in the case's `data_options` table (anything else
+is an error naming the file). Modules that register sources are imported lazily from
+BUILTIN_SOURCE_MODULES, so adding a source is: write the module, add its name there.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol
+
+# Modules imported on first lookup; each registers its sources at import time.
+BUILTIN_SOURCE_MODULES: list[str] = ["enact_bench.data.synthetic"]
+
+
+@dataclass
+class Batch:
+    """One batch on the host (the runner moves it to the device outside the timed region).
+
+    images: list of normalised (3, H_i, W_i) float tensors; targets: DETR-style dicts
+    (`labels` int64 (n,), `boxes` float (n, 4) normalised cxcywh); sizes: (B, 2) int64 of (h, w),
+    the frame in which post-processing returns absolute boxes.
+    """
+
+    images: list
+    targets: list
+    sizes: Any
+    image_ids: list | None = None
+
+    def to(self, device) -> "Batch":
+        return Batch(
+            images=[im.to(device, non_blocking=True) for im in self.images],
+            targets=[{k: (v.to(device) if hasattr(v, "to") else v) for k, v in t.items()}
+                     for t in self.targets],
+            sizes=self.sizes.to(device),
+            image_ids=self.image_ids,
+        )
+
+
+class DataSource(Protocol):
+    def batch(self, index: int) -> Batch:  # same index, same batch
+        ...
+
+
+@dataclass(frozen=True)
+class DataSourceSpec:
+    name: str
+    factory: Callable[[Any], DataSource]
+    options: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+_REGISTRY: dict[str, DataSourceSpec] = {}
+_loaded = False
+
+
+def register_data_source(name: str, *, options: Mapping[str, str] | None = None,
+                         description: str = ""):
+    def deco(factory):
+        if name in _REGISTRY and _REGISTRY[name].factory is not factory:
+            raise RuntimeError(f"data source {name!r} registered twice")
+        _REGISTRY[name] = DataSourceSpec(name, factory, dict(options or {}), description)
+        return factory
+    return deco
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in BUILTIN_SOURCE_MODULES:
+        importlib.import_module(mod)
+
+
+def list_data_sources() -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get_data_source(name: str) -> DataSourceSpec:
+    _load_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown data source {name!r}; expected one of {sorted(_REGISTRY)}") from None
+
+
+def make_data_source(case) -> DataSource:
+    return get_data_source(case.data).factory(case)

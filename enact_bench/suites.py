@@ -1,0 +1,421 @@
+"""TOML suite -> list of frozen Case dataclasses (defaults, matrix expansion, validation).
+
+A suite file has `name`, `description`, a `[defaults]` table and a `[matrix]` table (or several
+`[[matrix]]` tables, each expanded on its own and concatenated). In a matrix, a list is an axis
+and a scalar is fixed for that group; the cases are the product of the axes, in file order.
+Every key, its default and its valid values are in CASE_KEYS below and docs/harness.md.
+Unknown keys, bad values and unknown detectors raise SuiteError naming the key and the file.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from enact_bench.errors import SuiteError
+
+MODES = ("train", "infer")
+DTYPES = ("float32", "bfloat16", "float16")
+SIZE_DISTS = ("coco",)
+TOP_KEYS = ("name", "description", "defaults", "matrix")
+# Case keys that do not change what is measured, only how long or where: not in the case_id.
+NOT_IN_ID = ("iters", "warmup", "device", "flops")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measured configuration. Built by load_suite; every field validated there."""
+
+    detector: str
+    enact: bool = False
+    enact_config: dict | None = None  # EnactConfig kwargs (None: the detector's default)
+    mode: str = "train"  # train | infer
+    device: str = "cpu"  # cpu | cuda | cuda:N (suites may say "auto"; resolved on load)
+    dtype: str = "float32"  # autocast dtype; parameters stay float32
+    batch_size: int = 2
+    image_size: tuple[int, int] | None = None  # (H, W); None with image_size_dist
+    image_size_dist: str | None = None  # "coco": DETR's multi-scale sizes
+    data: str = "synthetic"
+    data_options: dict = field(default_factory=dict)
+    iters: int = 5  # timed iterations
+    warmup: int = 2  # untimed iterations before them (the first one reported on its own)
+    seed: int = 0
+    overrides: dict = field(default_factory=dict)  # extra create_detector(**overrides)
+    checkpoint: str | None = None
+    num_classes: int = 91
+    clip_max_norm: float = 0.1  # gradient clipping of the released trainers (0: off)
+    tf32: bool = False
+    cudnn_benchmark: bool = False
+    flops: bool = True
+    evaluate: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.batch_size < 1 or self.iters < 1 or self.warmup < 1:
+            raise ValueError("batch_size, iters and warmup must be >= 1")
+        if self.image_size is not None and self.image_size_dist is not None:
+            raise ValueError("give image_size or image_size_dist, not both")
+
+    @property
+    def case_id(self) -> str:
+        size = "x".join(map(str, self.image_size)) if self.image_size else (self.image_size_dist or "nosize")
+        parts = [self.detector, "enact" if self.enact else "base", self.mode,
+                 f"b{self.batch_size}", size]
+        default = Case(detector=self.detector)
+        for f in fields(self):
+            if f.name in NOT_IN_ID or f.name in ("detector", "enact", "mode", "batch_size",
+                                                  "image_size", "image_size_dist"):
+                continue
+            value = getattr(self, f.name)
+            if value != getattr(default, f.name) and value not in (None, {}, ()):
+                parts.append(f"{f.name}={_slug(value)}")
+        return "-".join(parts)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["image_size"] = list(self.image_size) if self.image_size else None
+        d["evaluate"] = list(self.evaluate)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Case":
+        d = dict(d)
+        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
+        if d.get("image_size") is not None:
+            d["image_size"] = tuple(d["image_size"])
+        d["evaluate"] = tuple(d.get("evaluate") or ())
+        return cls(**d)
+
+
+def _slug(value: Any) -> str:
+    if isinstance(value, dict):
+        text = ",".join(f"{k}={_slug(v)}" for k, v in sorted(value.items()))
+    elif isinstance(value, (list, tuple)):
+        text = "+".join(_slug(v) for v in value)
+    elif isinstance(value, str) and ("/" in value or "\\" in value):
+        text = Path(value).stem
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9._=,+]", "_", text)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    path: Path | None
+    text: str  # the TOML as read (copied into reports/<run_id>/suite.toml)
+    cases: tuple[Case, ...]
+
+
+# ---------------------------------------------------------------------------------------
+# where shipped suites live
+# ---------------------------------------------------------------------------------------
+def suite_dirs() -> list[Path]:
+    """Folders searched for `--suite NAME`: $ENACT_BENCH_SUITES (os.pathsep-separated), the
+    package's own suites/ (an installed wheel) and the repository's suites/ (a checkout or an
+    editable `pip install -e .`)."""
+    import enact_bench
+
+    pkg = Path(enact_bench.__file__).resolve().parent
+    dirs = [Path(p) for p in os.environ.get("ENACT_BENCH_SUITES", "").split(os.pathsep) if p]
+    dirs += [pkg / "suites", pkg.parent / "suites"]
+    return [d for d in dirs if d.is_dir()]
+
+
+def list_suites() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in suite_dirs():
+        for p in sorted(d.glob("*.toml")):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def find_suite(name_or_path: str) -> Path:
+    p = Path(name_or_path).expanduser()
+    if p.suffix == ".toml" or os.sep in name_or_path or "/" in name_or_path:
+        if not p.is_file():
+            raise SuiteError(f"suite file not found: {p}")
+        return p
+    shipped = list_suites()
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    if p.is_file():
+        return p
+    raise SuiteError(f"unknown suite {name_or_path!r}; shipped suites: {', '.join(sorted(shipped)) or 'none'}"
+                     " (or give a path to a .toml file)")
+
+
+# ---------------------------------------------------------------------------------------
+# value checks: each returns the normalised value or raises SuiteError naming key and file
+# ---------------------------------------------------------------------------------------
+def _known_detectors() -> list[str] | None:
+    try:
+        from enact_bench.detectors import list_detectors
+    except ImportError:
+        return None
+    return list(list_detectors())
+
+
+def parse_image_size(value: Any) -> tuple[tuple[int, int] | None, str | None]:
+    """"HxW", [H, W] or "coco" -> (size, dist). Raises ValueError with what was expected."""
+    expected = 'expected "HxW" (e.g. "800x1333"), [H, W] or "coco"'
+    if isinstance(value, str):
+        if value in SIZE_DISTS:
+            return None, value
+        m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
+        if not m:
+            raise ValueError(expected)
+        h, w = int(m.group(1)), int(m.group(2))
+    elif isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        h, w = value
+    else:
+        raise ValueError(expected)
+    if h < 1 or w < 1:
+        raise ValueError(f"image sides must be >= 1 ({expected})")
+    return (h, w), None
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check(key: str, value: Any, where: str) -> Any:
+    def bad(expected: str):
+        return SuiteError(f"{where}: {key} = {value!r}: expected {expected}")
+
+    if key == "detector":
+        if not isinstance(value, str):
+            raise bad("a detector name (string)")
+        known = _known_detectors()
+        if known is not None and value not in known:
+            raise bad("one of " + ", ".join(sorted(known)))
+        return value
+    if key in ("enact", "tf32", "cudnn_benchmark", "flops"):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if key == "mode":
+        if value not in MODES:
+            raise bad("one of " + ", ".join(MODES))
+        return value
+    if key == "dtype":
+        if value not in DTYPES:
+            raise bad("one of " + ", ".join(DTYPES))
+        return value
+    if key == "device":
+        if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise bad("auto, cpu, cuda or cuda:N")
+        return value
+    if key in ("batch_size", "iters", "warmup", "num_classes"):
+        if not _is_int(value) or value < 1:
+            raise bad("an integer >= 1")
+        return value
+    if key == "seed":
+        if not _is_int(value) or value < 0:
+            raise bad("an integer >= 0")
+        return value
+    if key == "clip_max_norm":
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise bad("a number >= 0 (0 turns clipping off)")
+        return float(value)
+    if key == "image_size":
+        try:
+            return parse_image_size(value)
+        except ValueError as e:
+            raise bad(str(e).removeprefix("expected ")) from None
+    if key == "data":
+        from enact_bench.data.sources import list_data_sources
+        if value not in list_data_sources():
+            raise bad("one of " + ", ".join(list_data_sources()))
+        return value
+    if key in ("overrides", "data_options"):
+        if not isinstance(value, dict):
+            raise bad("a table, e.g. {key = value}")
+        return dict(value)
+    if key == "enact_config":
+        if not isinstance(value, dict):
+            raise bad("a table of EnactConfig fields, e.g. {sigma = 3.0, backend = \"sdpa\"}")
+        try:
+            from enact import EnactConfig
+        except ImportError:
+            return dict(value)
+        try:
+            EnactConfig(**value)
+        except (TypeError, ValueError) as e:
+            raise SuiteError(f"{where}: enact_config = {value!r}: {e}") from None
+        return dict(value)
+    if key == "checkpoint":
+        if not isinstance(value, str) or not value:
+            raise bad("a path to a checkpoint file (string)")
+        return value
+    if key == "evaluate":
+        from enact_bench.measure.evaluation import list_evaluations
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise bad("a list of evaluation names")
+        known = list_evaluations()
+        for n in names:
+            if n not in known:
+                raise SuiteError(f"{where}: evaluate: unknown evaluation {n!r}; expected one of "
+                                 f"{', '.join(known) or '(none registered)'}")
+        return tuple(names)
+    raise SuiteError(f"{where}: unknown key {key!r}; valid keys: {', '.join(CASE_KEYS)}")
+
+
+CASE_KEYS = tuple(f.name for f in fields(Case) if f.name != "image_size_dist")
+_LIST_VALUED = ("image_size", "evaluate")  # keys whose single value may itself be a list
+
+
+def _is_single_value(key: str, value: Any) -> bool:
+    if not isinstance(value, list):
+        return True
+    if key == "image_size":
+        return len(value) == 2 and all(_is_int(v) for v in value)
+    if key == "evaluate":
+        return all(isinstance(v, str) for v in value)
+    return False
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ---------------------------------------------------------------------------------------
+# loading and expansion
+# ---------------------------------------------------------------------------------------
+def parse_set_option(text: str) -> tuple[str, Any]:
+    """`key=value` (value read as a TOML value, else as a plain string)."""
+    if "=" not in text:
+        raise SuiteError(f"--set {text!r}: expected key=value, e.g. --set iters=3")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def _build_case(raw: dict, where: str, base_dir: Path | None) -> Case:
+    kw: dict[str, Any] = {}
+    for key, value in raw.items():
+        v = _check(key, value, where)
+        if key == "image_size":
+            kw["image_size"], kw["image_size_dist"] = v
+        else:
+            kw[key] = v
+    if "detector" not in kw:
+        raise SuiteError(f"{where}: no detector; set `detector` in [defaults] or [matrix]")
+    kw["device"] = resolve_device(kw.get("device", "auto"))
+    if not kw.get("enact", False):
+        kw["enact_config"] = None  # a baseline has no ENACT config (keeps pairs' ids aligned)
+    if kw.get("checkpoint") and base_dir is not None and not Path(kw["checkpoint"]).is_absolute():
+        kw["checkpoint"] = str((base_dir / kw["checkpoint"]).resolve())
+    if kw.get("checkpoint") and not Path(kw["checkpoint"]).expanduser().is_file():
+        raise SuiteError(f"{where}: checkpoint = {raw['checkpoint']!r}: file not found")
+    from enact_bench.data.sources import get_data_source
+    spec = get_data_source(kw.get("data", "synthetic"))
+    for opt in kw.get("data_options", {}):
+        if opt not in spec.options:
+            raise SuiteError(f"{where}: data_options: unknown key {opt!r} for data {spec.name!r}; "
+                             f"valid keys: {', '.join(spec.options) or '(none)'}")
+    if spec.name == "synthetic" and "image_size" not in kw:
+        raise SuiteError(f'{where}: synthetic data needs image_size ("HxW", [H, W] or "coco")')
+    try:
+        return Case(**kw)
+    except ValueError as e:
+        raise SuiteError(f"{where}: {e}") from None
+
+
+def expand(doc: dict, where: str, overrides: list[tuple[str, list]] | None = None,
+           base_dir: Path | None = None) -> list[Case]:
+    """Expand a parsed suite document into cases; `overrides` (key, values) replace a key's
+    value everywhere (several values make it an axis); dotted keys (`overrides.hidden_dim`)
+    set one entry of a table."""
+    for key in doc:
+        if key not in TOP_KEYS:
+            raise SuiteError(f"{where}: unknown top-level key {key!r}; valid keys: {', '.join(TOP_KEYS)}")
+    defaults = doc.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise SuiteError(f"{where}: [defaults] must be a table")
+    matrix = doc.get("matrix", [{}])
+    groups = [matrix] if isinstance(matrix, dict) else matrix
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise SuiteError(f"{where}: matrix must be a table ([matrix]) or tables ([[matrix]])")
+    for key in defaults:
+        if key not in CASE_KEYS:
+            raise SuiteError(f"{where}: [defaults]: unknown key {key!r}; valid keys: {', '.join(CASE_KEYS)}")
+    raws: list[dict] = []
+    for gi, group in enumerate(groups):
+        axes, fixed = [], {}
+        for key, value in group.items():
+            if key not in CASE_KEYS:
+                raise SuiteError(f"{where}: [matrix]: unknown key {key!r}; valid keys: {', '.join(CASE_KEYS)}")
+            if _is_single_value(key, value):
+                fixed[key] = value
+            else:
+                if not value:
+                    raise SuiteError(f"{where}: [matrix]: {key} = []: an axis needs at least one value")
+                axes.append((key, value))
+        for combo in itertools.product(*(vals for _, vals in axes)):
+            raws.append({**defaults, **fixed, **dict(zip((k for k, _ in axes), combo))})
+    for key, values in overrides or []:
+        head = key.split(".", 1)[0]
+        if head not in CASE_KEYS:
+            raise SuiteError(f"override {key!r}: unknown key; valid keys: {', '.join(CASE_KEYS)}")
+        new = []
+        for raw in raws:
+            for v in values:
+                r = dict(raw)
+                if "." in key:
+                    sub = key.split(".", 1)[1]
+                    table = r.get(head) or {}
+                    if not isinstance(table, dict):
+                        raise SuiteError(f"override {key!r}: {head} is not a table")
+                    r[head] = {**table, sub: v}
+                else:
+                    r[key] = v
+                new.append(r)
+        raws = new
+    cases, seen = [], set()
+    for raw in raws:
+        case = _build_case(raw, where, base_dir)
+        if case.case_id in seen:
+            continue  # an override collapsed two cases into one
+        seen.add(case.case_id)
+        cases.append(case)
+    return cases
+
+
+def load_suite(name_or_path: str, overrides: list[tuple[str, list]] | None = None) -> Suite:
+    path = find_suite(name_or_path)
+    text = path.read_text()
+    return load_suite_text(text, path=path, overrides=overrides)
+
+
+def load_suite_text(text: str, path: Path | None = None,
+                    overrides: list[tuple[str, list]] | None = None) -> Suite:
+    where = str(path) if path else "<suite>"
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SuiteError(f"{where}: not valid TOML: {e}") from None
+    name = doc.get("name", path.stem if path else "suite")
+    description = doc.get("description", "")
+    if not isinstance(name, str) or not isinstance(description, str):
+        raise SuiteError(f"{where}: name and description must be strings")
+    cases = expand(doc, where, overrides, base_dir=path.parent if path else None)
+    if not cases:
+        raise SuiteError(f"{where}: the suite expands to no cases")
+    return Suite(name=name, description=description, path=path, text=text, cases=tuple(cases))
