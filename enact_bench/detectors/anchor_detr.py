@@ -181,9 +181,9 @@ PRESETS = {
     "anchor_detr_r50_dc5": (AnchorDetrConfig(),
                             "Anchor DETR-DC5, ResNet-50, RCDA, 300 anchors x 3 patterns (37.0M params)"),
     "anchor_detr_r50": (AnchorDetrConfig(dilation=False), "Anchor DETR, ResNet-50 without DC5"),
-    "anchor_detr_tiny": (AnchorDetrConfig(backbone="resnet18", hidden_dim=64, nheads=4, enc_layers=2, dec_layers=2,
+    "anchor_detr_tiny": (AnchorDetrConfig(backbone="resnet18", dilation=False, hidden_dim=64, nheads=4, enc_layers=2, dec_layers=2,
                                           dim_feedforward=128, num_query_position=6, num_query_pattern=2),
-                         "tiny Anchor DETR-DC5 for CPU tests: resnet18, width 64, 2+2 layers, 6 anchors x 2 patterns"),
+                         "tiny Anchor DETR for CPU tests: resnet18 (no DC5: basic blocks cannot dilate), width 64, 2+2 layers, 6 anchors x 2 patterns"),
 }
 
 for _name, (_cfg, _doc) in PRESETS.items():

@@ -8,7 +8,7 @@ over those tokens (`MultiheadRCDA.forward_enact`).
 
 Module name `ENACT` and parameter `W_prob` follow the release, so its checkpoints load strictly.
 The release's default sigma for Anchor DETR is 5.0 (3.0 for DETR and Conditional DETR): see
-`anchor_reference_config()`.
+`anchor_detr.anchor_enact_config`.
 """
 from __future__ import annotations
 
@@ -18,22 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from enact.config import EnactConfig
-
-ANCHOR_SIGMA = 5.0
-
-
-def anchor_reference_config() -> EnactConfig:
-    """The release's settings for Anchor DETR: the reference preset with sigma 5."""
-    import dataclasses
-
-    return dataclasses.replace(EnactConfig.reference(), sigma=ANCHOR_SIGMA)
+ANCHOR_SIGMA = 5.0  # the release's --smoothing_sigma default for Anchor DETR
 
 
 class AnchorEnactPooling(nn.Module):
     """(row keys, column keys, values), each (N, S, C) -> pooled (N, n, C) each, same windows."""
 
-    def __init__(self, d_model: int, config: EnactConfig):
+    def __init__(self, d_model: int, config):
         super().__init__()
         if config.cluster_scope != "batch" or config.mask_padding:
             raise ValueError(
