@@ -41,12 +41,12 @@ class FFN(nn.Module):
 class AnchorEncoderLayer(nn.Module):
     def __init__(self, d_model: int, d_ffn: int, dropout: float, nhead: int, enact_config=None):
         super().__init__()
+        if enact_config is not None:   # registered first, as in the release
+            self.ENACT = AnchorEnactPooling(d_model, enact_config)
         self.self_attn = MultiheadRCDA(d_model, nhead, dropout=dropout)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.ffn = FFN(d_model, d_ffn, dropout)
-        if enact_config is not None:
-            self.ENACT = AnchorEnactPooling(d_model, enact_config)
 
     def forward(self, src: Tensor, mask: Tensor, posemb_row: Tensor, posemb_col: Tensor) -> Tensor:
         """src (N, H, W, C); mask (N, H, W); posemb_row (N, W, C); posemb_col (N, H, C)."""
