@@ -12,11 +12,9 @@ The release's default sigma for Anchor DETR is 5.0 (3.0 for DETR and Conditional
 """
 from __future__ import annotations
 
-import math
-
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from enact import ops
 
 ANCHOR_SIGMA = 5.0  # the release's --smoothing_sigma default for Anchor DETR
 
@@ -39,56 +37,29 @@ class AnchorEnactPooling(nn.Module):
 
     def forward(self, key_row: Tensor, key_col: Tensor, value: Tensor,
                 mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """key_row, key_col, value (N, S, C) -> pooled (N, n, C) each. `mask` is unused, as in
+        the release (padded pixels take part in the entropy and the windows)."""
         s = key_row.shape[1]
-        info = information(self.W_prob(key_row).squeeze(-1))              # (N, S)
-        smooth = gaussian_smooth(info, self.config.sigma)                  # (N, S)
+        e = ops.smooth(ops.entropy_bits(self.W_prob(key_row).squeeze(-1)), self.config.sigma)   # (N, S)
         if self.config.cluster_size is not None:
             size = int(self.config.cluster_size)
+            if size > s:
+                raise ValueError(f"EnactConfig.cluster_size={size} exceeds the key length {s}")
         else:
-            size = batch_cluster_size(smooth)
-        weights, start, n = window_weights(smooth, size)                   # (N, n, L)
-        pooled = [pool_windows(x, weights, start) for x in (key_row, key_col, value)]
+            means = ops.mean_run_length(ops.step(ops.second_derivative(e)))                    # (N,)
+            size = min(ops.cluster_size(means.tolist()), s)
+        front, n = ops.trim_bounds(s, size)
+        weights = e[:, front:front + n * size].reshape(-1, n, size).softmax(-1)               # (N, n, L)
+        pooled = [pool_windows(x, weights, front) for x in (key_row, key_col, value)]
         self.last_stats = {"cluster_size": size, "key_len_before": s, "key_len_after": n}
         return pooled[0], pooled[1], pooled[2]
 
 
-# -- the steps of DESIGN 4.1 (local until enact.ops provides them) -------------------------------
-def information(scores: Tensor) -> Tensor:
-    """(N, S) scores -> per-position information -p log2 p of p = softmax(scores) + 1e-8."""
-    p = scores.softmax(-1) + 1e-8
-    return -p * torch.log(p) / math.log(2.0)
+def pool_windows(x: Tensor, weights: Tensor, front: int) -> Tensor:
+    """(N, S, C) -> (N, n, C): weighted sum over each window of `weights` (N, n, L) from `front`.
 
-
-def gaussian_smooth(x: Tensor, sigma: float) -> Tensor:
-    """1-D Gaussian over the sequence: taps -(3 sigma - 1) .. (3 sigma - 1), not renormalised,
-    zero padding, same length. (N, S) -> (N, S)."""
-    taps = torch.arange(-(3 * sigma - 1), 3 * sigma, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-taps**2 / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
-    return F.conv1d(x.unsqueeze(1), kernel.view(1, 1, -1), padding="same").squeeze(1)
-
-
-def batch_cluster_size(smooth: Tensor) -> int:
-    """Python-rounded batch mean of the per-image mean run length of (d > 0), d = [-1, 2, -1] * smooth."""
-    kernel = torch.tensor([-1.0, 2.0, -1.0], dtype=smooth.dtype, device=smooth.device).view(1, 1, 3)
-    step = F.conv1d(smooth.unsqueeze(1), kernel, padding="same").squeeze(1) > 0        # (N, S)
-    runs = 1 + (step[:, 1:] != step[:, :-1]).sum(1)                                      # (N,)
-    means = (step.shape[1] / runs.double()).tolist()
-    return round(sum(means) / len(means))
-
-
-def window_weights(smooth: Tensor, size: int) -> tuple[Tensor, int, int]:
-    """Centre-trimmed windows of `size` positions: softmax of the smoothed information inside
-    each. Returns weights (N, n, size), the first kept position and n."""
-    s = smooth.shape[1]
-    size = max(1, min(size, s))
-    n, r = divmod(s, size)
-    start = r // 2
-    kept = smooth[:, start:start + n * size]
-    return kept.reshape(-1, n, size).softmax(-1), start, n
-
-
-def pool_windows(x: Tensor, weights: Tensor, start: int) -> Tensor:
-    """(N, S, C) -> (N, n, C): the weighted sum over each window."""
+    Batch-first counterpart of enact.ops.window_pool (which takes (S, B, C) and recomputes the
+    window softmax per tensor); here one softmax serves the row keys, column keys and values."""
     n, size = weights.shape[1:]
-    kept = x[:, start:start + n * size].reshape(x.shape[0], n, size, x.shape[-1])      # (N, n, L, C)
-    return (weights.unsqueeze(-1) * kept).sum(-2)
+    kept = x[:, front:front + n * size].reshape(x.shape[0], n, size, x.shape[-1])   # (N, n, L, C)
+    return (weights.unsqueeze(-1).to(x.dtype) * kept).sum(-2)
