@@ -47,7 +47,7 @@ class Case:
     overrides: dict = field(default_factory=dict)  # extra create_detector(**overrides)
     checkpoint: str | None = None
     num_classes: int = 91
-    clip_max_norm: float = 0.1  # gradient clipping of the released trainers (0: off)
+    clip_max_norm: float | None = None  # gradient clipping; None: the detector's own, 0: off
     tf32: bool = False
     cudnn_benchmark: bool = False
     flops: bool = True
@@ -405,7 +405,9 @@ def load_suite(name_or_path: str, overrides: list[tuple[str, list]] | None = Non
 
 
 def load_suite_text(text: str, path: Path | None = None,
-                    overrides: list[tuple[str, list]] | None = None) -> Suite:
+                    overrides: list[tuple[str, list]] | None = None, base_dir: Path | None = None) -> Suite:
+    """Parse suite text; relative checkpoint paths resolve against base_dir (default: the
+    file's folder)."""
     where = str(path) if path else "<suite>"
     try:
         doc = tomllib.loads(text)
@@ -415,7 +417,7 @@ def load_suite_text(text: str, path: Path | None = None,
     description = doc.get("description", "")
     if not isinstance(name, str) or not isinstance(description, str):
         raise SuiteError(f"{where}: name and description must be strings")
-    cases = expand(doc, where, overrides, base_dir=path.parent if path else None)
+    cases = expand(doc, where, overrides, base_dir=base_dir or (path.parent if path else None))
     if not cases:
         raise SuiteError(f"{where}: the suite expands to no cases")
     return Suite(name=name, description=description, path=path, text=text, cases=tuple(cases))

@@ -1,0 +1,113 @@
+"""`enact-bench run`: expand a suite, run its cases, write reports/<run_id>/, print the summary."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from enact_bench.commands import user_errors
+from enact_bench.errors import UserInputError
+from enact_bench.runner import RunResult, load_run_suite, prepare_run, run_suite
+from enact_bench.suites import load_suite, parse_set_option
+
+
+def cli_overrides(*, detector: list[str] | None = None, device: str | None = None,
+                  batch_size: int | None = None, image_size: str | None = None, iters: int | None = None,
+                  warmup: int | None = None, sets: list[str] | None = None) -> list[tuple[str, list[Any]]]:
+    """Command-line options -> (key, values) overrides, applied to every case of the suite."""
+    out: list[tuple[str, list[Any]]] = []
+    if detector:
+        out.append(("detector", list(detector)))
+    for key, value in (("device", device), ("batch_size", batch_size), ("image_size", image_size),
+                       ("iters", iters), ("warmup", warmup)):
+        if value is not None:
+            out.append((key, [value]))
+    for text in sets or []:
+        key, value = parse_set_option(text)
+        out.append((key, [value]))
+    return out
+
+
+def prepare_command(suite: str | None, *, out: str | Path = "reports", overrides=None,
+                    resume: str | Path | None = None, run_id: str | None = None):
+    """Load the suite (or the resumed run's) and create/locate the run folder.
+    Returns (suite, run_dir, run_id). All user-input errors surface here, before any case runs."""
+    if resume:
+        if overrides:
+            raise UserInputError("--resume re-runs the suite as it was saved; do not combine it with overrides")
+        s, meta = load_run_suite(resume)
+        return s, Path(resume), meta["run_id"]
+    if not suite:
+        raise UserInputError("give --suite NAME|PATH (see `enact-bench list`) or --resume RUN_DIR")
+    s = load_suite(suite, overrides)
+    run_dir, rid = prepare_run(s, out, overrides, run_id)
+    return s, run_dir, rid
+
+
+def run_command(suite: str | None, *, out: str | Path = "reports", overrides=None, inline: bool = False,
+                resume: str | Path | None = None, run_id: str | None = None, case_timeout_s: float | None = None,
+                on_start=None, on_end=None) -> RunResult:
+    """Plain body of `enact-bench run` (no printing). Returns the run's result."""
+    s, run_dir, rid = prepare_command(suite, out=out, overrides=overrides, resume=resume, run_id=run_id)
+    return run_suite(s, run_dir, rid, inline=inline, on_start=on_start, on_end=on_end, timeout_s=case_timeout_s)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    @user_errors
+    def run(
+        suite: Optional[str] = typer.Option(None, "--suite", "-s", help="shipped suite name or path to a .toml"),
+        device: Optional[str] = typer.Option(None, help="auto | cuda | cuda:N | cpu (overrides the suite)"),
+        out: Path = typer.Option(Path("reports"), help="folder that receives <run_id>/"),
+        detector: Optional[list[str]] = typer.Option(None, help="detector(s) to run instead of the suite's"),
+        batch_size: Optional[int] = typer.Option(None, help="batch size for every case"),
+        image_size: Optional[str] = typer.Option(None, help='HxW (e.g. 800x1333) or "coco"'),
+        iters: Optional[int] = typer.Option(None, help="timed iterations per case"),
+        warmup: Optional[int] = typer.Option(None, help="warm-up iterations per case (>= 1)"),
+        set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value for any case key (TOML value); "
+                                                 "dotted keys set one table entry, e.g. overrides.num_queries=50"),
+        inline: bool = typer.Option(False, help="run cases in this process (debugging) instead of subprocesses"),
+        resume: Optional[Path] = typer.Option(None, help="continue RUN_DIR: skip its cases already ok"),
+        run_id: Optional[str] = typer.Option(None, help="name of the run folder (default <suite>-<UTC time>)"),
+        case_timeout: Optional[float] = typer.Option(None, help="seconds before a case's subprocess is stopped"),
+    ) -> None:
+        """Run a suite: one record per case in OUT/<run_id>/records.jsonl, then the summary."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from enact_bench.console import console, print_summary
+        from enact_bench.records import read_records
+
+        overrides = cli_overrides(detector=detector, device=device, batch_size=batch_size, image_size=image_size,
+                                  iters=iters, warmup=warmup, sets=set_)
+        s, run_dir, rid = prepare_command(suite, out=out, overrides=overrides, resume=resume, run_id=run_id)
+        console.print(f"suite [bold]{s.name}[/]: {len(s.cases)} case(s) -> {run_dir}", highlight=False)
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=False) as progress:
+            task = progress.add_task("starting", total=len(s.cases))
+
+            def on_start(i, n, case):
+                progress.update(task, total=n, description=f"{case.case_id}")  # n: cases still to run
+
+            def on_end(i, n, rec):
+                colour = {"ok": "green", "oom": "yellow"}.get(rec.status, "red")
+                first = (rec.error or "").splitlines()[0] if rec.error else ""
+                progress.console.print(f"[{colour}]{rec.status:>7}[/] {rec.case_id} ({rec.duration_s:.1f} s)"
+                                       + (f": {first}" if first else ""), highlight=False)
+                progress.advance(task)
+
+            result = run_suite(s, run_dir, rid, inline=inline, on_start=on_start, on_end=on_end,
+                               timeout_s=case_timeout)
+            progress.update(task, description="done" if not result.interrupted else "interrupted")
+        if result.skipped_ok:
+            console.print(f"resumed: {len(result.skipped_ok)} case(s) already ok were skipped")
+        records_path = result.run_dir / "records.jsonl"
+        if records_path.exists():
+            print_summary(read_records(records_path))
+        console.print(f"records: {records_path}")
+        if result.interrupted:
+            console.print(f"[yellow]interrupted[/]: finished records kept; continue with "
+                          f"`enact-bench run --resume {result.run_dir}`")
+            raise typer.Exit(130)
+        if any(r.status == "error" for r in result.records):
+            raise typer.Exit(1)

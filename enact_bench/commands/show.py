@@ -1,0 +1,30 @@
+"""`enact-bench show RUN_DIR`: the summary tables of a finished (or interrupted) run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from enact_bench.commands import user_errors
+from enact_bench.errors import UserInputError
+
+
+def load_run_records(run_dir: str | Path):
+    """Plain body: the records of RUN_DIR (or of a records.jsonl path)."""
+    from enact_bench.records import read_records
+
+    p = Path(run_dir)
+    path = p / "records.jsonl" if p.is_dir() else p
+    if not path.is_file():
+        raise UserInputError(f"no records found at {path} (expected a run folder with records.jsonl)")
+    return read_records(path)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("show")
+    @user_errors
+    def show(run_dir: Path = typer.Argument(..., help="reports/<run_id> folder")) -> None:
+        """Summary table of a run: every case, then each baseline next to its ENACT variant."""
+        from enact_bench.console import print_summary
+
+        print_summary(load_run_records(run_dir))

@@ -1,0 +1,73 @@
+"""Summary rows from records (no torch): one row per case, and baseline/ENACT pairs.
+
+A pair is a baseline case and an ENACT case that agree on every case field except `enact`,
+`enact_config` and `attention`. Memory is the CUDA allocator peak where there is one, else the
+CPU live-tensor peak (the `memory_kind` column says which); time is the median step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from enact_bench.records import Record, latest_by_case
+
+PAIR_FREE = ("enact", "enact_config", "attention")
+
+
+def memory_of(rec: Record) -> tuple[float | None, str]:
+    m = rec.metrics
+    if m.get("mem_peak_alloc_mib") is not None:
+        return m["mem_peak_alloc_mib"], "cuda_alloc"
+    if m.get("cpu_tracked_peak_mib") is not None:
+        return m["cpu_tracked_peak_mib"], "cpu_tracked"
+    return None, "-"
+
+
+def change_pct(base: float | None, new: float | None) -> float | None:
+    if base is None or new is None or base == 0:
+        return None
+    return (new - base) / base * 100.0
+
+
+def case_rows(records: Iterable[Record]) -> list[dict]:
+    rows = []
+    for rec in latest_by_case(records).values():
+        mem, kind = memory_of(rec)
+        m = rec.metrics
+        rows.append({"case_id": rec.case_id, "status": rec.status, "memory_mib": mem, "memory_kind": kind,
+                     "step_ms_p50": m.get("step_ms_p50"), "images_per_s": m.get("images_per_s"),
+                     "gflops_fwd": m.get("gflops_fwd"), "enact_key_len_after": m.get("enact_key_len_after"),
+                     "error": (rec.error or "").splitlines()[0] if rec.error else ""})
+    return rows
+
+
+@dataclass
+class Pair:
+    base: Record
+    enact: Record
+
+    @property
+    def label(self) -> str:
+        c = self.base.case
+        size = "x".join(map(str, c["image_size"])) if c.get("image_size") else c.get("image_size_dist") or "-"
+        return f"{c['detector']} {c['mode']} b{c['batch_size']} {size}"
+
+    def row(self) -> dict:
+        mb, kind = memory_of(self.base)
+        me, _ = memory_of(self.enact)
+        tb, te = self.base.metrics.get("step_ms_p50"), self.enact.metrics.get("step_ms_p50")
+        return {"pair": self.label, "enact_case": self.enact.case_id, "memory_kind": kind,
+                "mem_base_mib": mb, "mem_enact_mib": me, "mem_change_pct": change_pct(mb, me),
+                "ms_base": tb, "ms_enact": te, "time_change_pct": change_pct(tb, te),
+                "status": f"{self.base.status}/{self.enact.status}"}
+
+
+def _pair_key(rec: Record) -> str:
+    import json
+    return json.dumps({k: v for k, v in rec.case.items() if k not in PAIR_FREE}, sort_keys=True)
+
+
+def pairs(records: Iterable[Record]) -> list[Pair]:
+    latest = list(latest_by_case(records).values())
+    bases = {_pair_key(r): r for r in latest if not r.case.get("enact")}
+    return [Pair(bases[_pair_key(r)], r) for r in latest if r.case.get("enact") and _pair_key(r) in bases]
