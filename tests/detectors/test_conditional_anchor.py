@@ -37,6 +37,26 @@ def test_full_size_counts_and_keys_match_the_originals(key):
     assert hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16] == digest
 
 
+# trainable parameters (stem and layer1 frozen), from the originals' builds
+ORIGINAL_TRAINABLE = {
+    "conditional_detr_r50": 43_196_001,
+    "conditional_detr_r50_dc5": 43_196_001,
+    "conditional_detr_r101": 62_135_905,
+    "anchor_detr_r50_dc5": 36_816_311,
+    "anchor_detr_r50": 36_816_311,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_TRAINABLE))
+def test_trainable_counts_match_the_originals(name):
+    with torch.device("meta"):
+        model = create_detector(name)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == ORIGINAL_TRAINABLE[name]
+    groups = model.param_groups()
+    assert [g["lr"] for g in groups] == [1e-4, 1e-5]
+    assert sum(p.numel() for g in groups for p in g["params"]) == ORIGINAL_TRAINABLE[name]
+
+
 def test_full_size_variant_details():
     with torch.device("meta"):
         cond = create_detector("conditional_detr_r101_dc5")
