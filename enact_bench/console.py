@@ -51,13 +51,14 @@ def pairs_table(records, title="baseline vs ENACT") -> Table | None:
     kinds = sorted({p.row()["memory_kind"] for p in ps})
     t = Table(title=title, caption="memory: " + ", ".join(
         {"cuda_alloc": "CUDA max_memory_allocated", "cpu_tracked": "CPU live-tensor peak"}.get(k, k) for k in kinds)
-        + "; time: median step")
-    for col in ("case (ENACT variant)", "MiB base", "MiB ENACT", "Δ mem", "ms base", "ms ENACT", "Δ time", "status"):
+        + "; Δ own: change of the step's own peak (peak minus what was alive before it); time: median step")
+    for col in ("case (ENACT variant)", "MiB base", "MiB ENACT", "Δ mem", "Δ own", "ms base", "ms ENACT", "Δ time",
+                "status"):
         t.add_column(col, justify="left" if col.startswith("case") or col == "status" else "right")
     for p in ps:
         r = p.row()
         t.add_row(r["enact_case"], _num(r["mem_base_mib"]), _num(r["mem_enact_mib"]), _pct(r["mem_change_pct"]),
-                  _num(r["ms_base"]), _num(r["ms_enact"]), _pct(r["time_change_pct"]), r["status"])
+                  _pct(r["own_mem_change_pct"]), _num(r["ms_base"]), _num(r["ms_enact"]), _pct(r["time_change_pct"]), r["status"])
     return t
 
 

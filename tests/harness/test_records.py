@@ -14,7 +14,8 @@ def _rec(case_id, status="ok", enact=False, mem=100.0, ms=10.0, **case):
     c = {"detector": "detr_tiny", "enact": enact, "enact_config": {"sigma": 3.0} if enact else None,
          "attention": "mha", "mode": "train", "batch_size": 2, "image_size": [64, 96], **case}
     return Record(run_id="r", suite="s", case_id=case_id, status=status, case=c,
-                  metrics={"cpu_tracked_peak_mib": mem, "mem_peak_alloc_mib": None, "step_ms_p50": ms})
+                  metrics={"cpu_tracked_peak_mib": mem, "mem_peak_alloc_mib": None, "step_ms_p50": ms,
+                           "cpu_tracked_peak_bytes": int(mem * 2**20), "cpu_tracked_start_bytes": 50 * 2**20})
 
 
 def test_append_then_read_round_trip(tmp_path):
@@ -58,6 +59,7 @@ def test_pairs_and_changes():
     row = p.row()
     assert row["mem_change_pct"] == pytest.approx(-25.0) and row["time_change_pct"] == pytest.approx(20.0)
     assert row["memory_kind"] == "cpu_tracked"
+    assert row["own_mem_change_pct"] == pytest.approx((100 - 150) / 150 * 100)  # (150-50) vs (200-50)
     assert change_pct(None, 1.0) is None and change_pct(0.0, 1.0) is None
 
 

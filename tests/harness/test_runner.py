@@ -10,7 +10,8 @@ from enact_bench import runner
 from enact_bench.records import read_records
 from enact_bench.suites import Case, load_suite_text
 
-TINY = dict(detector="detr_tiny", image_size=(64, 96), batch_size=1, iters=1, warmup=1, device="cpu")
+TINY = dict(detector="detr_tiny", image_size=(64, 96), batch_size=1, iters=1, warmup=1, device="cpu",
+            cpu_threads=1)
 
 
 @pytest.fixture(scope="module")

@@ -58,10 +58,12 @@ def test_rss_peak_is_the_kernels_high_water_mark():
 @pytest.mark.gpu
 def test_cuda_peak_and_nvml_see_a_known_allocation():
     n = 256 * 2**20 // 4  # 256 MiB of float32
+    before_mib = torch.cuda.memory_allocated() / 2**20  # tensors alive before count in the peak too
     with NvmlSampler("cuda") as s, CudaPeakMemory("cuda") as m:
         x = torch.empty(n, device="cuda")
         x.fill_(1.0)
         del x
-    assert 256.0 <= m.fields["mem_peak_alloc_mib"] < 257.0
+    assert 256.0 <= m.fields["mem_peak_alloc_mib"] - before_mib < 257.0
+    assert m.fields["mem_start_alloc_mib"] == pytest.approx(before_mib)
     assert m.fields["mem_peak_reserved_mib"] >= 256.0
     assert s.fields["nvml_device_used_peak_mib"] >= 256.0
