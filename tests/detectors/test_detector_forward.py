@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from enact_bench.detectors import create_detector
+from enact_bench.detectors import create_detector, get_spec
 from enact_bench.detectors.base import Detector
 from enact_bench.detectors.nested import batch_images, downsample_mask, image_sizes, pad_image_list
 
@@ -73,6 +73,9 @@ def test_padding_mask_hides_padded_features(name, variant):
     """Transformer outputs ignore features at padded positions: baseline, and ENACT with
     mask_padding. The ENACT release's encoder does not use the mask, so with the reference preset
     they change (its documented behaviour)."""
+    if get_spec(name).family == "anchor_detr":
+        pytest.skip("Anchor DETR has no (src, mask, query, pos) transformer, and the original's RCDA "
+                    "averages keys over padded rows/columns too; see test_conditional_anchor.py")
     if variant == "base":
         enact = False
     else:
