@@ -207,3 +207,26 @@ def test_postprocess_is_topk_over_sigmoid_scores(name):
     assert torch.allclose(res["boxes"][0], torch.tensor([80.0, 30.0, 120.0, 70.0]))  # w=200, h=100
     assert torch.allclose(res["boxes"][1], torch.tensor([0.0, 0.0, 100.0, 50.0]))
 
+
+
+def test_conditional_encoder_sdpa_mode_gives_the_same_numbers():
+    torch.manual_seed(0)
+    mha = create_detector("conditional_detr_tiny").eval()
+    sdpa = create_detector("conditional_detr_tiny", attention="sdpa").eval()
+    sdpa.load_state_dict(mha.state_dict())
+    imgs = images(sizes=[(64, 96), (80, 64)])
+    with torch.no_grad():
+        a, b = mha(imgs), sdpa(imgs)
+    torch.testing.assert_close(a["pred_logits"], b["pred_logits"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(a["pred_boxes"], b["pred_boxes"], atol=1e-6, rtol=0)
+
+
+def test_anchor_enact_layers_selects_a_subset():
+    pytest.importorskip("enact.attention")
+    model = create_detector("anchor_detr_tiny", enact=True, enact_layers=[1]).eval()
+    assert [hasattr(layer, "ENACT") for layer in model.transformer.encoder_layers] == [False, True]
+    with torch.no_grad():
+        model(images(sizes=[(96, 128)]))
+    stats = model.enact_stats()
+    assert len(stats) == 1 and stats[0]["key_len_before"] == 3 * 4  # 96x128 / 32
+    assert stats[0]["key_len_after"] == 12 // stats[0]["cluster_size"]
