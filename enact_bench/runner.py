@@ -68,6 +68,16 @@ def build_model(case: Case):
     return model
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _autocast(case: Case, device):
     import torch
     if case.dtype == "float32":
@@ -180,6 +190,8 @@ def _measure(case: Case, metrics: dict, reasons: dict, record_case: dict) -> Non
     device = torch.device(case.device)
     torch.manual_seed(case.seed)
     model = build_model(case).to(device)
+    if case.checkpoint:
+        record_case["checkpoint_sha256"] = file_sha256(case.checkpoint)
     record_case["attention"] = getattr(model, "attention", None)
     cfg = getattr(model, "enact_config", None)
     record_case["enact_config"] = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
@@ -187,6 +199,7 @@ def _measure(case: Case, metrics: dict, reasons: dict, record_case: dict) -> Non
     metrics["params_trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     source = make_data_source(case)
+    record_case.update(getattr(source, "record_fields", {}))  # e.g. the COCO root and annotation file
     holder: dict = {}
 
     def load(i: int) -> None:
@@ -381,7 +394,7 @@ def new_run_id(suite_name: str) -> str:
 
 
 def prepare_run(suite: Suite, out_dir: str | Path, overrides: list | None = None,
-                run_id: str | None = None) -> tuple[Path, str]:
+                run_id: str | None = None, case_edits: dict | None = None) -> tuple[Path, str]:
     """Create reports/<run_id>/ with suite.toml (as run) and run.json (how to resume)."""
     run_id = run_id or new_run_id(suite.name)
     run_dir = Path(out_dir) / run_id
@@ -393,7 +406,7 @@ def prepare_run(suite: Suite, out_dir: str | Path, overrides: list | None = None
     run_dir.mkdir(parents=True)
     (run_dir / "suite.toml").write_text(suite.text)
     meta = {"run_id": run_id, "suite": suite.name, "suite_path": str(suite.path) if suite.path else None,
-            "overrides": overrides or [], "created_at": utc_now(),
+            "overrides": overrides or [], "case_edits": case_edits or {}, "created_at": utc_now(),
             "case_ids": [c.case_id for c in suite.cases]}
     (run_dir / "run.json").write_text(json.dumps(meta, indent=1))
     return run_dir, run_id
@@ -411,6 +424,8 @@ def load_run_suite(run_dir: str | Path) -> tuple[Suite, dict]:
     base = Path(meta["suite_path"]).parent if meta.get("suite_path") else run_dir
     overrides = [(k, v) for k, v in meta.get("overrides", [])]
     suite = load_suite_text(suite_file.read_text(), path=suite_file, overrides=overrides, base_dir=base)
+    from enact_bench.case_edits import CaseEdits
+    suite = CaseEdits.from_json(meta.get("case_edits")).apply(suite)
     return suite, meta
 
 

@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import typer
 
+from enact_bench.case_edits import CaseEdits
 from enact_bench.commands import user_errors
 from enact_bench.errors import UserInputError
 from enact_bench.runner import RunResult, load_run_suite, prepare_run, run_suite
@@ -30,26 +31,29 @@ def cli_overrides(*, detector: list[str] | None = None, device: str | None = Non
 
 
 def prepare_command(suite: str | None, *, out: str | Path = "reports", overrides=None,
-                    resume: str | Path | None = None, run_id: str | None = None):
+                    resume: str | Path | None = None, run_id: str | None = None, edits: CaseEdits | None = None):
     """Load the suite (or the resumed run's) and create/locate the run folder.
-    Returns (suite, run_dir, run_id). All user-input errors surface here, before any case runs."""
+    Returns (suite, run_dir, run_id). All user-input errors surface here, before any case runs.
+    `edits`: --checkpoint / --coco-root / --max-images (saved in run.json for --resume)."""
+    edits = edits or CaseEdits()
     if resume:
-        if overrides:
+        if overrides or not edits.empty:
             raise UserInputError("--resume re-runs the suite as it was saved; do not combine it with overrides")
         s, meta = load_run_suite(resume)
         return s, Path(resume), meta["run_id"]
     if not suite:
         raise UserInputError("give --suite NAME|PATH (see `enact-bench list`) or --resume RUN_DIR")
-    s = load_suite(suite, overrides)
-    run_dir, rid = prepare_run(s, out, overrides, run_id)
+    s = edits.apply(load_suite(suite, overrides))
+    run_dir, rid = prepare_run(s, out, overrides, run_id, case_edits=edits.to_json())
     return s, run_dir, rid
 
 
 def run_command(suite: str | None, *, out: str | Path = "reports", overrides=None, inline: bool = False,
                 resume: str | Path | None = None, run_id: str | None = None, case_timeout_s: float | None = None,
-                on_start=None, on_end=None) -> RunResult:
+                on_start=None, on_end=None, edits: CaseEdits | None = None) -> RunResult:
     """Plain body of `enact-bench run` (no printing). Returns the run's result."""
-    s, run_dir, rid = prepare_command(suite, out=out, overrides=overrides, resume=resume, run_id=run_id)
+    s, run_dir, rid = prepare_command(suite, out=out, overrides=overrides, resume=resume, run_id=run_id,
+                                      edits=edits)
     return run_suite(s, run_dir, rid, inline=inline, on_start=on_start, on_end=on_end, timeout_s=case_timeout_s)
 
 
@@ -71,6 +75,13 @@ def register(app: typer.Typer) -> None:
         resume: Optional[Path] = typer.Option(None, help="continue RUN_DIR: skip its cases already ok"),
         run_id: Optional[str] = typer.Option(None, help="name of the run folder (default <suite>-<UTC time>)"),
         case_timeout: Optional[float] = typer.Option(None, help="seconds before a case's subprocess is stopped"),
+        report: bool = typer.Option(True, "--report/--no-report",
+                                    help="write RUN_DIR/report (tables, plots, report.html) at the end"),
+        checkpoint: Optional[list[str]] = typer.Option(None, help="DETECTOR=PATH or DETECTOR+enact=PATH: weights "
+                                                       "for that variant (repeatable); the record gets its sha256"),
+        coco_root: Optional[Path] = typer.Option(None, help="COCO 2017 folder (annotations/, train2017/, "
+                                                 "val2017/); default $ENACT_BENCH_COCO"),
+        max_images: Optional[int] = typer.Option(None, help="coco/toy data: the first N images of each split"),
     ) -> None:
         """Run a suite: one record per case in OUT/<run_id>/records.jsonl, then the summary."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -80,7 +91,9 @@ def register(app: typer.Typer) -> None:
 
         overrides = cli_overrides(detector=detector, device=device, batch_size=batch_size, image_size=image_size,
                                   iters=iters, warmup=warmup, sets=set_)
-        s, run_dir, rid = prepare_command(suite, out=out, overrides=overrides, resume=resume, run_id=run_id)
+        edits = CaseEdits.from_options(checkpoint, coco_root, max_images)
+        s, run_dir, rid = prepare_command(suite, out=out, overrides=overrides, resume=resume, run_id=run_id,
+                                          edits=edits)
         console.print(f"suite [bold]{s.name}[/]: {len(s.cases)} case(s) -> {run_dir}", highlight=False)
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=False) as progress:
@@ -105,9 +118,24 @@ def register(app: typer.Typer) -> None:
         if records_path.exists():
             print_summary(read_records(records_path))
         console.print(f"records: {records_path}")
+        if report and records_path.exists():
+            _report_hook(result.run_dir)
         if result.interrupted:
             console.print(f"[yellow]interrupted[/]: finished records kept; continue with "
                           f"`enact-bench run --resume {result.run_dir}`")
             raise typer.Exit(130)
         if any(r.status == "error" for r in result.records):
             raise typer.Exit(1)
+
+
+def _report_hook(run_dir: Path) -> None:
+    """Build RUN_DIR/report after a run. A failing report never fails the run: its records are
+    safe, and `enact-bench report RUN_DIR` can rebuild it."""
+    from enact_bench.commands.report import print_written, report_command
+    from enact_bench.console import err_console
+
+    try:
+        print_written(report_command([run_dir]))
+    except Exception as e:  # noqa: BLE001 -- the run's result stands; say how to retry
+        err_console.print(f"[yellow]report not written[/]: {type(e).__name__}: {e}; "
+                          f"retry with `enact-bench report {run_dir}`", highlight=False)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
 # Modules imported on first lookup; each registers its sources at import time.
-BUILTIN_SOURCE_MODULES: list[str] = ["enact_bench.data.synthetic"]
+BUILTIN_SOURCE_MODULES: list[str] = ["enact_bench.data.synthetic", "enact_bench.data.coco_source"]
 
 
 @dataclass

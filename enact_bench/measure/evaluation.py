@@ -14,7 +14,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-BUILTIN_EVALUATION_MODULES: list[str] = []
+BUILTIN_EVALUATION_MODULES: list[str] = ["enact_bench.data.coco_source"]
 
 
 @dataclass(frozen=True)

@@ -36,19 +36,21 @@ def test_save_load_round_trip(name, enact, tmp_path):
 def test_mismatch_lists_missing_unexpected_and_shapes(name):
     model = create_detector(name, num_classes=5)
     state = model.state_dict()
-    # the query embedding (DETR, Conditional DETR) or the pattern embedding (Anchor DETR)
-    query = next(k for k in state if k.endswith(("query_embed.weight", "transformer.pattern.weight")))
-    state = {("renamed." + k if k == query else k): v for k, v in state.items()}
+    # a key every variant has: the query embedding (DETR, Conditional DETR, one-stage Deformable),
+    # the level embedding (two-stage Deformable DETR), the pattern embedding (Anchor DETR)
+    candidates = ("query_embed.weight", "transformer.level_embed", "transformer.pattern.weight")
+    moved = next(k for k in candidates if k in state)
+    state = {("renamed." + k if k == moved else k): v for k, v in state.items()}
     head = next(k for k in state if "class_embed" in k and k.endswith("weight"))
     state[head] = torch.zeros(3, state[head].shape[1])
     with pytest.raises(CheckpointMismatchError) as err:
         load_checkpoint(model, {"model": state})
     msg = str(err.value)
-    assert "1 missing keys" in msg and query in msg
-    assert "1 unexpected keys" in msg and f"renamed.{query}" in msg
+    assert "1 missing keys" in msg and moved in msg
+    assert "1 unexpected keys" in msg and f"renamed.{moved}" in msg
     assert "shape mismatches" in msg and f"{head} checkpoint (3, " in msg
     report = load_checkpoint(model, state, strict=False)
-    assert report.missing_keys == [query] and report.unexpected_keys == [f"renamed.{query}"]
+    assert report.missing_keys == [moved] and report.unexpected_keys == [f"renamed.{moved}"]
     assert [k for k, _, _ in report.shape_mismatches] == [head]
 
 

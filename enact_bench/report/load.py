@@ -1,0 +1,173 @@
+"""Records (schema 1, docs/CONTRACTS.md) from one or more run folders -> one flat DataFrame.
+
+One row per record. Case fields keep their names (`detector`, `batch_size`, ...), metrics keep
+theirs (`mem_peak_alloc_mib`, ...), COCO stats become `coco_<stat>`, environment fields
+`env_<field>`. Per-layer ENACT lists stay Python lists. Derived columns: `run` (1-based index of
+the run folder), `run_label` (device, torch version, commit), `family`, `variant`, `image_size`
+("HxW", or the size rule such as "coco", or "native"), `image_pixels`, `device_type`,
+`setting_json` (the case minus enact/enact_config/attention/checkpoint: the pairing key), `overrides_json`, `enact_config_json`, `key_len_before`
+and `key_len_after` (means over the encoder layers). `coco_*` columns are in percent (COCOeval's
+fraction x 100); COCOeval's -1 (no objects of that size) becomes an empty cell.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from .labels import NOT_SETTING, detector_family, device_type, variant_label
+
+RECORDS_FILE = "records.jsonl"
+SCHEMA = 1
+MIB = 2**20
+CASE_FIELDS = ("detector", "enact", "attention", "mode", "device", "dtype", "batch_size", "data",
+               "iters", "warmup", "seed", "checkpoint")
+
+
+def records_path(run_dir: str | Path) -> Path:
+    """`run_dir` may be a run folder (reports/<run_id>/) or a records.jsonl file itself."""
+    p = Path(run_dir)
+    if p.is_file():
+        return p
+    if (p / RECORDS_FILE).is_file():
+        return p / RECORDS_FILE
+    raise FileNotFoundError(
+        f"no {RECORDS_FILE} in {p}: pass a run folder written by `enact-bench run` "
+        f"(reports/<run_id>/) or the path of a {RECORDS_FILE} file")
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Parse a JSONL records file. A truncated last line (a run killed mid-write) is skipped with
+    a warning; a bad line anywhere else is an error that names the line."""
+    path = Path(path)
+    lines = path.read_text().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    out = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines):
+                warnings.warn(f"{path}:{i}: skipped an incomplete last record ({e})", stacklevel=2)
+                continue
+            raise ValueError(f"{path}:{i}: not valid JSON ({e}); each line must be one record object") from e
+        if not isinstance(rec, dict) or rec.get("schema") != SCHEMA:
+            got = rec.get("schema") if isinstance(rec, dict) else type(rec).__name__
+            raise ValueError(f"{path}:{i}: record schema {got!r} is not supported; expected a JSON "
+                             f"object with \"schema\": {SCHEMA} (docs/CONTRACTS.md)")
+        out.append(rec)
+    return out
+
+
+def latest_per_case(recs: list[dict]) -> list[dict]:
+    """A resumed run appends a new attempt of a case after the old one: keep the last attempt,
+    at the place of the first."""
+    last = {r.get("case_id"): r for r in recs}
+    out, seen = [], set()
+    for r in recs:
+        cid = r.get("case_id")
+        if cid not in seen:
+            seen.add(cid)
+            out.append(last[cid])
+    return out
+
+
+def flatten_record(rec: dict) -> dict:
+    case = rec.get("case") or {}
+    metrics = rec.get("metrics") or {}
+    env = rec.get("env") or {}
+    row = {k: rec.get(k) for k in ("run_id", "suite", "case_id", "status", "error", "started_at",
+                                   "duration_s")}
+    for k in CASE_FIELDS:
+        row[k] = case.get(k)
+    row["enact"] = bool(case.get("enact"))
+    row["device_type"] = device_type(case.get("device"))
+    size = case.get("image_size")
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        row["image_h"], row["image_w"] = int(size[0]), int(size[1])
+        row["image_size"] = f"{row['image_h']}x{row['image_w']}"
+        row["image_pixels"] = row["image_h"] * row["image_w"]
+    else:   # DETR's multi-scale sizes ("coco"), or the data's own sizes
+        row["image_h"] = row["image_w"] = row["image_pixels"] = None
+        dist = case.get("image_size_dist")
+        row["image_size"] = f"{dist} sizes" if dist else str(size or "native")
+    # everything a baseline and its ENACT variant share: the pairing key
+    row["setting_json"] = json.dumps({k: v for k, v in case.items() if k not in NOT_SETTING},
+                                     sort_keys=True, default=str)
+    cfg = case.get("enact_config")
+    row["enact_config_json"] = json.dumps(cfg, sort_keys=True) if cfg else ""
+    row["overrides_json"] = json.dumps(case.get("overrides") or {}, sort_keys=True)
+    row["family"] = case.get("family") or rec.get("family") or detector_family(row["detector"] or "")
+    row["variant"] = variant_label(row["enact"], cfg, row["family"])
+    for k, v in metrics.items():
+        if k == "coco":
+            for ck, cv in (v or {}).items():
+                row[f"coco_{ck}"] = cv
+        else:
+            row[k] = v
+    if row.get("cpu_tracked_peak_mib") is None and row.get("cpu_tracked_peak_bytes") is not None:
+        row["cpu_tracked_peak_mib"] = row["cpu_tracked_peak_bytes"] / MIB
+    for k, v in env.items():
+        row[f"env_{k}"] = v
+    row["null_reasons_json"] = json.dumps(rec.get("null_reasons") or {}, sort_keys=True)
+    return row
+
+
+def layer_values(v) -> list[float] | None:
+    """Per-layer list -> floats; a layer given per image (cluster_scope="image") -> its mean."""
+    if not isinstance(v, (list, tuple)) or not v:
+        return None
+    out = []
+    for x in v:
+        if isinstance(x, (list, tuple)):
+            out.append(sum(x) / len(x) if x else float("nan"))
+        else:
+            out.append(float(x) if x is not None else float("nan"))
+    return out
+
+
+def mean_over_layers(v) -> float | None:
+    vals = layer_values(v)
+    return sum(vals) / len(vals) if vals else None
+
+
+def run_label(env: dict, run_id: str) -> str:
+    commit = (env.get("git_commit") or "no commit")[:8] + ("-dirty" if env.get("git_dirty") else "")
+    return f"{env.get('device_name') or 'unknown device'} · torch {env.get('torch') or '?'} · {commit}"
+
+
+def load_records(run_dirs) -> pd.DataFrame:
+    """Flat DataFrame of every record in `run_dirs` (a path or a list of paths), in file order."""
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [run_dirs]
+    rows, labels = [], []
+    for i, rd in enumerate(run_dirs, start=1):
+        path = records_path(rd)
+        recs = latest_per_case(read_records(path))
+        if not recs:
+            raise ValueError(f"{path} holds no records: did the run finish any case?")
+        env = next((r["env"] for r in recs if r.get("env")), {})   # skipped cases may have none
+        label = run_label(env, recs[0].get("run_id") or "")
+        if label in labels:   # same device, torch and commit: tell the runs apart by their id
+            label = f"{label} · {recs[0].get('run_id') or path.parent.name}"
+        labels.append(label)
+        for rec in recs:
+            row = flatten_record(rec)
+            row["run"], row["run_label"], row["run_dir"] = i, label, str(path.parent)
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    for col in [c for c in df.columns if c.startswith("coco_")]:
+        # COCOeval stats are fractions, -1 (or null) where a size class has no objects: keep
+        # percent (AP 40.6, as papers print it), and no value where there is none.
+        v = pd.to_numeric(df[col], errors="coerce")
+        df[col] = (v * 100.0).where(v >= 0)
+    df["key_len_before"] = df.get("enact_key_len_before", pd.Series([None] * len(df))).map(mean_over_layers)
+    df["key_len_after"] = df.get("enact_key_len_after", pd.Series([None] * len(df))).map(mean_over_layers)
+    for col in ("batch_size", "image_h", "image_w", "image_pixels"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    return df

@@ -1,0 +1,254 @@
+"""Tables from the flat records frame (load.py): numeric ones for CSV, text ones for reading.
+
+Pairing: a baseline and an ENACT record are paired when they share the run and every case field
+except `enact`, `enact_config`, `attention` and `checkpoint` (COCO cases evaluate different
+checkpoints). When baselines differ in `attention`, an ENACT record is paired with the baseline of
+its own `attention` if there is one, else with each of them. Records without a partner keep a row,
+with the partner's status "missing".
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from .labels import (COCO_NAMES, COCO_ORDER, DEVICE_MEMORY, MEMORY_TABLE, METRICS, MODE_ORDER,
+                     STATUS_TEXT, delta_header, device_title, fmt_delta, fmt_value, header,
+                     device_rank, device_type, is_missing, text)
+
+PAIR_KEYS = ("run", "setting_json")
+PAIR_METRICS = MEMORY_TABLE + ("step_ms_p50", "images_per_s", "gflops_fwd", "gflops_fwd_bwd",
+                               "key_len", "coco_map", "coco_map_50", "coco_map_75")
+SPEED_METRICS = ("step_ms_p50", "images_per_s", "gflops_fwd", "gflops_fwd_bwd", "key_len")
+AP_METRICS = ("coco_map", "coco_map_50", "coco_map_75")
+
+
+def _get(rec: dict | None, col: str):
+    if rec is None or rec.get("status") != "ok":
+        return float("nan")
+    v = rec.get(col)
+    return float("nan") if is_missing(v) else float(v)
+
+
+def _delta(vb: float, ve: float, kind: str) -> float:
+    if vb != vb or ve != ve:
+        return float("nan")
+    if kind == "pts":
+        return ve - vb
+    return (ve - vb) / vb * 100.0 if vb else float("nan")
+
+
+def _pairs(df: pd.DataFrame) -> list[tuple[dict | None, dict | None]]:
+    groups: dict[tuple, list[dict]] = {}
+    for rec in df.to_dict("records"):
+        groups.setdefault(tuple(str(rec.get(k)) for k in PAIR_KEYS), []).append(rec)
+    pairs = []
+    for recs in groups.values():
+        bases = [r for r in recs if not r["enact"]]
+        used = set()
+        for e in (r for r in recs if r["enact"]):
+            same = [b for b in bases if b.get("attention") == e.get("attention")] or bases
+            if not same:
+                pairs.append((None, e))
+            for b in same:
+                pairs.append((b, e))
+                used.add(id(b))
+        pairs += [(b, None) for b in bases if id(b) not in used]
+    return pairs
+
+
+def paired_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per baseline/ENACT pair: `<metric>_base`, `<metric>_enact`, `<metric>_delta`
+    (percent change, or AP points for `coco_*`), with both sides' status. Numeric: NaN where a
+    side did not run, failed, or did not measure the metric; the status columns say which."""
+    rows = []
+    for b, e in _pairs(df):
+        ref = b or e
+        row = {k: ref.get(k) for k in ("run", "run_label", "detector", "family", "mode", "device",
+                                        "dtype", "batch_size", "image_size", "image_pixels", "data")}
+        row["device_name"] = device_title(ref.get("env_device_name"), ref.get("device"),
+                                          ref.get("env_device_kind"), ref.get("env_host"))
+        row["variant"] = e["variant"] if e else "(no ENACT case)"
+        row["attention_base"] = b.get("attention") if b else None
+        row["case_id_base"] = b["case_id"] if b else None
+        row["case_id_enact"] = e["case_id"] if e else None
+        row["status_base"] = b["status"] if b else "missing"
+        row["status_enact"] = e["status"] if e else "missing"
+        for m in PAIR_METRICS:
+            kind = METRICS[m][2]
+            if m == "key_len":   # baseline: full length (ENACT's "before" when the baseline lacks it)
+                vb = _get(b, "key_len_before")
+                if vb != vb and b is not None and b.get("status") == "ok":
+                    vb = _get(e, "key_len_before")
+                ve = _get(e, "key_len_after")
+            else:
+                vb, ve = _get(b, m), _get(e, m)
+            row[f"{m}_base"], row[f"{m}_enact"], row[f"{m}_delta"] = vb, ve, _delta(vb, ve, kind)
+        for q in ("step_ms_iqr", "step_ms_p25", "step_ms_p75"):
+            row[f"{q}_base"], row[f"{q}_enact"] = _get(b, q), _get(e, q)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["_d"] = out["device"].map(device_rank)
+        out["_m"] = out["mode"].map(lambda m: MODE_ORDER.get(m, 9))
+        out["_v"] = out["variant"].map(lambda v: (v.startswith("(no"), len(v), v))
+        out = out.sort_values(["run", "_d", "_m", "detector", "batch_size", "image_pixels", "data", "_v"],
+                              kind="stable", na_position="first")
+        out = out.drop(columns=["_d", "_m", "_v"]).reset_index(drop=True)
+    return out
+
+
+def _side_cell(status: str, value: float, unit: str) -> str:
+    if status == "missing":
+        return "not run"
+    if status != "ok":
+        return STATUS_TEXT.get(status, status)
+    return fmt_value(value, unit)
+
+
+def _delta_cell(sb: str, se: str, d: float, kind: str) -> str:
+    if sb == "ok" and se == "ok":
+        return fmt_delta(d, kind)
+    if sb == "missing":
+        return "no baseline"
+    if se == "missing":
+        return "no ENACT case"
+    if sb == "oom" and se == "ok":
+        return "fits only with ENACT"
+    if se == "oom" and sb == "ok":
+        return "ENACT OOM"
+    if sb == se:
+        return f"both {STATUS_TEXT.get(sb, sb)}"
+    return f"{'ENACT' if sb == 'ok' else 'baseline'} {STATUS_TEXT.get(se if sb == 'ok' else sb, '?')}"
+
+
+def _ident(p: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "detector": p["detector"], "mode": p["mode"], "batch": p["batch_size"].astype("string"),
+        "image (px)": p["image_size"], "data": p["data"], "ENACT variant": p["variant"]})
+
+
+def _measured(p: pd.DataFrame, metrics) -> list[str]:
+    return [m for m in metrics if p[[f"{m}_base", f"{m}_enact"]].notna().any().any()]
+
+
+def display_paired(p: pd.DataFrame, metrics) -> pd.DataFrame:
+    """Text table: per metric `<label> base (unit)`, `<label> ENACT (unit)`, `Δ <label> (%)`.
+    Failed sides read OOM / error / skipped / not run; unmeasured values read n/m."""
+    out = _ident(p)
+    for m in metrics:
+        unit, kind = METRICS[m][1], METRICS[m][2]
+        for side in ("base", "enact"):
+            vals = [_side_cell(s, v, unit) for s, v in zip(p[f"status_{side}"], p[f"{m}_{side}"])]
+            if m == "step_ms_p50":   # median [IQR]
+                vals = [c if s != "ok" or iq != iq else f"{c} [{fmt_value(iq)}]"
+                        for c, s, iq in zip(vals, p[f"status_{side}"], p[f"step_ms_iqr_{side}"])]
+            name = header(m, "baseline" if side == "base" else "ENACT")
+            if m == "step_ms_p50":
+                name = name.replace("median", "median [IQR]")
+            out[name] = vals
+        out[delta_header(m)] = [_delta_cell(sb, se, d, kind) for sb, se, d in
+                                zip(p["status_base"], p["status_enact"], p[f"{m}_delta"])]
+    return out
+
+
+def paired_sections(p: pd.DataFrame) -> list[dict]:
+    """One section per (run, device): its memory, speed and accuracy tables, with only the
+    metrics measured there (a CPU section has no CUDA columns)."""
+    sections = []
+    keys = sorted({(r, d) for r, d in zip(p["run"], p["device"])},
+                  key=lambda k: (k[0], device_rank(k[1])))
+    for run, device in keys:
+        g = p[(p["run"] == run) & (p["device"] == device)].reset_index(drop=True)
+        mem = _measured(g, MEMORY_TABLE) or [DEVICE_MEMORY.get(device_type(device), "mem_peak_alloc_mib")]
+        speed = _measured(g, SPEED_METRICS) or ["step_ms_p50"]
+        ap_rows = g[g[[f"{m}_{s}" for m in AP_METRICS for s in ("base", "enact")]].notna().any(axis=1)]
+        sections.append({
+            "run": run, "run_label": g["run_label"].iloc[0], "device": device,
+            "device_name": g["device_name"].iloc[0],
+            "memory": display_paired(g, mem), "speed": display_paired(g, speed),
+            "accuracy": display_paired(ap_rows.reset_index(drop=True), _measured(ap_rows, AP_METRICS))
+            if len(ap_rows) else None,
+        })
+    return sections
+
+
+def primary_memory(rec: dict) -> tuple[float, str | None]:
+    """(MiB, metric) of the memory reading that matters on the record's device."""
+    first = DEVICE_MEMORY.get(device_type(rec.get("device")))
+    for m in ((first,) if first else ()) + MEMORY_TABLE:
+        v = rec.get(m)
+        if not is_missing(v):
+            return float(v), m
+    return float("nan"), None
+
+
+def cases_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Every case with its status, main readings and error message (text, for reading)."""
+    rows = []
+    several = df["run"].nunique() > 1
+    for rec in df.to_dict("records"):
+        mem, which = primary_memory(rec)
+        ok = rec["status"] == "ok"
+        row = {"run": f"#{rec['run']}"} if several else {}
+        row.update({
+            "case": rec["case_id"], "ENACT variant": rec["variant"], "device": rec["device"],
+            "status": STATUS_TEXT.get(rec["status"], rec["status"]),
+            "peak memory (MiB)": fmt_value(mem) if ok else STATUS_TEXT.get(rec["status"], rec["status"]),
+            "memory measure": METRICS[which][0] if which else "",
+            "step time median (ms)": fmt_value(rec.get("step_ms_p50")) if ok else "",
+            "throughput (images/s)": fmt_value(rec.get("images_per_s")) if ok else "",
+            "error": _short(rec.get("error")),
+        })
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _short(msg, n: int = 90) -> str:
+    if is_missing(msg) or not msg:
+        return ""
+    msg = " ".join(str(msg).split())
+    return msg if len(msg) <= n else msg[: n - 1] + "…"
+
+
+def coco_table(df: pd.DataFrame) -> pd.DataFrame | None:
+    """All COCO stats (percent) of every case that has them."""
+    cols = [f"coco_{k}" for k in COCO_ORDER if f"coco_{k}" in df.columns]
+    if not cols:
+        return None
+    has = df[df["status"].eq("ok") & df[cols].notna().any(axis=1)]
+    if not len(has):
+        return None
+    out = pd.DataFrame({"run": "#" + has["run"].astype(str), "detector": has["detector"],
+                        "ENACT variant": has["variant"], "data": has["data"],
+                        "checkpoint": has["checkpoint"].fillna("(random weights)"),
+                        "image (px)": has["image_size"]})
+    for c in cols:
+        out[f"{COCO_NAMES[c[5:]]} (%)"] = [fmt_value(v, "%") if not is_missing(v) else "n/a"
+                                          for v in has[c]]
+    return out.reset_index(drop=True)
+
+
+def runs_table(df: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for run, g in df.groupby("run", sort=True):
+        r = g.iloc[0]
+        counts = g["status"].value_counts()
+        rows.append({
+            "run": f"#{run}", "environment": r["run_label"], "run id": r["run_id"], "suite": r["suite"],
+            "device": text(r.get("env_device_name"), "?"), "torch": text(r.get("env_torch"), "?"),
+            "torchvision": text(r.get("env_torchvision"), "?"), "CUDA": text(r.get("env_cuda"), "none"),
+            "driver": text(r.get("env_driver"), "none"), "git commit": text(r.get("env_git_commit"), "?"),
+            "host": text(r.get("env_host"), "?"),
+            "cases ok / OOM / error / skipped": " / ".join(
+                str(int(counts.get(s, 0))) for s in ("ok", "oom", "error", "skipped")),
+        })
+    return pd.DataFrame(rows)
+
+
+def csv_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The flat records with lists and dicts as JSON text, for a CSV file."""
+    import json
+    out = df.copy()
+    for c in out.columns:
+        if out[c].map(lambda v: isinstance(v, (list, dict))).any():
+            out[c] = out[c].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
+    return out
