@@ -230,3 +230,29 @@ def test_anchor_enact_layers_selects_a_subset():
     stats = model.enact_stats()
     assert len(stats) == 1 and stats[0]["key_len_before"] == 3 * 4  # 96x128 / 32
     assert stats[0]["key_len_after"] == 12 // stats[0]["cluster_size"]
+
+
+@pytest.mark.parametrize("variant", ["base", "enact", "enact_masked"])
+def test_conditional_padding_mask_hides_padded_features(variant):
+    """Baseline and ENACT with mask_padding ignore features at padded positions; the release's
+    ENACT (reference preset) does not use the mask, so there they change."""
+    if variant != "base":
+        pytest.importorskip("enact.attention")
+        from enact import EnactConfig
+    enact = {"base": False, "enact": True}.get(variant) if variant != "enact_masked" else EnactConfig(mask_padding=True)
+    torch.manual_seed(0)
+    model = create_detector("conditional_detr_tiny", enact=enact).eval()
+    c = model.transformer.d_model
+    src, pos = torch.randn(2, c, 6, 7), torch.randn(2, c, 6, 7)
+    mask = torch.zeros(2, 6, 7, dtype=torch.bool)
+    mask[1, 4:, :] = True
+    mask[1, :, 5:] = True
+    noisy = src.clone()
+    noisy[mask[:, None].expand_as(src)] = torch.randn(int(mask.sum()) * c)
+    with torch.no_grad():
+        hs, _ = model.transformer(src, mask, model.query_embed.weight, pos)
+        hs_noisy, _ = model.transformer(noisy, mask, model.query_embed.weight, pos)
+    if variant == "enact":
+        assert not torch.allclose(hs[:, 1], hs_noisy[:, 1], atol=1e-4)
+    else:
+        torch.testing.assert_close(hs, hs_noisy, atol=1e-5, rtol=0)
