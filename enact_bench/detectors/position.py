@@ -3,7 +3,7 @@
 DETR's "sine" embedding with normalize=True: cumulative row/column counts of valid pixels,
 normalised to [0, 2*pi] per image, then interleaved sin/cos at geometric frequencies. The first
 half of the channels encodes y, the second x. Families that need other temperatures or offsets
-(Conditional DETR uses 20, Deformable DETR an offset of -0.5) pass them in.
+(Deformable DETR: an offset of -0.5) pass them in; Conditional DETR uses the defaults.
 """
 from __future__ import annotations
 

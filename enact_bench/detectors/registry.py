@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterable
 from .base import Detector
 
 # family modules imported on first use so that their @register_detector calls run
-FAMILY_MODULES = ("enact_bench.detectors.detr", "enact_bench.detectors.deformable_detr")
+FAMILY_MODULES = ("enact_bench.detectors.detr", "enact_bench.detectors.conditional_detr",
+                  "enact_bench.detectors.anchor_detr", "enact_bench.detectors.deformable_detr")
 
 
 @dataclass(frozen=True)

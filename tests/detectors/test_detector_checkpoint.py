@@ -36,10 +36,12 @@ def test_save_load_round_trip(name, enact, tmp_path):
 def test_mismatch_lists_missing_unexpected_and_shapes(name):
     model = create_detector(name, num_classes=5)
     state = model.state_dict()
-    # a key every variant has (two-stage Deformable DETR has no query_embed)
-    moved = "query_embed.weight" if "query_embed.weight" in state else "transformer.level_embed"
+    # a key every variant has: the query embedding (DETR, Conditional DETR, one-stage Deformable),
+    # the level embedding (two-stage Deformable DETR), the pattern embedding (Anchor DETR)
+    candidates = ("query_embed.weight", "transformer.level_embed", "transformer.pattern.weight")
+    moved = next(k for k in candidates if k in state)
     state = {("renamed." + k if k == moved else k): v for k, v in state.items()}
-    head = next(k for k in state if k.startswith("class_embed") and k.endswith("weight"))
+    head = next(k for k in state if "class_embed" in k and k.endswith("weight"))
     state[head] = torch.zeros(3, state[head].shape[1])
     with pytest.raises(CheckpointMismatchError) as err:
         load_checkpoint(model, {"model": state})

@@ -1,0 +1,162 @@
+"""Anchor DETR's transformer (megvii-research/AnchorDETR), single feature level, RCDA attention.
+
+Key layout as the original `Transformer`: encoder_layers.i.{self_attn, norm1, ffn}, (with ENACT:
+encoder_layers.i.ENACT.W_prob), decoder_layers.i.{cross_attn, norm1, self_attn, norm2, ffn},
+pattern, position, adapt_pos2d, adapt_pos1d, class_embed.i / bbox_embed.i (one head shared by all
+decoder layers, listed once per layer as in the original's state_dict).
+
+Queries: num_pattern x num_position anchor points (learned 2-D points in [0, 1]) with a learned
+pattern embedding; every decoder layer predicts boxes relative to the same anchors.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .anchor_enact import AnchorEnactPooling
+from .inverse_sigmoid import inverse_sigmoid
+from .mlp import MLP
+from .rcda import MultiheadRCDA, mask_to_positions, pos2posemb1d, pos2posemb2d
+
+
+class FFN(nn.Module):
+    """linear1 -> relu -> linear2, residual, LayerNorm (norm2, the original's name)."""
+
+    def __init__(self, d_model: int, d_ffn: int, dropout: float):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.dropout2 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.dropout3 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm2(x + self.dropout3(self.linear2(self.dropout2(F.relu(self.linear1(x))))))
+
+
+class AnchorEncoderLayer(nn.Module):
+    def __init__(self, d_model: int, d_ffn: int, dropout: float, nhead: int, enact_config=None):
+        super().__init__()
+        if enact_config is not None:   # registered first, as in the release
+            self.ENACT = AnchorEnactPooling(d_model, enact_config)
+        self.self_attn = MultiheadRCDA(d_model, nhead, dropout=dropout)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.ffn = FFN(d_model, d_ffn, dropout)
+
+    def forward(self, src: Tensor, mask: Tensor, posemb_row: Tensor, posemb_col: Tensor) -> Tensor:
+        """src (N, H, W, C); mask (N, H, W); posemb_row (N, W, C); posemb_col (N, H, C)."""
+        n, h, w, c = src.shape
+        k_row = src + posemb_row.unsqueeze(1)                         # (N, H, W, C)
+        k_col = src + posemb_col.unsqueeze(2)                         # (N, H, W, C)
+        if hasattr(self, "ENACT"):
+            pooled_row, pooled_col, pooled_v = self.ENACT(k_row.reshape(n, h * w, c),
+                                                          k_col.reshape(n, h * w, c),
+                                                          src.reshape(n, h * w, c), mask)
+            src2 = self.self_attn.forward_enact(pooled_row, pooled_col, k_row, k_col, pooled_v)
+        else:
+            src2 = self.self_attn(k_row.reshape(n, h * w, c), k_col.reshape(n, h * w, c),
+                                  k_row, k_col, src, key_padding_mask=mask).reshape(n, h, w, c)
+        src = self.norm1(src + self.dropout1(src2))
+        return self.ffn(src)
+
+
+class AnchorDecoderLayer(nn.Module):
+    def __init__(self, d_model: int, d_ffn: int, dropout: float, nhead: int):
+        super().__init__()
+        self.cross_attn = MultiheadRCDA(d_model, nhead, dropout=dropout)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ffn = FFN(d_model, d_ffn, dropout)
+
+    def forward(self, tgt: Tensor, reference_points: Tensor, memory: Tensor, mask: Tensor,
+                adapt_pos2d: nn.Module, adapt_pos1d: nn.Module, posemb_row: Tensor,
+                posemb_col: Tensor) -> Tensor:
+        """tgt (N, Q, C); reference_points (N, Q, 2); memory (N, H, W, C); mask (N, H, W)."""
+        c = tgt.shape[-1]
+        query_pos = adapt_pos2d(pos2posemb2d(reference_points, c // 2))
+        q = (tgt + query_pos).transpose(0, 1)                            # (Q, N, C)
+        tgt2 = self.self_attn(q, q, tgt.transpose(0, 1), need_weights=False)[0].transpose(0, 1)
+        tgt = self.norm2(tgt + self.dropout2(tgt2))
+
+        query_pos_x = adapt_pos1d(pos2posemb1d(reference_points[..., 0], c))
+        query_pos_y = adapt_pos1d(pos2posemb1d(reference_points[..., 1], c))
+        k_row = memory + posemb_row.unsqueeze(1)
+        k_col = memory + posemb_col.unsqueeze(2)
+        tgt2 = self.cross_attn(tgt + query_pos_x, tgt + query_pos_y, k_row, k_col, memory,
+                               key_padding_mask=mask)                   # (N, Q, C)
+        tgt = self.norm1(tgt + self.dropout1(tgt2))
+        return self.ffn(tgt)
+
+
+class AnchorTransformer(nn.Module):
+    def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 6,
+                 num_decoder_layers: int = 6, dim_feedforward: int = 1024, dropout: float = 0.0,
+                 num_query_position: int = 300, num_query_pattern: int = 3, num_classes: int = 91,
+                 enact_config=None, enact_layers: list[int] | None = None):
+        super().__init__()
+        self.d_model = d_model
+        self.nhead = nhead
+        layers = []
+        for i in range(num_encoder_layers):
+            cfg = enact_config if (enact_layers is None or i in enact_layers) else None
+            layers.append(AnchorEncoderLayer(d_model, dim_feedforward, dropout, nhead, cfg))
+        self.encoder_layers = nn.ModuleList(layers)
+        self.encoder_layers_level = nn.ModuleList()   # one feature level: none (as the original)
+        decoder_layer = AnchorDecoderLayer(d_model, dim_feedforward, dropout, nhead)
+        self.decoder_layers = nn.ModuleList(copy.deepcopy(decoder_layer) for _ in range(num_decoder_layers))
+        self.num_pattern = num_query_pattern
+        self.pattern = nn.Embedding(num_query_pattern, d_model)
+        self.num_position = num_query_position
+        self.position = nn.Embedding(num_query_position, 2)
+        self.adapt_pos2d = nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+        self.adapt_pos1d = nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+        self.num_layers = num_decoder_layers
+
+        class_embed = nn.Linear(d_model, num_classes)
+        bbox_embed = MLP(d_model, d_model, 4, 3)
+        prior_prob = 0.01
+        nn.init.constant_(class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
+        nn.init.zeros_(bbox_embed.layers[-1].weight)
+        nn.init.zeros_(bbox_embed.layers[-1].bias)
+        nn.init.constant_(bbox_embed.layers[-1].bias[2:], -2.0)
+        nn.init.uniform_(self.position.weight, 0, 1)
+        # one head shared by every decoder layer, registered once per layer (original layout)
+        self.class_embed = nn.ModuleList([class_embed] * num_decoder_layers)
+        self.bbox_embed = nn.ModuleList([bbox_embed] * num_decoder_layers)
+
+    def forward(self, src: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """src (N, C, H, W); mask (N, H, W). Returns class logits (layers, N, P*Q, K) and boxes
+        (layers, N, P*Q, 4) as normalised cx cy w h."""
+        n, c, h, w = src.shape
+        reference_points = self.position.weight.unsqueeze(0).repeat(n, self.num_pattern, 1)   # (N, P*Q, 2)
+        tgt = self.pattern.weight.reshape(1, self.num_pattern, 1, c).repeat(n, 1, self.num_position, 1)
+        tgt = tgt.reshape(n, self.num_pattern * self.num_position, c)                           # (N, P*Q, C)
+
+        pos_col, pos_row = mask_to_positions(mask)                       # (N, H), (N, W)
+        posemb_row = self.adapt_pos1d(pos2posemb1d(pos_row, c))          # (N, W, C)
+        posemb_col = self.adapt_pos1d(pos2posemb1d(pos_col, c))          # (N, H, C)
+
+        memory = src.permute(0, 2, 3, 1)                                 # (N, C, H, W) -> (N, H, W, C)
+        for layer in self.encoder_layers:
+            memory = layer(memory, mask, posemb_row, posemb_col)
+
+        reference = inverse_sigmoid(reference_points)                   # (N, P*Q, 2)
+        classes, coords = [], []
+        output = tgt
+        for lid, layer in enumerate(self.decoder_layers):
+            output = layer(output, reference_points, memory, mask, self.adapt_pos2d,
+                           self.adapt_pos1d, posemb_row, posemb_col)
+            tmp = self.bbox_embed[lid](output)
+            tmp = torch.cat([tmp[..., :2] + reference, tmp[..., 2:]], dim=-1)
+            classes.append(self.class_embed[lid](output))
+            coords.append(tmp.sigmoid())
+        return torch.stack(classes), torch.stack(coords)
+
