@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 from .base import Detector
 
 # family modules imported on first use so that their @register_detector calls run
-FAMILY_MODULES = ("enact_bench.detectors.detr", "enact_bench.detectors.deformable_detr")
+FAMILY_MODULES = ("enact_bench.detectors.detr", "enact_bench.detectors.deformable_detr", "enact_bench.detectors.dino")
 
 
 @dataclass(frozen=True)
