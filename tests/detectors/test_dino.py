@@ -228,3 +228,27 @@ def test_bad_config_errors_name_the_field():
         create_detector("dino_tiny", dn_number=-1)
     with pytest.raises(ValueError, match="dn_label_noise_ratio must be in"):
         create_detector("dino_tiny", dn_label_noise_ratio=1.5)
+
+
+@pytest.mark.parametrize("enact", [False, ENACT_PARAM])
+def test_padding_mask_hides_padded_features(enact):
+    """Noise at padded positions of every level changes neither the decoder states nor the boxes
+    (the value maps are masked, padded proposals are excluded; ENACT with a fixed cluster size 1
+    so that no cluster mixes padded and valid tokens)."""
+    torch.manual_seed(0)
+    model = create_detector("dino_tiny", enact=_fixed(1) if enact else False).eval()
+    c = model.transformer.d_model
+    shapes, valid = [(8, 10), (4, 5), (2, 3), (1, 2)], [(5, 7), (3, 4), (2, 2), (1, 1)]  # image 1's valid part
+    srcs, noisy, masks, pos = [], [], [], []
+    for (h, w), (vh, vw) in zip(shapes, valid):
+        src, m = torch.randn(2, c, h, w), torch.zeros(2, h, w, dtype=torch.bool)
+        m[1, vh:, :] = True
+        m[1, :, vw:] = True
+        n = src.clone()
+        n[m[:, None].expand_as(src)] = torch.randn(int(m.sum()) * c)
+        srcs.append(src), noisy.append(n), masks.append(m), pos.append(torch.randn(2, c, h, w))
+    with torch.no_grad():
+        hs, refs, *_ = model.transformer(srcs, masks, pos)
+        hs_noisy, refs_noisy, *_ = model.transformer(noisy, masks, pos)
+    torch.testing.assert_close(hs_noisy, hs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(refs_noisy, refs, atol=1e-6, rtol=0)
