@@ -252,8 +252,8 @@ class DINO(Detector):
                 self.num_classes, self.hidden_dim, self.label_enc)
         hs, references, hs_enc, ref_enc, init_box_proposal = self.transformer(
             srcs, masks, pos, dn_anchors, dn_content, attn_mask)  # hs (n_dec, B, pad+Q, C)
-        # the release's guard so that label_enc always takes part in the graph
-        hs = torch.cat([(hs[0] + self.label_enc.weight[0, 0] * 0.0).unsqueeze(0), hs[1:]], 0)
+        hs = list(hs.unbind(0))
+        hs[0] = hs[0] + self.label_enc.weight[0, 0] * 0.0  # the release's guard: label_enc always in the graph
 
         coords = torch.stack([(box_embed(h) + inverse_sigmoid(ref, DINO_EPS)).sigmoid()
                               for box_embed, h, ref in zip(self.bbox_embed, hs, references[:-1])])

@@ -252,3 +252,14 @@ def test_padding_mask_hides_padded_features(enact):
         hs_noisy, refs_noisy, *_ = model.transformer(noisy, masks, pos)
     torch.testing.assert_close(hs_noisy, hs, atol=1e-5, rtol=0)
     torch.testing.assert_close(refs_noisy, refs, atol=1e-6, rtol=0)
+
+
+def test_images_without_boxes_train_without_denoising_queries():
+    torch.manual_seed(0)
+    model = create_detector("dino_tiny", num_classes=5).train()
+    criterion = model.build_criterion()
+    empty = [{"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}] * 2
+    out = model(_images(), targets=empty)
+    assert out["dn_meta"].pad_size == 0 and out["pred_logits"].shape[1] == model.cfg.num_queries
+    losses = criterion(out, empty)
+    assert losses["loss_bbox_dn"] == 0 and losses["loss_bbox"] == 0 and losses["loss_ce"] > 0
