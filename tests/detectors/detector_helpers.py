@@ -10,6 +10,8 @@ from enact_bench.detectors import list_detectors
 
 HAS_ENACT = importlib.util.find_spec("enact") is not None and importlib.util.find_spec("enact.attention") is not None
 TINY = list_detectors(tiny=True)
+# tests written for DETR's interfaces (dense encoder attention, transformer(src, mask, query, pos), softmax postprocess)
+TINY_DETR = list_detectors(tiny=True, family="detr")
 ENACT_PARAM = pytest.param(True, id="enact", marks=pytest.mark.skipif(not HAS_ENACT, reason="enact plug-in not present"))
 VARIANTS = [pytest.param(False, id="base"), ENACT_PARAM]
 

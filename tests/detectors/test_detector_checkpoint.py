@@ -36,17 +36,19 @@ def test_save_load_round_trip(name, enact, tmp_path):
 def test_mismatch_lists_missing_unexpected_and_shapes(name):
     model = create_detector(name, num_classes=5)
     state = model.state_dict()
-    state = {("renamed." + k if k.endswith("query_embed.weight") else k): v for k, v in state.items()}
+    # a key every variant has (two-stage Deformable DETR has no query_embed)
+    moved = "query_embed.weight" if "query_embed.weight" in state else "transformer.level_embed"
+    state = {("renamed." + k if k == moved else k): v for k, v in state.items()}
     head = next(k for k in state if k.startswith("class_embed") and k.endswith("weight"))
     state[head] = torch.zeros(3, state[head].shape[1])
     with pytest.raises(CheckpointMismatchError) as err:
         load_checkpoint(model, {"model": state})
     msg = str(err.value)
-    assert "1 missing keys" in msg and "query_embed.weight" in msg
-    assert "1 unexpected keys" in msg and "renamed.query_embed.weight" in msg
+    assert "1 missing keys" in msg and moved in msg
+    assert "1 unexpected keys" in msg and f"renamed.{moved}" in msg
     assert "shape mismatches" in msg and f"{head} checkpoint (3, " in msg
     report = load_checkpoint(model, state, strict=False)
-    assert report.missing_keys == ["query_embed.weight"] and report.unexpected_keys == ["renamed.query_embed.weight"]
+    assert report.missing_keys == [moved] and report.unexpected_keys == [f"renamed.{moved}"]
     assert [k for k, _, _ in report.shape_mismatches] == [head]
 
 

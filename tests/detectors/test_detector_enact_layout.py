@@ -8,7 +8,7 @@ import torch
 from enact_bench.detectors import create_detector
 from enact_bench.detectors.detr_transformer import EncoderLayer
 
-from detector_helpers import TINY, images
+from detector_helpers import TINY, TINY_DETR, images
 
 enact = pytest.importorskip("enact.attention")
 from enact import EnactAttention, EnactConfig  # noqa: E402
@@ -20,7 +20,7 @@ def _module_tree(model):
     return {n: type(m).__name__ for n, m in model.named_modules()}
 
 
-@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("name", TINY_DETR)
 def test_only_encoder_self_attention_differs(name):
     base, var = create_detector(name), create_detector(name, enact=True)
     tb, tv = _module_tree(base), _module_tree(var)

@@ -6,7 +6,7 @@ from enact_bench.detectors import create_detector
 from enact_bench.detectors.base import Detector
 from enact_bench.detectors.nested import batch_images, downsample_mask, image_sizes, pad_image_list
 
-from detector_helpers import ENACT_PARAM, SIZES, TINY, VARIANTS, images
+from detector_helpers import TINY_DETR, ENACT_PARAM, SIZES, TINY, VARIANTS, images
 
 
 def test_pad_image_list_masks_exactly_the_padding():
@@ -68,7 +68,7 @@ def test_output_shapes_and_padded_input(name, enact):
 
 @pytest.mark.parametrize("variant", ["base", pytest.param("enact", marks=ENACT_PARAM.marks),
                                      pytest.param("enact_masked", marks=ENACT_PARAM.marks)])
-@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("name", TINY_DETR)
 def test_padding_mask_hides_padded_features(name, variant):
     """Transformer outputs ignore features at padded positions: baseline, and ENACT with
     mask_padding. The ENACT release's encoder does not use the mask, so with the reference preset
@@ -100,7 +100,7 @@ def test_padding_mask_hides_padded_features(name, variant):
         torch.testing.assert_close(hs, hs_noisy, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("name", TINY_DETR)
 def test_postprocess_absolute_xyxy(name):
     model = create_detector(name)
     q = 5
