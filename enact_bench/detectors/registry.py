@@ -24,7 +24,8 @@ from .base import Detector
 
 # family modules imported on first use so that their @register_detector calls run
 FAMILY_MODULES = ("enact_bench.detectors.detr", "enact_bench.detectors.conditional_detr",
-                  "enact_bench.detectors.anchor_detr", "enact_bench.detectors.deformable_detr")
+                  "enact_bench.detectors.anchor_detr", "enact_bench.detectors.deformable_detr",
+                  "enact_bench.detectors.dino")
 
 
 @dataclass(frozen=True)
