@@ -50,7 +50,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from enact import ops
+from . import ops
 
 LayerFn = Callable[[Tensor, Tensor | None, Tensor], Tensor]
 

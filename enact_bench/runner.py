@@ -36,11 +36,13 @@ METRIC_KEYS = (
     "params", "params_trainable",
     "mem_peak_alloc_mib", "mem_peak_reserved_mib", "mem_start_alloc_mib", "nvml_device_used_peak_mib", "nvml_process_used_peak_mib",
     "cpu_tracked_peak_bytes", "cpu_tracked_peak_mib", "cpu_tracked_start_bytes", "rss_peak_mib",
-    "step_ms_p50", "step_ms_p10", "step_ms_p90", "step_ms_mean", "step_ms_iqr", "step_count",
+    "step_ms_p50", "step_ms_p10", "step_ms_p25", "step_ms_p75", "step_ms_p90", "step_ms_mean", "step_ms_iqr",
+    "step_count",
     "first_step_ms", "images_per_s", "timing_clock",
     "gflops_fwd", "gflops_fwd_bwd", "gmacs_fwd", "gmacs_fwd_bwd", "flops_uncounted_ops",
     "saved_for_backward_bytes", "attention_paths",
     "enact_cluster_size", "enact_key_len_before", "enact_key_len_after",
+    "enact_query_len_before", "enact_query_len_after",
 )
 
 
@@ -141,15 +143,21 @@ def _make_steps(case: Case, model, device, holder: dict):
 
 def _enact_metrics(model, metrics: dict, reasons: dict) -> None:
     stats = model.enact_stats() if hasattr(model, "enact_stats") else []
+    # dense encoders shorten keys (key_len_*); deformable ones cluster queries (query_len_*)
     keys = {"enact_cluster_size": "cluster_size", "enact_key_len_before": "key_len_before",
-            "enact_key_len_after": "key_len_after"}
+            "enact_key_len_after": "key_len_after", "enact_query_len_before": "query_len_before",
+            "enact_query_len_after": "query_len_after"}
     if not stats:
         why = "ENACT is off" if getattr(model, "enact_config", None) is None else "no ENACT statistics recorded"
         for k in keys:
             reasons[k] = why
         return
     for mk, sk in keys.items():
-        metrics[mk] = [s.get(sk) for s in stats]  # one entry per ENACT encoder layer
+        values = [s.get(sk) for s in stats]  # one entry per ENACT encoder layer
+        if all(v is None for v in values):
+            reasons[mk] = f"this encoder's ENACT statistics have no {sk!r}"
+        else:
+            metrics[mk] = values
 
 
 def _measure(case: Case, metrics: dict, reasons: dict, record_case: dict) -> None:
@@ -168,6 +176,7 @@ def _measure(case: Case, metrics: dict, reasons: dict, record_case: dict) -> Non
     if case.checkpoint:
         record_case["checkpoint_sha256"] = file_sha256(case.checkpoint)
     record_case["attention"] = getattr(model, "attention", None)
+    record_case["family"] = getattr(model, "family", None)
     cfg = getattr(model, "enact_config", None)
     record_case["enact_config"] = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
     metrics["params"] = sum(p.numel() for p in model.parameters())

@@ -23,7 +23,8 @@ def train_steps(model, loader, steps: int, device: str | torch.device = "cpu", l
     losses = []
     for images, targets in itertools.islice(itertools.cycle(loader), steps):
         images = [im.to(device) for im in images]
-        parts = criterion(model(images), move_targets(targets, device))
+        targets = move_targets(targets, device)
+        parts = criterion(model(images, targets=targets), targets)  # DINO builds denoising queries from targets
         loss = sum(parts[k] * weights[k] for k in parts if k in weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

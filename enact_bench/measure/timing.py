@@ -42,7 +42,8 @@ def summarize_ms(times_ms: list[float], batch_size: int) -> dict:
     a = np.asarray(times_ms, dtype=np.float64)
     p10, p25, p50, p75, p90 = np.percentile(a, [10, 25, 50, 75, 90])
     return {
-        "step_ms_p50": float(p50), "step_ms_p10": float(p10), "step_ms_p90": float(p90),
+        "step_ms_p50": float(p50), "step_ms_p10": float(p10), "step_ms_p25": float(p25),
+        "step_ms_p75": float(p75), "step_ms_p90": float(p90),
         "step_ms_mean": float(a.mean()), "step_ms_iqr": float(p75 - p25), "step_count": int(a.size),
         "images_per_s": float(batch_size * 1e3 / p50) if p50 > 0 else None,
     }

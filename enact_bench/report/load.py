@@ -166,8 +166,11 @@ def load_records(run_dirs) -> pd.DataFrame:
         # percent (AP 40.6, as papers print it), and no value where there is none.
         v = pd.to_numeric(df[col], errors="coerce")
         df[col] = (v * 100.0).where(v >= 0)
-    df["key_len_before"] = df.get("enact_key_len_before", pd.Series([None] * len(df))).map(mean_over_layers)
-    df["key_len_after"] = df.get("enact_key_len_after", pd.Series([None] * len(df))).map(mean_over_layers)
+    for side in ("before", "after"):
+        # dense encoders shorten keys; deformable ones (token clustering) shorten the queries
+        keys = df.get(f"enact_key_len_{side}", pd.Series([None] * len(df))).map(mean_over_layers)
+        queries = df.get(f"enact_query_len_{side}", pd.Series([None] * len(df))).map(mean_over_layers)
+        df[f"key_len_{side}"] = queries.where(queries.notna(), keys)
     for col in ("batch_size", "image_h", "image_w", "image_pixels"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     return df

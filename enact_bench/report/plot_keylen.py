@@ -24,11 +24,13 @@ def _lines(g) -> dict[str, list[tuple[str, list[float], list[float]]]]:
     for rec in g.to_dict("records"):
         if not rec["enact"] or rec["status"] != "ok":
             continue
-        after = layer_values(rec.get("enact_key_len_after"))
+        kind = "deformable" if rec["family"] in DEFORMABLE_FAMILIES else "dense"
+        field = "enact_query_len" if kind == "deformable" and layer_values(rec.get("enact_query_len_after")) \
+            else "enact_key_len"  # token clustering shortens the queries, not the keys
+        after = layer_values(rec.get(f"{field}_after"))
         if not after:
             continue
-        before = layer_values(rec.get("enact_key_len_before")) or [float("nan")] * len(after)
-        kind = "deformable" if rec["family"] in DEFORMABLE_FAMILIES else "dense"
+        before = layer_values(rec.get(f"{field}_before")) or [float("nan")] * len(after)
         base = DEFORMABLE_ENACT if kind == "deformable" else "ENACT"
         extra = rec["variant"].removeprefix(base).strip(" ()")
         name = rec["detector"] + (f" [{extra}]" if extra else "")
