@@ -81,7 +81,7 @@ class TokenClustering(nn.Module):
     def __init__(self, d_model: int, config=None):
         super().__init__()
         if config is None:
-            from enact.config import EnactConfig
+            from .config import EnactConfig
 
             config = EnactConfig()
         if getattr(config, "cluster_scope", "batch") != "batch":
