@@ -15,6 +15,13 @@ from . import ops
 from .config import EnactConfig
 
 
+def _to_host(t: Tensor):
+    try:
+        return t.tolist()
+    except RuntimeError:  # a fake tensor's values are unknown (DataDependentOutputException)
+        return None
+
+
 class EnactAttention(nn.Module):
     """ENACT self-attention with the released code's parameters W_q, W_k, W_v, W_o, W_prob.
 
@@ -81,10 +88,12 @@ class EnactAttention(nn.Module):
     @property
     def last_stats(self) -> dict | None:
         """{"cluster_size", "key_len_before", "key_len_after"} of the last forward: ints when one
-        value holds for the batch, lists per image otherwise. None before the first forward."""
+        value holds for the batch, lists per image otherwise. None before the first forward.
+        Per-image lengths with a fixed L and mask_padding stay on the device until read here
+        (None under FakeTensorMode, where they are unknown)."""
         if self._stats is None:
             return None
-        return {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in self._stats.items()}
+        return {k: (_to_host(v) if isinstance(v, Tensor) else v) for k, v in self._stats.items()}
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}, config={self.config}"
@@ -179,6 +188,7 @@ class EnactAttention(nn.Module):
         valid_len = (~padding).sum(dim=1)  # (B,)
         valid = torch.arange(S, device=key.device).unsqueeze(0) < valid_len.unsqueeze(1)  # (B, S)
         e = ops.smooth(ops.entropy_bits(logits.gather(1, order), valid), cfg.sigma)  # (B, S) compacted
+        e = e.masked_fill(~valid, 0.0)  # each image's sequence ends at its length (zero padding after)
         if cfg.cluster_size is not None:  # static shapes, no transfer
             L = cfg.cluster_size
             if L > S:

@@ -1,13 +1,22 @@
 """Rich rendering shared by the CLI commands (tables of cases and baseline/ENACT pairs)."""
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 from rich.table import Table
 
 from enact_bench.summary import case_rows, pairs
 
-console = Console()
-err_console = Console(stderr=True)
+def _console(stderr: bool = False) -> Console:
+    c = Console(stderr=stderr)
+    if not c.is_terminal and "COLUMNS" not in os.environ:  # logs and CI: do not squeeze tables to 80
+        c = Console(stderr=stderr, width=160)
+    return c
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 def _num(x, fmt="{:,.1f}") -> str:
@@ -39,14 +48,17 @@ def pairs_table(records, title="baseline vs ENACT") -> Table | None:
     ps = pairs(records)
     if not ps:
         return None
-    t = Table(title=title)
-    for col in ("pair", "memory", "base MiB", "ENACT MiB", "Δ mem", "base ms", "ENACT ms", "Δ time", "status"):
-        t.add_column(col, justify="left" if col in ("pair", "memory", "status") else "right")
+    kinds = sorted({p.row()["memory_kind"] for p in ps})
+    t = Table(title=title, caption="memory: " + ", ".join(
+        {"cuda_alloc": "CUDA max_memory_allocated", "cpu_tracked": "CPU live-tensor peak"}.get(k, k) for k in kinds)
+        + "; Δ own: change of the step's own peak (peak minus what was alive before it); time: median step")
+    for col in ("case (ENACT variant)", "MiB base", "MiB ENACT", "Δ mem", "Δ own", "ms base", "ms ENACT", "Δ time",
+                "status"):
+        t.add_column(col, justify="left" if col.startswith("case") or col == "status" else "right")
     for p in ps:
         r = p.row()
-        t.add_row(r["pair"], r["memory_kind"], _num(r["mem_base_mib"]), _num(r["mem_enact_mib"]),
-                  _pct(r["mem_change_pct"]), _num(r["ms_base"]), _num(r["ms_enact"]), _pct(r["time_change_pct"]),
-                  r["status"])
+        t.add_row(r["enact_case"], _num(r["mem_base_mib"]), _num(r["mem_enact_mib"]), _pct(r["mem_change_pct"]),
+                  _pct(r["own_mem_change_pct"]), _num(r["ms_base"]), _num(r["ms_enact"]), _pct(r["time_change_pct"]), r["status"])
     return t
 
 

@@ -34,7 +34,7 @@ from enact_bench.suites import Case, Suite, load_suite_text
 MIB = 2**20
 METRIC_KEYS = (
     "params", "params_trainable",
-    "mem_peak_alloc_mib", "mem_peak_reserved_mib", "nvml_device_used_peak_mib", "nvml_process_used_peak_mib",
+    "mem_peak_alloc_mib", "mem_peak_reserved_mib", "mem_start_alloc_mib", "nvml_device_used_peak_mib", "nvml_process_used_peak_mib",
     "cpu_tracked_peak_bytes", "cpu_tracked_peak_mib", "cpu_tracked_start_bytes", "rss_peak_mib",
     "step_ms_p50", "step_ms_p10", "step_ms_p90", "step_ms_mean", "step_ms_iqr", "step_count",
     "first_step_ms", "images_per_s", "timing_clock",
@@ -276,8 +276,11 @@ def run_case(case: Case, *, run_id: str = "inline", suite: str = "") -> Record:
     record_case.setdefault("attention", None)
     env: dict = {}
     status, error = "ok", None
+    import torch
+    threads_before = torch.get_num_threads()
     try:
-        import torch
+        if case.cpu_threads:
+            torch.set_num_threads(case.cpu_threads)
 
         from enact_bench.records import capture_env
 
@@ -295,6 +298,7 @@ def run_case(case: Case, *, run_id: str = "inline", suite: str = "") -> Record:
         if status == "error":
             error += "\n" + "".join(traceback.format_exception(e)[-6:])
     finally:
+        torch.set_num_threads(threads_before)
         _release_memory()
     for k, v in metrics.items():
         if v is None and k not in reasons:
@@ -361,7 +365,8 @@ def run_case_subprocess(case: Case, run_dir: Path, *, run_id: str, suite: str,
     else:
         why = f"case process exited with code {rc}"
     metrics = {k: None for k in METRIC_KEYS}
-    return Record(run_id=run_id, suite=suite, case_id=case.case_id, status="error", case=case.to_dict(),
+    return Record(run_id=run_id, suite=suite, case_id=case.case_id, status="error",
+                  case={**case.to_dict(), "attention": None},
                   metrics=metrics, null_reasons={k: "case process failed" for k in metrics},
                   error=why + ("\n" + "\n".join(tail) if tail else ""), started_at=started,
                   duration_s=round(time.perf_counter() - t0, 3))
@@ -377,6 +382,11 @@ class RunResult:
     records: list[Record] = field(default_factory=list)
     skipped_ok: list[str] = field(default_factory=list)  # case_ids already ok (resume)
     interrupted: bool = False
+
+
+def _needs_missing_cuda(case: Case) -> bool:
+    import torch
+    return case.device.startswith("cuda") and not torch.cuda.is_available()
 
 
 def new_run_id(suite_name: str) -> str:
@@ -437,7 +447,7 @@ def run_suite(suite: Suite, run_dir: Path, run_id: str, *, inline: bool = False,
         for i, case in enumerate(todo):
             if on_start:
                 on_start(i, len(todo), case)
-            if inline:
+            if inline or _needs_missing_cuda(case):  # a skipped case needs no subprocess
                 rec = run_case(case, run_id=run_id, suite=suite.name)
             else:
                 rec = run_case_subprocess(case, run_dir, run_id=run_id, suite=suite.name, timeout_s=timeout_s)

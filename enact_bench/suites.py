@@ -23,7 +23,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 SIZE_DISTS = ("coco",)
 TOP_KEYS = ("name", "description", "defaults", "matrix")
 # Case keys that do not change what is measured, only how long or where: not in the case_id.
-NOT_IN_ID = ("iters", "warmup", "device", "flops")
+NOT_IN_ID = ("iters", "warmup", "device", "flops", "cpu_threads")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class Case:
     cudnn_benchmark: bool = False
     flops: bool = True
     evaluate: tuple[str, ...] = ()
+    cpu_threads: int | None = None  # torch.set_num_threads for the case (None: torch's default)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -215,7 +216,7 @@ def _check(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
             raise bad("auto, cpu, cuda or cuda:N")
         return value
-    if key in ("batch_size", "iters", "warmup", "num_classes"):
+    if key in ("batch_size", "iters", "warmup", "num_classes", "cpu_threads"):
         if not _is_int(value) or value < 1:
             raise bad("an integer >= 1")
         return value

@@ -23,6 +23,16 @@ def memory_of(rec: Record) -> tuple[float | None, str]:
     return None, "-"
 
 
+def own_memory_of(rec: Record) -> float | None:
+    """The measured step's own peak: peak minus what was alive when it began (MiB)."""
+    m = rec.metrics
+    if m.get("mem_peak_alloc_mib") is not None and m.get("mem_start_alloc_mib") is not None:
+        return m["mem_peak_alloc_mib"] - m["mem_start_alloc_mib"]
+    if m.get("cpu_tracked_peak_bytes") is not None and m.get("cpu_tracked_start_bytes") is not None:
+        return (m["cpu_tracked_peak_bytes"] - m["cpu_tracked_start_bytes"]) / 2**20
+    return None
+
+
 def change_pct(base: float | None, new: float | None) -> float | None:
     if base is None or new is None or base == 0:
         return None
@@ -58,6 +68,7 @@ class Pair:
         tb, te = self.base.metrics.get("step_ms_p50"), self.enact.metrics.get("step_ms_p50")
         return {"pair": self.label, "enact_case": self.enact.case_id, "memory_kind": kind,
                 "mem_base_mib": mb, "mem_enact_mib": me, "mem_change_pct": change_pct(mb, me),
+                "own_mem_change_pct": change_pct(own_memory_of(self.base), own_memory_of(self.enact)),
                 "ms_base": tb, "ms_enact": te, "time_change_pct": change_pct(tb, te),
                 "status": f"{self.base.status}/{self.enact.status}"}
 

@@ -11,7 +11,7 @@ from enact_bench.errors import UserInputError
 
 
 def user_errors(fn):
-    """Print a UserInputError as one red line and exit 2, without a traceback."""
+    """Print a UserInputError as one red line and exit 2, without a traceback; Ctrl-C exits 130."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -20,4 +20,8 @@ def user_errors(fn):
             from enact_bench.console import err_console
             err_console.print(f"[red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            from enact_bench.console import err_console
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
     return wrapper

@@ -25,6 +25,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .checkpoint import compare_state_dict
 from .nested import downsample_mask
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -66,12 +67,10 @@ def load_torchvision_weights(resnet: nn.Module, weights_path: str | Path) -> Non
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
             state = state[wrapper]
-    result = resnet.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{path} does not fit a torchvision {type(resnet).__name__}: "
-            f"missing keys {result.missing_keys[:10]}, unexpected keys {result.unexpected_keys[:10]}"
-        )
+    report = compare_state_dict(resnet, state)
+    if not report.ok:
+        raise ValueError(f"{path} does not fit a torchvision {type(resnet).__name__}:\n{report.describe()}")
+    resnet.load_state_dict(state)
 
 
 class Backbone(nn.Module):

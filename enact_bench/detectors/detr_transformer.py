@@ -34,17 +34,24 @@ def with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
 
 
 class EncoderLayer(nn.Module):
-    """self-attention (q = k = src + pos, v = src) + FFN, post-norm (or pre-norm)."""
+    """self-attention (q = k = src + pos, v = src) + FFN, post-norm (or pre-norm).
+
+    Same modules and key names in DETR and DETR-ENACT; only the registration order (hence the
+    state_dict order) differs, so `release_key_order` ("detr" | "enact") reproduces each release's.
+    """
 
     def __init__(self, self_attn: nn.Module, d_model: int, dim_feedforward: int, dropout: float,
                  activation: str = "relu", normalize_before: bool = False, need_weights: bool = True,
-                 use_padding_mask: bool = True):
+                 use_padding_mask: bool = True, release_key_order: str = "detr"):
         super().__init__()
         self.self_attn = self_attn
+        if release_key_order == "enact":  # DETR-ENACT registers norm1 before the FFN
+            self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
+        if release_key_order != "enact":
+            self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
@@ -157,7 +164,8 @@ class Transformer(nn.Module):
         def encoder_layer(self_attn: nn.Module, is_enact: bool) -> EncoderLayer:
             use_mask = not is_enact or bool(getattr(enact_config, "mask_padding", False))
             return EncoderLayer(self_attn, d_model, dim_feedforward, dropout, activation, normalize_before,
-                                need_weights=need_weights and not is_enact, use_padding_mask=use_mask)
+                                need_weights=need_weights and not is_enact, use_padding_mask=use_mask,
+                                release_key_order="enact" if is_enact else "detr")
 
         # one prototype per kind, deep-copied per layer, as the originals' _get_clones
         plain = encoder_layer(nn.MultiheadAttention(d_model, nhead, dropout=dropout), False)

@@ -18,7 +18,7 @@ from enact_bench.measure.cpu_memory import LiveTensorTracker
 
 MIB = 2**20
 
-CUDA_FIELDS = ("mem_peak_alloc_mib", "mem_peak_reserved_mib")
+CUDA_FIELDS = ("mem_peak_alloc_mib", "mem_peak_reserved_mib", "mem_start_alloc_mib")
 NVML_FIELDS = ("nvml_device_used_peak_mib", "nvml_process_used_peak_mib")
 CPU_FIELDS = ("cpu_tracked_peak_bytes", "cpu_tracked_peak_mib", "cpu_tracked_start_bytes")
 
@@ -31,7 +31,9 @@ class CudaPeakMemory:
     """`with CudaPeakMemory(device) as m: ...`, then m.fields / m.null_reasons.
 
     Around the region: gc.collect, synchronize, empty_cache, reset_peak_memory_stats; after it:
-    synchronize, then max_memory_allocated and max_memory_reserved in MiB.
+    synchronize, then max_memory_allocated and max_memory_reserved in MiB; mem_start_alloc_mib is
+    memory_allocated at the start (parameters, gradients, optimizer state, inputs), so that
+    peak - start is the region's own peak.
     """
 
     def __init__(self, device="cuda"):
@@ -49,6 +51,7 @@ class CudaPeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
         return self
 
     def __exit__(self, *exc):
@@ -57,6 +60,7 @@ class CudaPeakMemory:
             self.fields = {
                 "mem_peak_alloc_mib": torch.cuda.max_memory_allocated(self.device) / MIB,
                 "mem_peak_reserved_mib": torch.cuda.max_memory_reserved(self.device) / MIB,
+                "mem_start_alloc_mib": self._start / MIB,  # alive when the region began
             }
         return False
 

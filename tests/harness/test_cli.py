@@ -1,0 +1,66 @@
+"""The CLI end to end with CliRunner: a smoke-sized run (inline), show, resume, list, env, errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from enact_bench.cli import app
+
+cli = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    args = ["run", "--suite", "smoke", "--inline", "--out", str(out), "--image-size", "64x96", "--batch-size", "1",
+            "--iters", "1", "--warmup", "1", "--set", "mode=train", "--set", "flops=false",
+            "--set", "cpu_threads=1", "--run-id", "t"]
+    result = cli.invoke(app, args)
+    return out / "t", result
+
+
+def test_run_writes_records_suite_copy_and_pair_table(smoke_run):
+    run_dir, result = smoke_run
+    assert result.exit_code == 0, result.output
+    lines = (run_dir / "records.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    assert [r["case_id"] for r in recs] == ["detr_tiny-base-train-b1-64x96", "detr_tiny-enact-train-b1-64x96"]
+    assert all(r["status"] == "ok" and r["run_id"] == "t" and r["suite"] == "smoke" for r in recs)
+    assert (run_dir / "suite.toml").read_text().startswith('name = "smoke"')
+    assert "baseline vs ENACT" in result.output and "detr_tiny-enact-train-b1-64x96" in result.output
+
+
+def test_show_and_resume(smoke_run):
+    run_dir, _ = smoke_run
+    shown = cli.invoke(app, ["show", str(run_dir)])
+    assert shown.exit_code == 0 and "baseline vs ENACT" in shown.output
+    resumed = cli.invoke(app, ["run", "--resume", str(run_dir), "--inline"])
+    assert resumed.exit_code == 0 and "2 case(s) already ok were skipped" in resumed.output
+    assert len((run_dir / "records.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "--suite", "no-such-suite"], "unknown suite 'no-such-suite'"),
+    (["run", "--suite", "smoke", "--set", "speed=3"], "unknown key"),
+    (["run", "--suite", "smoke", "--detector", "detr_giant"], "detr_giant"),
+    (["run", "--suite", "smoke", "--image-size", "big"], "HxW"),
+    (["run"], "--suite"),
+    (["show", "/nonexistent/run"], "no records found"),
+])
+def test_user_errors_are_one_line_without_traceback(args, needle):
+    result = cli.invoke(app, args)
+    assert result.exit_code == 2
+    text = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert needle in text and "Traceback" not in text
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+def test_list_and_env():
+    listed = cli.invoke(app, ["list"])
+    assert listed.exit_code == 0
+    for name in ("smoke", "synthetic-detr", "ci", "detr_tiny", "detr_r50", "synthetic"):
+        assert name in listed.output
+    env = cli.invoke(app, ["env", "--device", "cpu"])
+    assert env.exit_code == 0 and "torchvision" in env.output and "device_kind" in env.output
