@@ -139,10 +139,11 @@ class EnactAttention(nn.Module):
             out, weights = self._attend_math(q, k, v, key_mask)
         else:
             out = self._attend_sdpa(q, k, v, key_mask)
-        out = out.permute(0, 2, 1, 3).reshape(B, S_q, C)  # (B, h, S_q, d) -> (B, S_q, C)
-        out = self.W_o(out)
-        if not self.batch_first:
-            out = out.transpose(0, 1)  # (B, S_q, C) -> (S_q, B, C), a view
+        # (B, h, S_q, d) -> (S_q, B, C): a view when the fused kernel wrote its output in q's
+        # (S_q, B, h, d) memory order (CPU flash attention does), else one copy
+        out = self.W_o(out.permute(2, 0, 1, 3).reshape(S_q, B, C))
+        if self.batch_first:
+            out = out.transpose(0, 1)  # (S_q, B, C) -> (B, S_q, C), a view
         if need_weights:
             weights = weights.mean(dim=1) if average_attn_weights else weights
             return out, weights
@@ -232,14 +233,15 @@ class EnactAttention(nn.Module):
         if key_mask is not None:
             logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
         weights = F.softmax(logits, dim=-1)
+        del logits  # without autograd the logits can go before the next S x n tensor is made
         if self.config.scale == "reference":
             weights = weights / self.head_dim  # the release divides the weights by the head size
         return weights @ v, weights
 
     def _attend_sdpa(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
-        """Fused attention; softmax(QK^T)/d @ V == (softmax(QK^T) @ V) / d for the reference scale."""
+        """Fused attention. The reference scale: softmax(QK^T)/d @ V == softmax(QK^T) @ (V/d), so
+        the division falls on the n pooled values, not on the S x n weights or the S outputs."""
         mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, n), True = attend
         if self.config.scale == "reference":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
-            return out / self.head_dim
+            return F.scaled_dot_product_attention(q, k, v / self.head_dim, attn_mask=mask, scale=1.0)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -7,6 +7,8 @@ the prefix [0, valid_len) and everything after is ignored.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -18,14 +20,13 @@ def gaussian_taps(sigma: float, device: torch.device | str | None = None) -> Ten
     """The released code's smoothing kernel: taps at x = -(3 sigma - 1) ... < 3 sigma, step 1,
     weight exp(-x^2 / (2 sigma^2)) / (sigma sqrt(2 pi)), not renormalised. (K,) float32.
 
-    Built in float32 on the CPU with the same operations as the release (so the taps are the same
-    to the bit), then moved. Non-integer sigma gives half-integer taps and possibly an even count.
-    """
-    x = torch.arange(-(3 * sigma - 1), 3 * sigma, dtype=torch.float32)
-    two_pi = torch.tensor([2 * torch.pi], dtype=torch.float32)
-    sig = torch.tensor([sigma], dtype=torch.float32)
-    taps = (1.0 / (sigma * torch.sqrt(two_pi))) * torch.exp(-torch.pow(x, 2) / (2 * torch.pow(sig, 2)))
-    return taps.to(device) if device is not None else taps
+    Built with the release's float32 operations (on the CPU: equal to the bit), on `device`
+    directly with no host->device copy, so it can be captured in a CUDA graph or traced.
+    Non-integer sigma gives half-integer taps and possibly an even count."""
+    x = torch.arange(-(3 * sigma - 1), 3 * sigma, dtype=torch.float32, device=device)
+    two_pi = torch.full((1,), 2 * math.pi, dtype=torch.float32, device=device)
+    sig = torch.full((1,), float(sigma), dtype=torch.float32, device=device)
+    return (1.0 / (sigma * torch.sqrt(two_pi))) * torch.exp(-torch.pow(x, 2) / (2 * torch.pow(sig, 2)))
 
 
 def _conv_same(x: Tensor, taps: Tensor) -> Tensor:
@@ -61,8 +62,8 @@ def smooth(e: Tensor, sigma: float) -> Tensor:
 
 def second_derivative(x: Tensor) -> Tensor:
     """Correlation of each row of x (B, S) with [-1, 2, -1], zero padding, length S."""
-    taps = torch.tensor([-1.0, 2.0, -1.0], dtype=torch.float32).to(device=x.device, dtype=x.dtype)
-    return _conv_same(x, taps)
+    i = torch.arange(3, dtype=x.dtype, device=x.device)
+    return _conv_same(x, 2.0 - 3.0 * (i - 1.0).abs())  # taps [-1, 2, -1]
 
 
 def step(d: Tensor) -> Tensor:
