@@ -17,6 +17,7 @@ from enact_bench.suites import Case, load_suite
 CHEAP = [("iters", [1]), ("warmup", [1]), ("flops", [False])]
 
 
+@pytest.mark.slow
 def test_toy_suite_runs_end_to_end_with_evaluation(tmp_path):
     """The shipped toy-detr suite (fewer steps), inline, on CPU: every case ok, mAP recorded."""
     suite = load_suite("toy-detr", CHEAP + [("data_options.eval_train_steps", [2]), ("device", ["cpu"])])
@@ -53,6 +54,7 @@ def test_batches_are_seeded_full_and_in_original_coordinates(toy_root):
                         data_options={"root": str(toy_root)}))
 
 
+@pytest.mark.slow
 def test_checkpoint_per_variant_is_loaded_and_hashed(tmp_path, toy_root):
     torch.manual_seed(1)
     model = create_detector("detr_tiny", num_classes=4)

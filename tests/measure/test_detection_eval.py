@@ -40,6 +40,7 @@ def test_box_predicted_in_resized_space_lands_on_original_pixels(one_shape_root)
     assert best["bbox"] == pytest.approx(ann["bbox"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_short_training_raises_val_map(one_shape_root):
     torch.manual_seed(0)
     train = CocoDetection(one_shape_root, "train", transforms=None)
