@@ -134,3 +134,13 @@ def test_missing_paths_name_what_was_expected(toy_root, tmp_path, monkeypatch):
     victim.unlink()
     with pytest.raises(CocoDataError, match=str(victim)):
         ds[0]
+
+
+def test_loader_workers_give_the_same_val_batches(toy_root):
+    ds = CocoDetection(toy_root, "val", size_scale=0.2)
+    plain = list(make_loader(ds, 2, num_workers=0))
+    workers = list(make_loader(ds, 2, num_workers=1))
+    assert len(plain) == len(workers) == 2  # 3 val images: a batch of 2 and one of 1
+    for (ia, ta), (ib, tb) in zip(plain, workers):
+        assert all(torch.equal(a, b) for a, b in zip(ia, ib))
+        assert [t["image_id"] for t in ta] == [t["image_id"] for t in tb]
