@@ -17,6 +17,17 @@ def _shared_dir() -> Path:
     return REPO.parent / "shared"
 
 
+@pytest.fixture(autouse=True)
+def _one_intra_op_thread():
+    """Every test runs with one intra-op thread: the tests use tiny models, and on a 2-core machine
+    shared with other jobs two OpenMP threads spin against each other (steps 5-15x slower).
+    Memory figures do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

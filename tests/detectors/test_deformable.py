@@ -11,15 +11,6 @@ from enact_bench.detectors import create_detector, load_checkpoint
 from enact_bench.detectors.ms_deform_attn import MSDeformAttn, ms_deform_attn_core
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads of small ops mostly wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- multi-scale deformable attention ------------------------------------------------------------
 def bilinear_direct(img: torch.Tensor, x: float, y: float) -> torch.Tensor:
     """img (D, H, W); (x, y) in [0, 1] of the map (align_corners=False) -> (D,); zeros outside."""

@@ -9,15 +9,6 @@ from enact.tokens import TokenClustering, level_cluster_size_from_data, level_sm
 from enact_bench.detectors import create_detector
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads of small ops mostly wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_level_statistics_and_windows_match_the_released_enact(oracle_case):
     """One level of 25 x 34 tokens = the oracle's sequence: same smoothed entropy, same L (6), same
     trimming (2 front, 2 back) and the same pooled windows as the released DETR-ENACT code."""
