@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .anchor_enact import ANCHOR_SIGMA
 from .anchor_transformer import AnchorTransformer
-from .backbone import RESNETS, Backbone
+from .backbone import RESNETS, Backbone, backbone_weights_path
 from .base import Detector
 from .criterion import FocalSetCriterion, detr_weight_dict
 from .matcher import FocalClassCost, HungarianMatcher
@@ -106,13 +106,7 @@ class AnchorDETR(Detector):
     def __init__(self, cfg: AnchorDetrConfig, num_classes: int = 91, enact_config=None,
                  pretrained_backbone: bool = False):
         super().__init__()
-        if pretrained_backbone and cfg.backbone_weights is None:
-            raise ValueError(
-                "pretrained_backbone=True needs a local torchvision ResNet weights file: pass "
-                f"backbone_weights='/path/to/{cfg.backbone}-<hash>.pth' (nothing is downloaded)"
-            )
-        if cfg.backbone_weights is not None and not pretrained_backbone:
-            raise ValueError("backbone_weights is only read with pretrained_backbone=True")
+        weights_path = backbone_weights_path(pretrained_backbone, cfg.backbone_weights, cfg.backbone)
         enact_config = anchor_enact_config(enact_config, cfg.enact_sigma)
         self.cfg = cfg
         self.num_classes = num_classes
@@ -131,7 +125,7 @@ class AnchorDETR(Detector):
             cfg.num_query_position, cfg.num_query_pattern, num_classes, enact_config, cfg.enact_layers,
         )
         body = Backbone(cfg.backbone, dilation=cfg.dilation, train_backbone=cfg.lr_backbone > 0,
-                        return_layers=("layer4",), weights_path=cfg.backbone_weights if pretrained_backbone else None)
+                        return_layers=("layer4",), weights_path=weights_path)
         proj = nn.Sequential(nn.Conv2d(body.num_channels[-1], cfg.hidden_dim, kernel_size=1),
                              nn.GroupNorm(32, cfg.hidden_dim))
         nn.init.xavier_uniform_(proj[0].weight, gain=1)

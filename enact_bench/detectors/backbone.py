@@ -73,6 +73,18 @@ def load_torchvision_weights(resnet: nn.Module, weights_path: str | Path) -> Non
     resnet.load_state_dict(state)
 
 
+def backbone_weights_path(pretrained_backbone: bool, weights: str | Path | None, backbone: str):
+    """The local weights file to load, or None; nothing is ever downloaded."""
+    if pretrained_backbone and weights is None:
+        raise ValueError(
+            "pretrained_backbone=True needs a local torchvision ResNet weights file: pass "
+            f"backbone_weights='/path/to/{backbone}-<hash>.pth' (nothing is downloaded)"
+        )
+    if weights is not None and not pretrained_backbone:
+        raise ValueError("backbone_weights is only read with pretrained_backbone=True")
+    return weights if pretrained_backbone else None
+
+
 class Backbone(nn.Module):
     """ResNet with frozen BatchNorm -> list of (feature (B, C_l, h_l, w_l), mask (B, h_l, w_l))."""
 

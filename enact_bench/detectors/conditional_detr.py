@@ -20,7 +20,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from .backbone import RESNETS, Backbone, Joiner
+from .backbone import RESNETS, Backbone, backbone_weights_path, Joiner
 from .base import Detector
 from .conditional_transformer import ConditionalDecoder, ConditionalDecoderLayer
 from .criterion import FocalSetCriterion, detr_weight_dict
@@ -131,13 +131,7 @@ class ConditionalDETR(Detector):
     def __init__(self, cfg: ConditionalDetrConfig, num_classes: int = 91, enact_config=None,
                  pretrained_backbone: bool = False):
         super().__init__()
-        if pretrained_backbone and cfg.backbone_weights is None:
-            raise ValueError(
-                "pretrained_backbone=True needs a local torchvision ResNet weights file: pass "
-                f"backbone_weights='/path/to/{cfg.backbone}-<hash>.pth' (nothing is downloaded)"
-            )
-        if cfg.backbone_weights is not None and not pretrained_backbone:
-            raise ValueError("backbone_weights is only read with pretrained_backbone=True")
+        weights_path = backbone_weights_path(pretrained_backbone, cfg.backbone_weights, cfg.backbone)
         self.cfg = cfg
         self.num_classes = num_classes
         self.num_queries = cfg.num_queries
@@ -155,7 +149,7 @@ class ConditionalDETR(Detector):
         self.bbox_embed = MLP(cfg.hidden_dim, cfg.hidden_dim, 4, 3)
         self.query_embed = nn.Embedding(cfg.num_queries, cfg.hidden_dim)
         body = Backbone(cfg.backbone, dilation=cfg.dilation, train_backbone=cfg.lr_backbone > 0,
-                        return_layers=("layer4",), weights_path=cfg.backbone_weights if pretrained_backbone else None)
+                        return_layers=("layer4",), weights_path=weights_path)
         self.input_proj = nn.Conv2d(body.num_channels[-1], cfg.hidden_dim, kernel_size=1)
         self.backbone = Joiner(body, PositionEmbeddingSine(cfg.hidden_dim // 2, normalize=True))
 

@@ -33,7 +33,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from .backbone import RESNETS, Backbone, Joiner
+from .backbone import RESNETS, Backbone, backbone_weights_path, Joiner
 from .base import Detector
 from .criterion import FocalSetCriterion, detr_weight_dict
 from .deformable_transformer import DeformableTransformer, inverse_sigmoid
@@ -137,11 +137,7 @@ class DeformableDETR(Detector):
     def __init__(self, cfg: DeformableDetrConfig, num_classes: int = 91, enact_config=None,
                  pretrained_backbone: bool = False):
         super().__init__()
-        if pretrained_backbone and cfg.backbone_weights is None:
-            raise ValueError("pretrained_backbone=True needs a local torchvision ResNet weights file: pass "
-                             f"backbone_weights='/path/to/{cfg.backbone}-<hash>.pth' (nothing is downloaded)")
-        if cfg.backbone_weights is not None and not pretrained_backbone:
-            raise ValueError("backbone_weights is only read with pretrained_backbone=True")
+        weights_path = backbone_weights_path(pretrained_backbone, cfg.backbone_weights, cfg.backbone)
         self.cfg = cfg
         self.num_classes = num_classes
         self.num_queries = cfg.num_queries
@@ -167,7 +163,7 @@ class DeformableDETR(Detector):
             self.query_embed = nn.Embedding(cfg.num_queries, hidden * 2)
         body = Backbone(cfg.backbone, dilation=cfg.dilation, train_backbone=cfg.lr_backbone > 0,
                         return_layers=("layer2", "layer3", "layer4"),
-                        weights_path=cfg.backbone_weights if pretrained_backbone else None)
+                        weights_path=weights_path)
         projections = [nn.Sequential(nn.Conv2d(c, hidden, kernel_size=1), nn.GroupNorm(32, hidden))
                        for c in body.num_channels]
         in_channels = body.num_channels[-1]
