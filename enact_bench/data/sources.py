@@ -11,9 +11,10 @@ BUILTIN_SOURCE_MODULES, so adding a source is: write the module, add its name th
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
+
+from enact_bench.plugins import LazyRegistry
 
 # Modules imported on first lookup; each registers its sources at import time.
 BUILTIN_SOURCE_MODULES: list[str] = ["enact_bench.data.synthetic", "enact_bench.data.coco_source"]
@@ -56,40 +57,26 @@ class DataSourceSpec:
     description: str = ""
 
 
-_REGISTRY: dict[str, DataSourceSpec] = {}
-_loaded = False
+_REGISTRY: LazyRegistry[DataSourceSpec] = LazyRegistry("data source", BUILTIN_SOURCE_MODULES)
 
 
 def register_data_source(name: str, *, options: Mapping[str, str] | None = None,
                          description: str = ""):
     def deco(factory):
-        if name in _REGISTRY and _REGISTRY[name].factory is not factory:
+        earlier = _REGISTRY.registered(name)
+        if earlier is not None and earlier.factory is not factory:
             raise RuntimeError(f"data source {name!r} registered twice")
-        _REGISTRY[name] = DataSourceSpec(name, factory, dict(options or {}), description)
+        _REGISTRY.add(name, DataSourceSpec(name, factory, dict(options or {}), description))
         return factory
     return deco
 
 
-def _load_builtins() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for mod in BUILTIN_SOURCE_MODULES:
-        importlib.import_module(mod)
-
-
 def list_data_sources() -> list[str]:
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_data_source(name: str) -> DataSourceSpec:
-    _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown data source {name!r}; expected one of {sorted(_REGISTRY)}") from None
+    return _REGISTRY.get(name)
 
 
 def make_data_source(case) -> DataSource:

@@ -10,9 +10,10 @@ Modules that register hooks are imported lazily from BUILTIN_EVALUATION_MODULES.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from enact_bench.plugins import LazyRegistry
 
 BUILTIN_EVALUATION_MODULES: list[str] = ["enact_bench.data.coco_source"]
 
@@ -25,34 +26,19 @@ class EvaluationSpec:
     data: tuple[str, ...] | None = None  # data sources it works with (None: any)
 
 
-_REGISTRY: dict[str, EvaluationSpec] = {}
-_loaded = False
+_REGISTRY: LazyRegistry[EvaluationSpec] = LazyRegistry("evaluation", BUILTIN_EVALUATION_MODULES)
 
 
 def register_evaluation(name: str, *, modes=("train", "infer"), data=None):
     def deco(fn):
-        _REGISTRY[name] = EvaluationSpec(name, fn, tuple(modes), tuple(data) if data else None)
+        _REGISTRY.add(name, EvaluationSpec(name, fn, tuple(modes), tuple(data) if data else None))
         return fn
     return deco
 
 
-def _load_builtins() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for mod in BUILTIN_EVALUATION_MODULES:
-        importlib.import_module(mod)
-
-
 def list_evaluations() -> list[str]:
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_evaluation(name: str) -> EvaluationSpec:
-    _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown evaluation {name!r}; expected one of {sorted(_REGISTRY)}") from None
+    return _REGISTRY.get(name)
