@@ -15,7 +15,7 @@ for any config. See docs/detectors-conditional-anchor.md for where we differ fro
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterator
 
 from torch import Tensor, nn
@@ -28,7 +28,7 @@ from .criterion import FocalSetCriterion, detr_weight_dict
 from .matcher import FocalClassCost, HungarianMatcher
 from .nested import batch_images
 from .postprocess import postprocess_topk_sigmoid
-from .registry import register_detector
+from .registry import register_detector, preset_factory
 
 ANCHOR_LR = 1e-4   # megvii-research/AnchorDETR main.py
 ENACT_LR = 5e-5    # GSavathrakis/ENACT Anchor-DETR-ENACT main.py
@@ -162,13 +162,6 @@ class AnchorDETR(Detector):
                 yield layer.ENACT
 
 
-def _build(base: AnchorDetrConfig):
-    def factory(enact_config, num_classes, pretrained_backbone, **overrides) -> AnchorDETR:
-        if overrides.get("enact_layers") is not None:
-            overrides["enact_layers"] = tuple(overrides["enact_layers"])
-        return AnchorDETR(replace(base, **overrides), num_classes, enact_config, pretrained_backbone)
-
-    return factory
 
 
 PRESETS = {
@@ -182,4 +175,4 @@ PRESETS = {
 
 for _name, (_cfg, _doc) in PRESETS.items():
     register_detector(_name, family="anchor_detr", tiny=_name.endswith("_tiny"),
-                      overrides=AnchorDetrConfig, description=_doc)(_build(_cfg))
+                      overrides=AnchorDetrConfig, description=_doc)(preset_factory(AnchorDETR, _cfg))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -31,7 +31,7 @@ from .mlp import MLP
 from .nested import batch_images
 from .position import PositionEmbeddingSine
 from .postprocess import postprocess_topk_sigmoid
-from .registry import register_detector
+from .registry import register_detector, preset_factory
 
 CONDITIONAL_LR = 1e-4   # Atten4Vis/ConditionalDETR main.py
 ENACT_LR = 5e-5         # GSavathrakis/ENACT Conditional-DETR-ENACT main.py
@@ -190,13 +190,6 @@ class ConditionalDETR(Detector):
                 yield layer.self_attn
 
 
-def _build(base: ConditionalDetrConfig):
-    def factory(enact_config, num_classes, pretrained_backbone, **overrides) -> ConditionalDETR:
-        if overrides.get("enact_layers") is not None:
-            overrides["enact_layers"] = tuple(overrides["enact_layers"])
-        return ConditionalDETR(replace(base, **overrides), num_classes, enact_config, pretrained_backbone)
-
-    return factory
 
 
 PRESETS = {
@@ -214,4 +207,4 @@ PRESETS = {
 
 for _name, (_cfg, _doc) in PRESETS.items():
     register_detector(_name, family="conditional_detr", tiny=_name.endswith("_tiny"),
-                      overrides=ConditionalDetrConfig, description=_doc)(_build(_cfg))
+                      overrides=ConditionalDetrConfig, description=_doc)(preset_factory(ConditionalDETR, _cfg))

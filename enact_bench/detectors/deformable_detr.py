@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -42,7 +42,7 @@ from .mlp import MLP
 from .nested import batch_images, downsample_mask
 from .position import PositionEmbeddingSine
 from .postprocess import postprocess_topk_sigmoid
-from .registry import register_detector
+from .registry import register_detector, preset_factory
 
 
 @dataclass(frozen=True)
@@ -286,13 +286,6 @@ class DeformableDETR(Detector):
                 yield clustering[key]
 
 
-def _build(base: DeformableDetrConfig):
-    def factory(enact_config, num_classes, pretrained_backbone, **overrides) -> DeformableDETR:
-        if overrides.get("enact_layers") is not None:
-            overrides["enact_layers"] = tuple(overrides["enact_layers"])
-        return DeformableDETR(replace(base, **overrides), num_classes, enact_config, pretrained_backbone)
-
-    return factory
 
 
 _TINY = dict(backbone="resnet18", hidden_dim=64, nheads=4, enc_layers=2, dec_layers=2, dim_feedforward=64,
@@ -314,4 +307,4 @@ PRESETS = {
 
 for _name, (_cfg, _doc) in PRESETS.items():
     register_detector(_name, family="deformable_detr", tiny="_tiny" in _name, overrides=DeformableDetrConfig,
-                      description=_doc)(_build(_cfg))
+                      description=_doc)(preset_factory(DeformableDETR, _cfg))

@@ -8,7 +8,7 @@ the ENACT release's DETR-ENACT (keys transformer.encoder.layers.i.self_attn.W_{q
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterator
 
 from torch import Tensor, nn
@@ -22,7 +22,7 @@ from .mlp import MLP
 from .nested import batch_images
 from .position import PositionEmbeddingSine
 from .postprocess import postprocess_softmax
-from .registry import register_detector
+from .registry import register_detector, preset_factory
 
 DETR_LR = 1e-4  # facebookresearch/detr main.py
 ENACT_LR = 5e-5  # GSavathrakis/ENACT DETR-ENACT main.py
@@ -143,13 +143,6 @@ class DETR(Detector):
                 yield layer.self_attn
 
 
-def _build(base: DetrConfig):
-    def factory(enact_config, num_classes, pretrained_backbone, **overrides) -> DETR:
-        if "enact_layers" in overrides and overrides["enact_layers"] is not None:
-            overrides["enact_layers"] = tuple(overrides["enact_layers"])
-        return DETR(replace(base, **overrides), num_classes, enact_config, pretrained_backbone)
-
-    return factory
 
 
 PRESETS = {
@@ -163,4 +156,4 @@ PRESETS = {
 
 for _name, (_cfg, _doc) in PRESETS.items():
     register_detector(_name, family="detr", tiny=_name.endswith("_tiny"), overrides=DetrConfig,
-                      description=_doc)(_build(_cfg))
+                      description=_doc)(preset_factory(DETR, _cfg))

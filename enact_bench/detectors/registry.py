@@ -112,3 +112,14 @@ def create_detector(name: str, *, enact: Any = False, num_classes: int = 91, pre
 
 def describe(names: Iterable[str] | None = None) -> list[DetectorSpec]:
     return [get_spec(n) for n in (names or list_detectors())]
+
+
+def preset_factory(model_cls, base):
+    """The registry factory of one preset: `base` (a frozen config) with the user's overrides,
+    built as `model_cls(config, num_classes, enact_config, pretrained_backbone)`."""
+    def factory(enact_config, num_classes, pretrained_backbone, **overrides):
+        if overrides.get("enact_layers") is not None:
+            overrides["enact_layers"] = tuple(overrides["enact_layers"])
+        return model_cls(dataclasses.replace(base, **overrides), num_classes, enact_config, pretrained_backbone)
+
+    return factory

@@ -1,8 +1,6 @@
 """Names, units and number formats shared by the tables and the plots (plain Python)."""
 from __future__ import annotations
 
-import math
-
 DEFORMABLE_FAMILIES = ("deformable_detr", "dino")
 DEFORMABLE_ENACT = "ENACT token clustering (extension beyond the paper)"
 # EnactConfig's defaults (docs/CONTRACTS.md); a variant is labelled by what differs from them.
