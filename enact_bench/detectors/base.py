@@ -23,6 +23,17 @@ class Detector(nn.Module):
     # max norm of the originals' gradient clipping (None: no clipping)
     grad_clip_max_norm: float | None = None
 
+    def _set_recipe(self, cfg, num_classes: int, enact_config, lr: float) -> None:
+        """The members every family takes from its config: the config itself, the class count,
+        the ENACT config, auxiliary losses, and the original's AdamW kwargs and clipping."""
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.aux_loss = cfg.aux_loss
+        self.enact_config = enact_config
+        self.default_optimizer_kwargs = {"lr": lr, "weight_decay": cfg.weight_decay}
+        self.default_lr_backbone = cfg.lr_backbone
+        self.grad_clip_max_norm = cfg.clip_max_norm
+
     def forward(self, images, mask: Tensor | None = None, targets: list[dict] | None = None) -> dict:
         raise NotImplementedError
 

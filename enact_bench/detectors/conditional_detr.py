@@ -132,16 +132,10 @@ class ConditionalDETR(Detector):
                  pretrained_backbone: bool = False):
         super().__init__()
         weights_path = backbone_weights_path(pretrained_backbone, cfg.backbone_weights, cfg.backbone)
-        self.cfg = cfg
-        self.num_classes = num_classes
-        self.num_queries = cfg.num_queries
-        self.aux_loss = cfg.aux_loss
-        self.enact_config = enact_config
-        self.attention = cfg.attention
         lr = cfg.lr if cfg.lr is not None else (ENACT_LR if enact_config is not None else CONDITIONAL_LR)
-        self.default_optimizer_kwargs = {"lr": lr, "weight_decay": cfg.weight_decay}
-        self.default_lr_backbone = cfg.lr_backbone
-        self.grad_clip_max_norm = cfg.clip_max_norm
+        self._set_recipe(cfg, num_classes, enact_config, lr)
+        self.num_queries = cfg.num_queries
+        self.attention = cfg.attention
 
         # registration order = the original's state_dict order
         self.transformer = ConditionalTransformer(cfg, enact_config)

@@ -185,15 +185,9 @@ class DINO(Detector):
     def __init__(self, cfg: DinoConfig, num_classes: int = 91, enact_config=None, pretrained_backbone: bool = False):
         super().__init__()
         weights_path = backbone_weights_path(pretrained_backbone, cfg.backbone_weights, cfg.backbone)
-        self.cfg = cfg
-        self.num_classes = num_classes
+        self._set_recipe(cfg, num_classes, enact_config, cfg.lr)
         self.num_queries = cfg.num_queries
         self.num_feature_levels = cfg.num_feature_levels
-        self.aux_loss = cfg.aux_loss
-        self.enact_config = enact_config
-        self.default_optimizer_kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-        self.default_lr_backbone = cfg.lr_backbone
-        self.grad_clip_max_norm = cfg.clip_max_norm
         hidden = self.hidden_dim = cfg.hidden_dim
         labelbook = num_classes if cfg.dn_labelbook_size is None else cfg.dn_labelbook_size
 
