@@ -22,12 +22,13 @@ from torch import Tensor, nn
 
 from .anchor_enact import ANCHOR_SIGMA
 from .anchor_transformer import AnchorTransformer
-from .backbone import RESNETS, Backbone, backbone_weights_path
+from .backbone import Backbone, backbone_weights_path
 from .base import Detector
 from .criterion import FocalSetCriterion, detr_weight_dict
 from .matcher import FocalClassCost, HungarianMatcher
 from .nested import batch_images
 from .postprocess import postprocess_topk_sigmoid
+from .config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
 from .registry import register_detector, preset_factory
 
 ANCHOR_LR = 1e-4   # megvii-research/AnchorDETR main.py
@@ -66,25 +67,16 @@ class AnchorDetrConfig:
     clip_max_norm: float = 0.1
 
     def __post_init__(self):
-        if self.backbone not in RESNETS:
-            raise ValueError(f"backbone must be one of {RESNETS}; got {self.backbone!r}")
-        for field in ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward",
-                      "num_query_position", "num_query_pattern", "num_select"):
-            if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
-                raise ValueError(f"{field} must be a positive int; got {getattr(self, field)!r}")
+        check_backbone(self)
+        check_positive_ints(self, ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward",
+                                  "num_query_position", "num_query_pattern", "num_select"))
         if self.hidden_dim % self.nheads or self.hidden_dim % 32:
             raise ValueError(f"hidden_dim ({self.hidden_dim}) must be divisible by nheads ({self.nheads}) and by "
                              "32 (GroupNorm(32) after the input projection)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        check_dropout(self)
         if self.enact_sigma is not None and not self.enact_sigma > 0:
             raise ValueError(f"enact_sigma must be a positive number or None; got {self.enact_sigma!r}")
-        if self.enact_layers is not None:
-            layers = tuple(self.enact_layers)
-            if not layers or any(not isinstance(i, int) or not 0 <= i < self.enc_layers for i in layers):
-                raise ValueError(f"enact_layers must be a non-empty tuple of encoder layer indices in "
-                                 f"[0, {self.enc_layers}); got {self.enact_layers!r}")
-            object.__setattr__(self, "enact_layers", tuple(sorted(set(layers))))
+        normalise_enact_layers(self)
 
 
 def anchor_enact_config(enact_config, sigma: float | None):

@@ -20,7 +20,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from .backbone import RESNETS, Backbone, backbone_weights_path, Joiner
+from .backbone import Backbone, backbone_weights_path, Joiner
 from .base import Detector
 from .conditional_transformer import ConditionalDecoder, ConditionalDecoderLayer
 from .criterion import FocalSetCriterion, detr_weight_dict
@@ -31,6 +31,7 @@ from .mlp import MLP
 from .nested import batch_images
 from .position import PositionEmbeddingSine
 from .postprocess import postprocess_topk_sigmoid
+from .config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
 from .registry import register_detector, preset_factory
 
 CONDITIONAL_LR = 1e-4   # Atten4Vis/ConditionalDETR main.py
@@ -68,25 +69,16 @@ class ConditionalDetrConfig:
     clip_max_norm: float = 0.1
 
     def __post_init__(self):
-        if self.backbone not in RESNETS:
-            raise ValueError(f"backbone must be one of {RESNETS}; got {self.backbone!r}")
+        check_backbone(self)
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}; got {self.attention!r}")
-        for field in ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "num_queries",
-                      "num_select"):
-            if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
-                raise ValueError(f"{field} must be a positive int; got {getattr(self, field)!r}")
+        check_positive_ints(self, ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "num_queries",
+                                  "num_select"))
         if self.hidden_dim % (2 * self.nheads):
             raise ValueError(f"hidden_dim ({self.hidden_dim}) must be divisible by 2 * nheads ({2 * self.nheads}): "
                              "the sine embeddings split it into x/y halves and heads")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
-        if self.enact_layers is not None:
-            layers = tuple(self.enact_layers)
-            if not layers or any(not isinstance(i, int) or not 0 <= i < self.enc_layers for i in layers):
-                raise ValueError(f"enact_layers must be a non-empty tuple of encoder layer indices in "
-                                 f"[0, {self.enc_layers}); got {self.enact_layers!r}")
-            object.__setattr__(self, "enact_layers", tuple(sorted(set(layers))))
+        check_dropout(self)
+        normalise_enact_layers(self)
 
 
 class ConditionalTransformer(nn.Module):

@@ -36,7 +36,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from .backbone import RESNETS, Backbone, backbone_weights_path, Joiner
+from .backbone import Backbone, backbone_weights_path, Joiner
 from .base import Detector
 from .criterion import FocalSetCriterion, _num_boxes
 from .deformable_detr import DeformableDETR
@@ -48,6 +48,7 @@ from .mlp import MLP
 from .nested import batch_images
 from .position import PositionEmbeddingSine
 from .postprocess import postprocess_topk_sigmoid
+from .config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
 from .registry import register_detector, preset_factory
 
 
@@ -91,12 +92,9 @@ class DinoConfig:
     clip_max_norm: float = 0.1
 
     def __post_init__(self):
-        if self.backbone not in RESNETS:
-            raise ValueError(f"backbone must be one of {RESNETS}; got {self.backbone!r}")
-        for field in ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "num_feature_levels",
-                      "enc_n_points", "dec_n_points", "num_queries", "num_select"):
-            if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
-                raise ValueError(f"{field} must be a positive int; got {getattr(self, field)!r}")
+        check_backbone(self)
+        check_positive_ints(self, ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "num_feature_levels",
+                                  "enc_n_points", "dec_n_points", "num_queries", "num_select"))
         if self.hidden_dim % 32:
             raise ValueError(f"hidden_dim must be a multiple of 32 (input_proj uses GroupNorm(32)); got {self.hidden_dim}")
         if self.hidden_dim % self.nheads:
@@ -109,14 +107,8 @@ class DinoConfig:
             raise ValueError(f"dn_label_noise_ratio must be in [0, 1]; got {self.dn_label_noise_ratio}")
         if self.dn_box_noise_scale < 0:
             raise ValueError(f"dn_box_noise_scale must be >= 0; got {self.dn_box_noise_scale}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
-        if self.enact_layers is not None:
-            layers = tuple(self.enact_layers)
-            if not layers or any(not isinstance(i, int) or not 0 <= i < self.enc_layers for i in layers):
-                raise ValueError(f"enact_layers must be a non-empty tuple of encoder layer indices in "
-                                 f"[0, {self.enc_layers}); got {self.enact_layers!r}")
-            object.__setattr__(self, "enact_layers", tuple(sorted(set(layers))))
+        check_dropout(self)
+        normalise_enact_layers(self)
 
 
 def dino_weight_dict(cfg: DinoConfig, use_dn: bool) -> dict[str, float]:
