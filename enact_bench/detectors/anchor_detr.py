@@ -22,13 +22,13 @@ from torch import Tensor, nn
 
 from .anchor_enact import ANCHOR_SIGMA
 from .anchor_transformer import AnchorTransformer
-from .backbone import Backbone, backbone_weights_path
+from .common.backbone import Backbone, backbone_weights_path
 from .base import Detector
-from .criterion import FocalSetCriterion, detr_weight_dict
-from .matcher import FocalClassCost, HungarianMatcher
-from .nested import batch_images
-from .postprocess import postprocess_topk_sigmoid
-from .config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
+from .common.criterion import FocalSetCriterion, detr_weight_dict
+from .common.matcher import FocalClassCost, HungarianMatcher
+from .common.nested import batch_images
+from .common.postprocess import postprocess_topk_sigmoid
+from .common.config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
 from .registry import register_detector, preset_factory
 
 ANCHOR_LR = 1e-4   # megvii-research/AnchorDETR main.py

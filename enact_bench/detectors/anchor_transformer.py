@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .anchor_enact import AnchorEnactPooling
-from .inverse_sigmoid import inverse_sigmoid
-from .mlp import MLP
+from .common.inverse_sigmoid import inverse_sigmoid
+from .common.mlp import MLP
 from .rcda import MultiheadRCDA, mask_to_positions, pos2posemb1d, pos2posemb2d
 
 

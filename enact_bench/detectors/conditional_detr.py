@@ -20,18 +20,18 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from .backbone import Backbone, backbone_weights_path, Joiner
+from .common.backbone import Backbone, backbone_weights_path, Joiner
 from .base import Detector
 from .conditional_transformer import ConditionalDecoder, ConditionalDecoderLayer
-from .criterion import FocalSetCriterion, detr_weight_dict
+from .common.criterion import FocalSetCriterion, detr_weight_dict
 from .detr_transformer import ATTENTION_MODES, Encoder, EncoderLayer
-from .matcher import FocalClassCost, HungarianMatcher
-from .inverse_sigmoid import inverse_sigmoid
-from .mlp import MLP
-from .nested import batch_images
-from .position import PositionEmbeddingSine
-from .postprocess import postprocess_topk_sigmoid
-from .config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
+from .common.matcher import FocalClassCost, HungarianMatcher
+from .common.inverse_sigmoid import inverse_sigmoid
+from .common.mlp import MLP
+from .common.nested import batch_images
+from .common.position import PositionEmbeddingSine
+from .common.postprocess import postprocess_topk_sigmoid
+from .common.config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
 from .registry import register_detector, preset_factory
 
 CONDITIONAL_LR = 1e-4   # Atten4Vis/ConditionalDETR main.py

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .mlp import MLP
+from .common.mlp import MLP
 
 
 class BareMultiheadAttention(nn.Module):

@@ -33,16 +33,16 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from .backbone import Backbone, backbone_weights_path, Joiner
+from .common.backbone import Backbone, backbone_weights_path, Joiner
 from .base import Detector
-from .criterion import FocalSetCriterion, detr_weight_dict
+from .common.criterion import FocalSetCriterion, detr_weight_dict
 from .deformable_transformer import DeformableTransformer, inverse_sigmoid
-from .matcher import FocalClassCost, HungarianMatcher
-from .mlp import MLP
-from .nested import batch_images, downsample_mask
-from .position import PositionEmbeddingSine
-from .postprocess import postprocess_topk_sigmoid
-from .config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
+from .common.matcher import FocalClassCost, HungarianMatcher
+from .common.mlp import MLP
+from .common.nested import batch_images, downsample_mask
+from .common.position import PositionEmbeddingSine
+from .common.postprocess import postprocess_topk_sigmoid
+from .common.config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
 from .registry import register_detector, preset_factory
 
 
@@ -117,7 +117,7 @@ class DeformableCriterion(FocalSetCriterion):
 
 
 def _num_boxes(targets, device):
-    from .criterion import _num_boxes as shared
+    from .common.criterion import _num_boxes as shared
 
     return shared(targets, device)
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from enact_bench.detectors.ms_deform_attn import MSDeformAttn, level_start_index_of, shapes_as_list
+from enact_bench.detectors.common.ms_deform_attn import MSDeformAttn, level_start_index_of, shapes_as_list
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:

@@ -13,16 +13,16 @@ from typing import Iterator
 
 from torch import Tensor, nn
 
-from .backbone import Backbone, backbone_weights_path, Joiner
+from .common.backbone import Backbone, backbone_weights_path, Joiner
 from .base import Detector
-from .criterion import SetCriterion, detr_weight_dict
+from .common.criterion import SetCriterion, detr_weight_dict
 from .detr_transformer import ACTIVATIONS, ATTENTION_MODES, Transformer
-from .matcher import HungarianMatcher
-from .mlp import MLP
-from .nested import batch_images
-from .position import PositionEmbeddingSine
-from .postprocess import postprocess_softmax
-from .config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
+from .common.matcher import HungarianMatcher
+from .common.mlp import MLP
+from .common.nested import batch_images
+from .common.position import PositionEmbeddingSine
+from .common.postprocess import postprocess_softmax
+from .common.config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
 from .registry import register_detector, preset_factory
 
 DETR_LR = 1e-4  # facebookresearch/detr main.py

@@ -36,19 +36,19 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from .backbone import Backbone, backbone_weights_path, Joiner
+from .common.backbone import Backbone, backbone_weights_path, Joiner
 from .base import Detector
-from .criterion import FocalSetCriterion, _num_boxes
+from .common.criterion import FocalSetCriterion, _num_boxes
 from .deformable_detr import DeformableDETR
 from .dino_denoising import DenoisingMeta, dn_matching_indices, prepare_cdn
 from .dino_transformer import DINO_EPS, DinoTransformer
 from .deformable_transformer import inverse_sigmoid
-from .matcher import FocalClassCost, HungarianMatcher
-from .mlp import MLP
-from .nested import batch_images
-from .position import PositionEmbeddingSine
-from .postprocess import postprocess_topk_sigmoid
-from .config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
+from .common.matcher import FocalClassCost, HungarianMatcher
+from .common.mlp import MLP
+from .common.nested import batch_images
+from .common.position import PositionEmbeddingSine
+from .common.postprocess import postprocess_topk_sigmoid
+from .common.config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
 from .registry import register_detector, preset_factory
 
 
@@ -132,7 +132,7 @@ class DinoCriterion(FocalSetCriterion):
 
     def loss_boxes(self, outputs, targets, indices, num_boxes, log=True):
         losses = super().loss_boxes(outputs, targets, indices, num_boxes, log)
-        from .criterion import _src_permutation_idx
+        from .common.criterion import _src_permutation_idx
 
         idx = _src_permutation_idx(indices)
         with torch.no_grad():

@@ -31,8 +31,8 @@ from torch import Tensor, nn
 
 from .deformable_transformer import (DeformableDecoderLayer, DeformableEncoder, DeformableEncoderLayer, clones,
                                      inverse_sigmoid, valid_ratio)
-from .mlp import MLP
-from .ms_deform_attn import MSDeformAttn, level_start_index_of
+from .common.mlp import MLP
+from .common.ms_deform_attn import MSDeformAttn, level_start_index_of
 
 DINO_EPS = 1e-3  # the release's inverse_sigmoid eps (util.misc)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from enact_bench.detectors import create_detector, load_checkpoint
-from enact_bench.detectors.ms_deform_attn import MSDeformAttn, ms_deform_attn_core
+from enact_bench.detectors.common.ms_deform_attn import MSDeformAttn, ms_deform_attn_core
 
 
 # --- multi-scale deformable attention ------------------------------------------------------------

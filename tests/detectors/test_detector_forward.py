@@ -4,7 +4,7 @@ import torch
 
 from enact_bench.detectors import create_detector
 from enact_bench.detectors.base import Detector
-from enact_bench.detectors.nested import batch_images, downsample_mask, image_sizes, pad_image_list
+from enact_bench.detectors.common.nested import batch_images, downsample_mask, image_sizes, pad_image_list
 
 from detector_helpers import TINY_DETR, ENACT_PARAM, SIZES, TINY, VARIANTS, images
 

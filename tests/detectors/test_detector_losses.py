@@ -5,9 +5,9 @@ import pytest
 import torch
 import torchvision
 
-from enact_bench.detectors.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, generalized_box_iou
-from enact_bench.detectors.criterion import FocalSetCriterion, SetCriterion, detr_weight_dict, sigmoid_focal_loss
-from enact_bench.detectors.matcher import FocalClassCost, HungarianMatcher, softmax_class_cost
+from enact_bench.detectors.common.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, generalized_box_iou
+from enact_bench.detectors.common.criterion import FocalSetCriterion, SetCriterion, detr_weight_dict, sigmoid_focal_loss
+from enact_bench.detectors.common.matcher import FocalClassCost, HungarianMatcher, softmax_class_cost
 
 
 def _random_outputs(bs=2, q=6, k=5, seed=0):

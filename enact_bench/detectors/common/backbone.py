@@ -25,7 +25,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .checkpoint import compare_state_dict
+from ..checkpoint import compare_state_dict
 from .nested import downsample_mask
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
