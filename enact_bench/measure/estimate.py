@@ -13,6 +13,12 @@ flow. Fake tensors cannot carry data-dependent shapes, so ENACT needs a fixed cl
 (EnactConfig(cluster_size=k)) and the Hungarian matcher is replaced by a fixed assignment of
 the same size (query i <-> target i): the loss's share of memory is tiny and the sizes of all
 matched tensors are unchanged.
+
+`target` says whose kernels the step follows. "cpu" (the default, the CI gate's exact figures):
+what the CPU runs, AdamW per tensor, SDPA as the CPU dispatches it. "cuda": what a CUDA GPU
+runs (measure/cuda_target.py): AdamW and gradient clipping with foreach, SDPA through the fused
+kernel CUDA would pick (output + logsumexp kept, dropout inside the kernel), and AdamW's step
+counters left out of the device memory (they live on the CPU unless capturable/fused).
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from enact_bench.measure.cpu_memory import MIB, LiveTensorTracker
+from enact_bench.measure.cuda_target import TARGETS, CudaArch, cuda_sdpa_policy
 from enact_bench.measure.step_probe import OpRecorder, SavedTensorCounter, attention_paths
 
 
@@ -149,6 +156,9 @@ class StepMeasure:
     fake: bool
     seconds: float
     ops: set[str] = field(default_factory=set, repr=False)
+    target: str = "cpu"  # whose kernels the step followed: "cpu" | "cuda" (measure/cuda_target.py)
+    sdpa_kernels: dict = field(default_factory=dict)  # cuda target: SDPA calls per modelled kernel
+    events: list | None = field(default=None, repr=False)  # ("alloc" | "free", key, nbytes), if recorded
 
     @property
     def peak_mib(self) -> float:
@@ -184,17 +194,25 @@ def _unique_bytes(tensors) -> int:
     return sum(seen.values())
 
 
-def _live_before_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> list[torch.Tensor]:
+def _live_before_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
+                      target: str = "cpu") -> list[torch.Tensor]:
     live = list(model.parameters()) + list(model.buffers())
     live += [p.grad for p in model.parameters() if p.grad is not None]
     for state in optimizer.state.values():
-        live += [v for v in state.values() if isinstance(v, torch.Tensor)]
+        # on CUDA, AdamW's step counters are CPU tensors (not capturable, not fused)
+        live += [v for k, v in state.items() if isinstance(v, torch.Tensor) and not (target == "cuda" and k == "step")]
     return live + batch.tensors()
 
 
+def check_target(target: str) -> str:
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    return target
+
+
 def train_step(model, criterion, optimizer, batch: Batch, clip_max_norm: float = 0.1,
-               forward_ctx=nullcontext, backward_ctx=nullcontext) -> None:
-    """One training step in the original DETR engine's order."""
+               forward_ctx=nullcontext, backward_ctx=nullcontext, foreach: bool | None = None) -> None:
+    """One training step in the original DETR engine's order (foreach: for clip_grad_norm_)."""
     with forward_ctx():
         outputs = model(batch.images, batch.mask)
         loss = loss_of(criterion, outputs, batch.targets)
@@ -204,77 +222,129 @@ def train_step(model, criterion, optimizer, batch: Batch, clip_max_norm: float =
         loss.backward()
     del loss
     if clip_max_norm > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm, foreach=foreach)
     optimizer.step()
 
 
-def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW with the detector's parameter groups when it has them (the original's), else defaults."""
+def make_optimizer(model: nn.Module, foreach: bool | None = None) -> torch.optim.Optimizer:
+    """AdamW with the detector's parameter groups when it has them (the original's), else defaults.
+
+    foreach=None is torch's default (per tensor for CPU and fake tensors; foreach on CUDA)."""
+    extra = {"foreach": True} if foreach else {}
     if hasattr(model, "param_groups"):
         kwargs = dict(getattr(model, "default_optimizer_kwargs", {}))
-        return torch.optim.AdamW(model.param_groups(), **{k: v for k, v in kwargs.items() if k == "weight_decay"})
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
+        return torch.optim.AdamW(model.param_groups(), **{k: v for k, v in kwargs.items() if k == "weight_decay"}, **extra)
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4, **extra)
+
+
+def prime_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Create what a first training step leaves behind, without running it: a zero gradient for
+    every trainable parameter and AdamW's state (step, exp_avg, exp_avg_sq; max_exp_avg_sq with
+    amsgrad) as torch.optim.Adam._init_group creates them. A step after this one sees the same
+    live tensors as after a warm-up step, provided every trainable parameter gets a gradient
+    (tests/measure check it per family)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if not p.requires_grad:
+                continue
+            p.grad = torch.zeros_like(p)
+            state = optimizer.state[p]
+            if state:
+                continue
+            state["step"] = torch.tensor(0.0, dtype=torch.get_default_dtype())
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group.get("amsgrad"):
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, optimizer=None,
-                       clip_max_norm: float = 0.1, fake: bool = False) -> StepMeasure:
-    """Warm-up step, then the measured (second) step. Call under FakeTensorMode for fake tensors."""
+                       clip_max_norm: float = 0.1, fake: bool = False, target: str = "cpu",
+                       warmup: str = "step", count_flops: bool = True, record_events: bool = False,
+                       arch: CudaArch = CudaArch()) -> StepMeasure:
+    """Warm-up, then the measured step. Call under FakeTensorMode for fake tensors.
+
+    warmup: "step" runs a first training step (creates gradients and optimizer state); "prime"
+    creates them directly (prime_optimizer_state; half the work); "none" takes the model and
+    optimizer as they are (a previous measured step already left them in steady state).
+    target: "cpu" or "cuda" (module docstring). record_events keeps the tracker's ordered
+    allocation/free stream (for the caching-allocator model)."""
+    check_target(target)
+    if warmup not in ("step", "prime", "none"):
+        raise ValueError(f"warmup must be 'step', 'prime' or 'none', got {warmup!r}")
     t0 = time.perf_counter()
     model.train()
     criterion.train()
-    optimizer = optimizer or make_optimizer(model)
-    train_step(model, criterion, optimizer, batch, clip_max_norm)  # creates grads + optimizer state
+    foreach = True if target == "cuda" else None
+    optimizer = optimizer or make_optimizer(model, foreach=foreach)
+    policy = cuda_sdpa_policy(arch) if target == "cuda" else nullcontext(None)
+    with policy as sdpa:
+        if warmup == "step":
+            train_step(model, criterion, optimizer, batch, clip_max_norm, foreach=foreach)  # grads + state
+        elif warmup == "prime":
+            prime_optimizer_state(model, optimizer)
+        if sdpa is not None:
+            sdpa.counts.clear()  # count the measured step only
 
-    params = list(model.parameters())
-    saved = SavedTensorCounter(exclude=params + list(model.buffers()))
-    recorder = OpRecorder()
-    flops_fwd = FlopCounterMode(display=False)
-    flops_bwd = FlopCounterMode(display=False)
+        params = list(model.parameters())
+        saved = SavedTensorCounter(exclude=params + list(model.buffers()))
+        recorder = OpRecorder()
+        flops_fwd = FlopCounterMode(display=False) if count_flops else nullcontext()
+        flops_bwd = FlopCounterMode(display=False) if count_flops else nullcontext()
 
-    def forward_ctx():
-        stack = ExitStack()
-        stack.enter_context(saved.counting())
-        stack.enter_context(recorder)
-        stack.enter_context(flops_fwd)
-        return stack
+        def forward_ctx():
+            stack = ExitStack()
+            stack.enter_context(saved.counting())
+            stack.enter_context(recorder)
+            stack.enter_context(flops_fwd)
+            return stack
 
-    with LiveTensorTracker(count_existing=False) as tracker:
-        for t in _live_before_step(model, optimizer, batch):
-            tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
-        start = tracker.current_bytes
-        tracker.reset_peak()
-        train_step(model, criterion, optimizer, batch, clip_max_norm,
-                   forward_ctx=forward_ctx, backward_ctx=lambda: flops_bwd)
-    fwd = flops_fwd.get_total_flops()
+        tracker = LiveTensorTracker(count_existing=False, **({"record_events": True} if record_events else {}))
+        with tracker:
+            for t in _live_before_step(model, optimizer, batch, target):
+                tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
+            start = tracker.current_bytes
+            tracker.reset_peak()
+            train_step(model, criterion, optimizer, batch, clip_max_norm,
+                       forward_ctx=forward_ctx, backward_ctx=lambda: flops_bwd, foreach=foreach)
+    fwd = flops_fwd.get_total_flops() if count_flops else 0
+    bwd = flops_bwd.get_total_flops() if count_flops else 0
     return StepMeasure(
         peak_bytes=tracker.peak_bytes, start_bytes=start, end_bytes=tracker.end_bytes,
         saved_for_backward_bytes=saved.saved_bytes, attention_paths=attention_paths(recorder.ops),
-        gflops_fwd=fwd / 1e9, gflops_fwd_bwd=(fwd + flops_bwd.get_total_flops()) / 1e9,
+        gflops_fwd=fwd / 1e9, gflops_fwd_bwd=(fwd + bwd) / 1e9,
         params=sum(p.numel() for p in params),
         params_trainable=sum(p.numel() for p in params if p.requires_grad),
-        fake=fake, seconds=time.perf_counter() - t0, ops=recorder.ops,
+        fake=fake, seconds=time.perf_counter() - t0, ops=recorder.ops, target=target,
+        sdpa_kernels=dict(sdpa.counts) if sdpa is not None else {},
+        events=list(tracker.events) if record_events else None,
     )
 
 
 def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
                         image_size: tuple[int, int], *, num_targets: int = 6, num_classes: int = 91,
-                        clip_max_norm: float = 0.1) -> StepMeasure:
+                        clip_max_norm: float = 0.1, target: str = "cpu", warmup: str = "step",
+                        count_flops: bool = True, record_events: bool = False,
+                        arch: CudaArch = CudaArch()) -> StepMeasure:
     """Full-size peak without allocating: `model` (built on CPU) is made fake in place.
 
     The criterion's matcher is replaced by a fixed assignment; ENACT modules must have a fixed
-    cluster size, or the forward fails on a data-dependent shape.
+    cluster size, or the forward fails on a data-dependent shape. target: "cpu" | "cuda".
     """
+    check_target(target)
     use_fixed_assignment(criterion)
     mode = FakeTensorMode(allow_non_fake_inputs=False)
     fake_model(model, mode)
     fake_model(criterion, mode)  # e.g. DETR's empty_weight buffer
     with mode:
         batch = make_batch(batch_size, image_size, num_targets, num_classes)
-        return measure_train_step(model, criterion, batch, clip_max_norm=clip_max_norm, fake=True)
+        return measure_train_step(model, criterion, batch, clip_max_norm=clip_max_norm, fake=True, target=target,
+                                  warmup=warmup, count_flops=count_flops, record_events=record_events, arch=arch)
 
 
 def estimate_detector(name: str, batch_size: int, image_size: tuple[int, int], *, enact=False,
-                      num_targets: int = 6, overrides: dict | None = None) -> StepMeasure:
+                      num_targets: int = 6, overrides: dict | None = None, target: str = "cpu",
+                      warmup: str = "step", count_flops: bool = True) -> StepMeasure:
     """`estimate_train_step` for a registered detector (random weights; ENACT needs cluster_size)."""
     from enact_bench.detectors import create_detector
 
@@ -283,7 +353,7 @@ def estimate_detector(name: str, batch_size: int, image_size: tuple[int, int], *
     clip = getattr(model, "grad_clip_max_norm", None) or 0.0
     return estimate_train_step(model, model.build_criterion(), batch_size, image_size,
                                num_targets=num_targets, num_classes=model.num_classes if hasattr(model, "num_classes") else 91,
-                               clip_max_norm=clip)
+                               clip_max_norm=clip, target=target, warmup=warmup, count_flops=count_flops)
 
 
 FAKE_NOT_MEASURED = (
