@@ -261,14 +261,16 @@ def prime_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) ->
 def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, optimizer=None,
                        clip_max_norm: float = 0.1, fake: bool = False, target: str = "cpu",
                        warmup: str = "step", count_flops: bool = True, record_events: bool = False,
-                       arch: CudaArch = CudaArch()) -> StepMeasure:
+                       arch: CudaArch = CudaArch(), autocast_dtype: str | None = None) -> StepMeasure:
     """Warm-up, then the measured step. Call under FakeTensorMode for fake tensors.
 
     warmup: "step" runs a first training step (creates gradients and optimizer state); "prime"
     creates them directly (prime_optimizer_state; half the work); "none" takes the model and
     optimizer as they are (a previous measured step already left them in steady state).
     target: "cpu" or "cuda" (module docstring). record_events keeps the tracker's ordered
-    allocation/free stream (for the caching-allocator model)."""
+    allocation/free stream (for the caching-allocator model). autocast_dtype ("bfloat16",
+    "float16"): the forward and loss under torch.autocast on the CPU (CPU's autocast op lists;
+    docs/gpu-estimate.md says where CUDA's differ)."""
     check_target(target)
     if warmup not in ("step", "prime", "none"):
         raise ValueError(f"warmup must be 'step', 'prime' or 'none', got {warmup!r}")
@@ -278,9 +280,11 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
     foreach = True if target == "cuda" else None
     optimizer = optimizer or make_optimizer(model, foreach=foreach)
     policy = cuda_sdpa_policy(arch) if target == "cuda" else nullcontext(None)
+    amp = (lambda: torch.autocast("cpu", dtype=getattr(torch, autocast_dtype))) if autocast_dtype else nullcontext
     with policy as sdpa:
         if warmup == "step":
-            train_step(model, criterion, optimizer, batch, clip_max_norm, foreach=foreach)  # grads + state
+            train_step(model, criterion, optimizer, batch, clip_max_norm, forward_ctx=amp,
+                       foreach=foreach)  # grads + state
         elif warmup == "prime":
             prime_optimizer_state(model, optimizer)
         if sdpa is not None:
@@ -297,6 +301,7 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
             stack.enter_context(saved.counting())
             stack.enter_context(recorder)
             stack.enter_context(flops_fwd)
+            stack.enter_context(amp())
             return stack
 
         tracker = LiveTensorTracker(count_existing=False, **({"record_events": True} if record_events else {}))
@@ -408,3 +413,74 @@ def _plain(v):
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
     return int(v) if v is not None else None
+
+
+def fake_params_from(model: nn.Module, mode: FakeTensorMode) -> nn.Module:
+    """Give every parameter and buffer of `model` a fake CPU tensor of the same shape, stride
+    and dtype, in place, without reading its values (so `model` may live on the meta device:
+    nothing real is ever allocated or initialised). Tied parameters stay tied."""
+    memo: dict[int, torch.Tensor] = {}
+
+    def fake_like(t: torch.Tensor) -> torch.Tensor:
+        with mode:
+            return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device="cpu")
+
+    for mod in model.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is not None:
+                if id(p) not in memo:
+                    memo[id(p)] = nn.Parameter(fake_like(p), requires_grad=p.requires_grad)
+                mod._parameters[name] = memo[id(p)]
+        for name, b in list(mod._buffers.items()):
+            if b is not None:
+                if id(b) not in memo:
+                    memo[id(b)] = fake_like(b)
+                mod._buffers[name] = memo[id(b)]
+    return model
+
+
+class FakeTrainer:
+    """One detector, built once as fake tensors, stepped at any number of batch sizes.
+
+    The model is built on the meta device (no weights initialised) and its parameters swapped
+    for fake CPU tensors; the optimizer state is primed without a warm-up step
+    (prime_optimizer_state). Each `step(batch_size)` is a steady-state training step: the previous
+    step's gradients and AdamW state are alive when it starts, as on a GPU in training.
+    If a detector cannot be built on the meta device, it is built for real and then faked.
+    """
+
+    def __init__(self, model_factory, *, target: str = "cuda", image_size: tuple[int, int] = (800, 1333),
+                 num_targets: int = 6, clip_max_norm: float | None = None, arch: CudaArch = CudaArch(),
+                 autocast_dtype: str | None = None):
+        check_target(target)
+        self.autocast_dtype = autocast_dtype
+        self.target, self.image_size, self.num_targets, self.arch = target, tuple(image_size), num_targets, arch
+        self.mode = FakeTensorMode(allow_non_fake_inputs=False)
+        try:
+            with torch.device("meta"):
+                model = model_factory()
+        except Exception:  # noqa: BLE001 -- e.g. an init that reads values: build it for real
+            model = None
+        if model is not None:
+            fake_params_from(model, self.mode)
+        else:
+            model = fake_model(model_factory(), self.mode)
+        self.model = model
+        self.criterion = use_fixed_assignment(fake_params_from(model.build_criterion(), self.mode))
+        self.num_classes = getattr(model, "num_classes", 91)
+        clip = clip_max_norm if clip_max_norm is not None else (getattr(model, "grad_clip_max_norm", None) or 0.0)
+        self.clip_max_norm = clip
+        with self.mode:
+            self.optimizer = make_optimizer(model, foreach=True if target == "cuda" else None)
+        self._primed = False
+
+    def step(self, batch_size: int, *, record_events: bool = True) -> StepMeasure:
+        with self.mode:
+            batch = make_batch(batch_size, self.image_size, self.num_targets, self.num_classes)
+            m = measure_train_step(self.model, self.criterion, batch, optimizer=self.optimizer,
+                                   clip_max_norm=self.clip_max_norm, fake=True, target=self.target,
+                                   warmup="none" if self._primed else "prime", count_flops=False,
+                                   record_events=record_events, arch=self.arch,
+                                   autocast_dtype=self.autocast_dtype)
+        self._primed = True
+        return m
