@@ -222,6 +222,7 @@ class _Runner:
         self.trainer = FakeTrainer(_factory(req.detector, spec), target=req.target, image_size=req.image_size,
                                    arch=arch, autocast_dtype=None if req.dtype == "float32" else req.dtype)
         self.rows: dict[int, PlanRow] = {}
+        self.fixed_bytes: int | None = None
 
     def row(self, b: int) -> PlanRow:
         if b not in self.rows:
@@ -230,6 +231,8 @@ class _Runner:
 
             t0 = time.perf_counter()
             m = self.trainer.step(b, record_events=True)
+            if self.fixed_bytes is None:  # parameters, buffers, gradients, AdamW state
+                self.fixed_bytes = m.start_bytes - m.input_bytes
             stats = replay(m.events, preallocate=library_workspace_bytes(self.req.gpu))
             dev = device_used_bytes(stats, self.req.gpu)
             self.rows[b] = PlanRow(b, m.peak_bytes, stats.alloc_peak_bytes, stats.reserved_peak_bytes, dev,
@@ -239,22 +242,22 @@ class _Runner:
 
 
 def _search(run: _Runner) -> tuple[int, bool | None]:
-    """Largest fitting batch size (0 if batch 1 does not fit) and whether the probes' line held.
+    """Largest fitting batch size (0 if batch 1 does not fit) and whether the peak was linear.
 
-    Probes at batch 1 and 2; the first guess follows the tensor peak's slope from batch 2 to
-    the budget, later guesses the secant through batch 2 and the last fake run's device memory
-    (the allocator's rounding makes device memory only nearly linear). Ends when a fitting batch
-    and the next one, which does not fit, have both been run."""
-    r1 = run.row(1)
-    if not r1.fits:
-        return 0, None
+    One probe at batch 2: its tensor peak less what does not grow with the batch (parameters,
+    buffers, gradients, AdamW state) is the batch's share, so the slope is that share / 2. The
+    first guess is the largest batch that slope allows; later guesses follow the secant through
+    batch 2 and the last fake run's device memory (the allocator's rounding makes device memory
+    only nearly linear). Ends when a fitting batch and the next one, which does not fit, have
+    both been run. `linear`: every far fake run's tensor peak lies within LINEAR_TOLERANCE of
+    the line through batch 2 with the first far run's slope (needs two far runs)."""
     r2 = run.row(2)
     if not r2.fits:
-        return 1, None
+        return (1 if run.row(1).fits else 0), None
     budget = run.req.budget_bytes
-    tslope = r2.tensor_peak_bytes - r1.tensor_peak_bytes
+    fixed = run.fixed_bytes
+    slope = max((r2.tensor_peak_bytes - fixed) // 2, 1)
     lo, hi = 2, None  # largest batch known to fit, smallest known not to
-    slope = max(tslope, 1)
     for _ in range(MAX_SEARCH_STEPS):
         guess = 2 + (budget - r2.device_used_bytes) // slope
         guess = max(guess, lo + 1) if hi is None else min(max(guess, lo + 1), hi - 1)
@@ -267,9 +270,8 @@ def _search(run: _Runner) -> tuple[int, bool | None]:
             hi = guess if hi is None else min(hi, guess)
         if hi is not None and hi == lo + 1:
             break
-        if guess > 2:
-            slope = max((r.device_used_bytes - r2.device_used_bytes) // (guess - 2), 1)
-        if hi is None and r.fits:  # the line says this is the last fitting batch: try the next
+        slope = max((r.device_used_bytes - r2.device_used_bytes) // (guess - 2), 1)
+        if r.fits and (hi is None or guess + 1 < hi):  # the line says this is the last fitting batch
             nxt = run.row(guess + 1)
             if not nxt.fits:
                 hi = guess + 1
@@ -277,9 +279,13 @@ def _search(run: _Runner) -> tuple[int, bool | None]:
             lo = guess + 1
     else:
         raise RuntimeError(f"batch-size search did not settle in {MAX_SEARCH_STEPS} fake runs")
-    far = [b for b in run.rows if b > 2]
-    linear = all(abs(run.rows[b].tensor_peak_bytes - (r2.tensor_peak_bytes + tslope * (b - 2)))
-                 <= LINEAR_TOLERANCE * run.rows[b].tensor_peak_bytes for b in far) if far else None
+    far = sorted(b for b in run.rows if b > 2)
+    linear = None
+    if len(far) >= 2:
+        b0 = far[0]
+        t_slope = (run.rows[b0].tensor_peak_bytes - r2.tensor_peak_bytes) / (b0 - 2)
+        linear = all(abs(run.rows[b].tensor_peak_bytes - (r2.tensor_peak_bytes + t_slope * (b - 2)))
+                     <= LINEAR_TOLERANCE * run.rows[b].tensor_peak_bytes for b in far)
     return lo, linear
 
 
@@ -324,11 +330,23 @@ def detector_family(detector: str) -> str:
         raise UserInputError(str(e).strip("'\"")) from None
 
 
+def _preload() -> None:
+    import torch  # noqa: F401
+
+    import enact  # noqa: F401
+    import enact_bench.measure.allocator  # noqa: F401
+    import enact_bench.measure.estimate  # noqa: F401
+    from enact_bench.detectors import list_detectors
+
+    list_detectors()  # imports every family module
+
+
 def plan_detector(req: PlanRequest) -> DetectorPlan:
     t0 = time.perf_counter()
     family = detector_family(req.detector)
     specs = [variant_spec(family, v, req.enact_cluster_size) for v in req.variants]
     jobs = [(req, s) for s in specs if s.applicable]
+    _preload()  # imported once here, shared by the forked workers
     # one process per variant even on fewer cores: the OS shares them, and the slowest variant
     # no longer waits for a core behind another one
     workers = req.jobs if req.jobs is not None else min(len(jobs), 4)

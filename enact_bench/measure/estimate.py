@@ -159,6 +159,7 @@ class StepMeasure:
     target: str = "cpu"  # whose kernels the step followed: "cpu" | "cuda" (measure/cuda_target.py)
     sdpa_kernels: dict = field(default_factory=dict)  # cuda target: SDPA calls per modelled kernel
     events: list | None = field(default=None, repr=False)  # ("alloc" | "free", key, nbytes), if recorded
+    input_bytes: int = 0  # the batch's share of start_bytes (images, mask, targets)
 
     @property
     def peak_mib(self) -> float:
@@ -261,7 +262,8 @@ def prime_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) ->
 def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, optimizer=None,
                        clip_max_norm: float = 0.1, fake: bool = False, target: str = "cpu",
                        warmup: str = "step", count_flops: bool = True, record_events: bool = False,
-                       arch: CudaArch = CudaArch(), autocast_dtype: str | None = None) -> StepMeasure:
+                       arch: CudaArch = CudaArch(), autocast_dtype: str | None = None,
+                       probes: bool = True) -> StepMeasure:
     """Warm-up, then the measured step. Call under FakeTensorMode for fake tensors.
 
     warmup: "step" runs a first training step (creates gradients and optimizer state); "prime"
@@ -270,7 +272,8 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
     target: "cpu" or "cuda" (module docstring). record_events keeps the tracker's ordered
     allocation/free stream (for the caching-allocator model). autocast_dtype ("bfloat16",
     "float16"): the forward and loss under torch.autocast on the CPU (CPU's autocast op lists;
-    docs/gpu-estimate.md says where CUDA's differ)."""
+    docs/gpu-estimate.md says where CUDA's differ). probes=False skips the saved-for-backward
+    counter and the op recorder (faster; those fields then read 0 / [])."""
     check_target(target)
     if warmup not in ("step", "prime", "none"):
         raise ValueError(f"warmup must be 'step', 'prime' or 'none', got {warmup!r}")
@@ -291,15 +294,16 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
             sdpa.counts.clear()  # count the measured step only
 
         params = list(model.parameters())
-        saved = SavedTensorCounter(exclude=params + list(model.buffers()))
-        recorder = OpRecorder()
+        saved = SavedTensorCounter(exclude=params + list(model.buffers())) if probes else None
+        recorder = OpRecorder() if probes else None
         flops_fwd = FlopCounterMode(display=False) if count_flops else nullcontext()
         flops_bwd = FlopCounterMode(display=False) if count_flops else nullcontext()
 
         def forward_ctx():
             stack = ExitStack()
-            stack.enter_context(saved.counting())
-            stack.enter_context(recorder)
+            if probes:
+                stack.enter_context(saved.counting())
+                stack.enter_context(recorder)
             stack.enter_context(flops_fwd)
             stack.enter_context(amp())
             return stack
@@ -316,13 +320,14 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
     bwd = flops_bwd.get_total_flops() if count_flops else 0
     return StepMeasure(
         peak_bytes=tracker.peak_bytes, start_bytes=start, end_bytes=tracker.end_bytes,
-        saved_for_backward_bytes=saved.saved_bytes, attention_paths=attention_paths(recorder.ops),
+        saved_for_backward_bytes=saved.saved_bytes if probes else 0,
+        attention_paths=attention_paths(recorder.ops) if probes else [],
         gflops_fwd=fwd / 1e9, gflops_fwd_bwd=(fwd + bwd) / 1e9,
         params=sum(p.numel() for p in params),
         params_trainable=sum(p.numel() for p in params if p.requires_grad),
-        fake=fake, seconds=time.perf_counter() - t0, ops=recorder.ops, target=target,
+        fake=fake, seconds=time.perf_counter() - t0, ops=recorder.ops if probes else set(), target=target,
         sdpa_kernels=dict(sdpa.counts) if sdpa is not None else {},
-        events=list(tracker.events) if record_events else None,
+        events=list(tracker.events) if record_events else None, input_bytes=_unique_bytes(batch.tensors()),
     )
 
 
@@ -481,6 +486,6 @@ class FakeTrainer:
                                    clip_max_norm=self.clip_max_norm, fake=True, target=self.target,
                                    warmup="none" if self._primed else "prime", count_flops=False,
                                    record_events=record_events, arch=self.arch,
-                                   autocast_dtype=self.autocast_dtype)
+                                   autocast_dtype=self.autocast_dtype, probes=False)
         self._primed = True
         return m
