@@ -41,7 +41,7 @@ transitions the hooks recorded). The phase is forward (model and loss), backward
 from __future__ import annotations
 
 import bisect
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch

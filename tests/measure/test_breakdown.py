@@ -77,7 +77,7 @@ def test_breakdown_sums_to_the_peak_and_matches_what_is_alive():
     # empty_weight): the breakdown attributes what the tracker counted
     assert bd.categories_bytes["buffers"] == _unique_bytes(list(model.buffers()))
     assert bd.categories_bytes["inputs"] == _unique_bytes(batch.tensors())
-    state = [v for s in m_opt_state(model, crit, batch) for v in s]
+    state = [v for s in _adamw_state_of_twin(model, crit, batch) for v in s]
     assert bd.categories_bytes["optimizer_state"] == _unique_bytes(state)
     # every trainable parameter has a gradient at any point of the step (last step's or this one's)
     assert bd.categories_bytes["gradients"] == _unique_bytes([p for p in params if p.requires_grad])
@@ -86,7 +86,7 @@ def test_breakdown_sums_to_the_peak_and_matches_what_is_alive():
     assert m.events is not None and replay(m.events, mode="exact").alloc_peak_bytes == m.peak_bytes
 
 
-def m_opt_state(model, crit, batch):
+def _adamw_state_of_twin(model, crit, batch):
     """AdamW state after two steps of a twin: (exp_avg, exp_avg_sq, step) per trainable parameter."""
     from enact_bench.measure.estimate import make_optimizer, train_step
     opt = make_optimizer(model)
