@@ -380,15 +380,18 @@ class CachingAllocatorModel:
         key_size = max(size, self.max_split_size)
         pool = self._pools[small]
         i = bisect.bisect_left(pool, (key_size, -1))
-        if i < len(pool):
+        # (a free piece of a split segment cannot be returned to the device on its own: the model
+        # skips such pieces, which only a max_split_size below kLargeBuffer can produce)
+        if i < len(pool) and not self._free_blocks[pool[i]].is_split():
             self._release_block(self._free_blocks[pool[i]])
             return True
         released = 0
         j = len(pool) - 1
         while j >= 0 and released < key_size and pool[j][0] >= self.max_split_size:
             blk = self._free_blocks[pool[j]]
-            released += blk.size
-            self._release_block(blk)
+            if not blk.is_split():
+                released += blk.size
+                self._release_block(blk)
             j -= 1
         return released >= key_size
 

@@ -158,8 +158,11 @@ class StepMeasure:
     ops: set[str] = field(default_factory=set, repr=False)
     target: str = "cpu"  # whose kernels the step followed: "cpu" | "cuda" (measure/cuda_target.py)
     sdpa_kernels: dict = field(default_factory=dict)  # cuda target: SDPA calls per modelled kernel
-    events: list | None = field(default=None, repr=False)  # ("alloc" | "free", key, nbytes), if recorded
+    # filled when asked for (breakdown=True / record_events=True): measure/breakdown.py's
+    # PeakBreakdown, and the ordered ("alloc" | "free", key, nbytes) stream for measure/allocator.replay
+    events: list | None = field(default=None, repr=False)
     input_bytes: int = 0  # the batch's share of start_bytes (images, mask, targets)
+    breakdown: object | None = field(default=None, repr=False)
 
     @property
     def peak_mib(self) -> float:
@@ -263,7 +266,7 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
                        clip_max_norm: float = 0.1, fake: bool = False, target: str = "cpu",
                        warmup: str = "step", count_flops: bool = True, record_events: bool = False,
                        arch: CudaArch = CudaArch(), autocast_dtype: str | None = None,
-                       probes: bool = True) -> StepMeasure:
+                       probes: bool = True, breakdown: bool = False) -> StepMeasure:
     """Warm-up, then the measured step. Call under FakeTensorMode for fake tensors.
 
     warmup: "step" runs a first training step (creates gradients and optimizer state); "prime"
@@ -273,7 +276,9 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
     allocation/free stream (for the caching-allocator model). autocast_dtype ("bfloat16",
     "float16"): the forward and loss under torch.autocast on the CPU (CPU's autocast op lists;
     docs/gpu-estimate.md says where CUDA's differ). probes=False skips the saved-for-backward
-    counter and the op recorder (faster; those fields then read 0 / [])."""
+    counter and the op recorder (faster; those fields then read 0 / []). breakdown=True also
+    attributes the peak (measure/breakdown.py; implies record_events and the saved-tensor
+    counter); the figures measured are the same either way."""
     check_target(target)
     if warmup not in ("step", "prime", "none"):
         raise ValueError(f"warmup must be 'step', 'prime' or 'none', got {warmup!r}")
@@ -294,33 +299,50 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
             sdpa.counts.clear()  # count the measured step only
 
         params = list(model.parameters())
-        saved = SavedTensorCounter(exclude=params + list(model.buffers())) if probes else None
+        attribution = None
+        if breakdown:
+            from enact_bench.measure.breakdown import StepAttribution
+            attribution = StepAttribution(model, criterion, optimizer, batch, fake=fake)
+            record_events = True
+        saved = (SavedTensorCounter(exclude=params + list(model.buffers()),
+                                    on_save=attribution.note_saved if attribution else None)
+                 if probes or attribution else None)
         recorder = OpRecorder() if probes else None
         flops_fwd = FlopCounterMode(display=False) if count_flops else nullcontext()
         flops_bwd = FlopCounterMode(display=False) if count_flops else nullcontext()
 
         def forward_ctx():
             stack = ExitStack()
-            if probes:
+            if saved is not None:
                 stack.enter_context(saved.counting())
+            if recorder is not None:
                 stack.enter_context(recorder)
             stack.enter_context(flops_fwd)
             stack.enter_context(amp())
             return stack
 
-        tracker = LiveTensorTracker(count_existing=False, **({"record_events": True} if record_events else {}))
+        backward_ctx = lambda: flops_bwd  # noqa: E731
+        if attribution is not None:
+            tracker = attribution.tracker
+            fwd_inner, bwd_inner = forward_ctx, backward_ctx
+            forward_ctx = lambda: attribution.forward(fwd_inner)  # noqa: E731
+            backward_ctx = lambda: attribution.backward(bwd_inner)  # noqa: E731
+        else:
+            tracker = LiveTensorTracker(count_existing=False, record_events=record_events)
         with tracker:
             for t in _live_before_step(model, optimizer, batch, target):
                 tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
             start = tracker.current_bytes
             tracker.reset_peak()
+            if attribution is not None:
+                attribution.begin()
             train_step(model, criterion, optimizer, batch, clip_max_norm,
-                       forward_ctx=forward_ctx, backward_ctx=lambda: flops_bwd, foreach=foreach)
+                       forward_ctx=forward_ctx, backward_ctx=backward_ctx, foreach=foreach)
     fwd = flops_fwd.get_total_flops() if count_flops else 0
     bwd = flops_bwd.get_total_flops() if count_flops else 0
     return StepMeasure(
         peak_bytes=tracker.peak_bytes, start_bytes=start, end_bytes=tracker.end_bytes,
-        saved_for_backward_bytes=saved.saved_bytes if probes else 0,
+        saved_for_backward_bytes=saved.saved_bytes if saved is not None else 0,
         attention_paths=attention_paths(recorder.ops) if probes else [],
         gflops_fwd=fwd / 1e9, gflops_fwd_bwd=(fwd + bwd) / 1e9,
         params=sum(p.numel() for p in params),
@@ -328,6 +350,7 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
         fake=fake, seconds=time.perf_counter() - t0, ops=recorder.ops if probes else set(), target=target,
         sdpa_kernels=dict(sdpa.counts) if sdpa is not None else {},
         events=list(tracker.events) if record_events else None, input_bytes=_unique_bytes(batch.tensors()),
+        breakdown=attribution.result() if attribution is not None else None,
     )
 
 
@@ -335,7 +358,7 @@ def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
                         image_size: tuple[int, int], *, num_targets: int = 6, num_classes: int = 91,
                         clip_max_norm: float = 0.1, target: str = "cpu", warmup: str = "step",
                         count_flops: bool = True, record_events: bool = False,
-                        arch: CudaArch = CudaArch()) -> StepMeasure:
+                        arch: CudaArch = CudaArch(), breakdown: bool = False) -> StepMeasure:
     """Full-size peak without allocating: `model` (built on CPU) is made fake in place.
 
     The criterion's matcher is replaced by a fixed assignment; ENACT modules must have a fixed
@@ -349,7 +372,8 @@ def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
     with mode:
         batch = make_batch(batch_size, image_size, num_targets, num_classes)
         return measure_train_step(model, criterion, batch, clip_max_norm=clip_max_norm, fake=True, target=target,
-                                  warmup=warmup, count_flops=count_flops, record_events=record_events, arch=arch)
+                                  warmup=warmup, count_flops=count_flops, record_events=record_events, arch=arch,
+                                  breakdown=breakdown)
 
 
 def estimate_detector(name: str, batch_size: int, image_size: tuple[int, int], *, enact=False,
@@ -479,13 +503,13 @@ class FakeTrainer:
             self.optimizer = make_optimizer(model, foreach=True if target == "cuda" else None)
         self._primed = False
 
-    def step(self, batch_size: int, *, record_events: bool = True) -> StepMeasure:
+    def step(self, batch_size: int, *, record_events: bool = True, breakdown: bool = False) -> StepMeasure:
         with self.mode:
             batch = make_batch(batch_size, self.image_size, self.num_targets, self.num_classes)
             m = measure_train_step(self.model, self.criterion, batch, optimizer=self.optimizer,
                                    clip_max_norm=self.clip_max_norm, fake=True, target=self.target,
                                    warmup="none" if self._primed else "prime", count_flops=False,
                                    record_events=record_events, arch=self.arch,
-                                   autocast_dtype=self.autocast_dtype, probes=False)
+                                   autocast_dtype=self.autocast_dtype, probes=False, breakdown=breakdown)
         self._primed = True
         return m

@@ -35,6 +35,9 @@ MIB = 2**20
 CUBLAS_WORKSPACE_SM90_BYTES = 4096 * 1024 * 8  # 32 MiB: CublasHandlePool.cpp, "32MiB for Hopper"
 CUBLAS_WORKSPACE_DEFAULT_BYTES = 4096 * 1024 * 2 + 16 * 1024 * 8  # ":4096:2:16:8" = 8,519,680 B
 CUBLASLT_WORKSPACE_BYTES = 1024 * 1024  # parseCUDABlasLtWorkspaceSize: 1024 KiB default
+# What the driver keeps of the NVML total where CUDA's own total is not known: an ESTIMATE from the
+# three GPUs with both figures in the table (H100 438 MiB, A100 40GB 512 MiB, RTX 4090 316 MiB).
+DRIVER_RESERVE_ESTIMATE_MIB = 512
 
 # Sources for the CUDA context estimate (bare context = driver state before kernels are loaded):
 CONTEXT_SOURCES = (
@@ -89,12 +92,31 @@ class GpuSpec:
         return int(round(self.context_mib * MIB))
 
     @property
+    def usable_mib(self) -> int:
+        """What a process can hold (CUDA's total): cuda_total_mib, else the NVML total minus
+        DRIVER_RESERVE_ESTIMATE_MIB (an estimate). Device used memory must stay below it."""
+        if self.cuda_total_mib is not None:
+            return self.cuda_total_mib
+        return max(self.memory_mib - DRIVER_RESERVE_ESTIMATE_MIB, 1)
+
+    @property
+    def usable_bytes(self) -> int:
+        return self.usable_mib * MIB
+
+    @property
+    def allocator_limit_bytes(self) -> int:
+        """Room for the caching allocator's segments: usable memory minus the CUDA context; the
+        `memory_limit_bytes` to replay with to run the allocator's OOM path."""
+        return max(self.usable_bytes - self.context_bytes, 0)
+
+    @property
     def cublas_workspace_bytes(self) -> int:
         """parseChosenWorkspaceSize's default for this GPU (32 MiB only on sm_90)."""
         return CUBLAS_WORKSPACE_SM90_BYTES if self.compute_capability == (9, 0) else CUBLAS_WORKSPACE_DEFAULT_BYTES
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "memory_mib": self.memory_mib, "context_mib": self.context_mib,
+        return {"name": self.name, "memory_mib": self.memory_mib, "usable_mib": self.usable_mib,
+                "context_mib": self.context_mib,
                 "context_is_estimate": self.context_is_estimate, "cuda_total_mib": self.cuda_total_mib,
                 "compute_capability": list(self.compute_capability), "sm_count": self.sm_count,
                 "memory_source": self.memory_source}
@@ -149,6 +171,11 @@ def library_workspace_bytes(gpu: GpuSpec, cublas_handles: int = 2) -> list[int]:
     if cublas_handles < 0:
         raise ValueError(f"cublas_handles must be >= 0, got {cublas_handles}")
     return [gpu.cublas_workspace_bytes, CUBLASLT_WORKSPACE_BYTES] * cublas_handles
+
+
+def fits(stats: AllocatorStats, gpu: GpuSpec, *, cublas_handles: int = 2) -> bool:
+    """Whether the predicted device memory stays within what the process can hold on `gpu`."""
+    return device_used_bytes(stats, gpu, cublas_handles=cublas_handles) <= gpu.usable_bytes
 
 
 def device_used_bytes(stats: AllocatorStats, gpu: GpuSpec, *, cublas_handles: int = 2) -> int:

@@ -149,3 +149,13 @@ def test_bad_input_says_what_to_fix():
         m.free(2)
     with pytest.raises(ValueError, match="'alloc' or 'free'"):
         replay([("malloc", 1, 10)])
+
+
+def test_oom_path_with_max_split_size_frees_an_oversize_block_first():
+    m = CachingAllocatorModel(max_split_size=32 * MIB, memory_limit_bytes=70 * MIB)
+    m.malloc(1, 40 * MIB)
+    m.free(1)  # cached oversize block
+    m.malloc(2, 4 * MIB)  # not from the oversize block: a new 20 MiB segment (60 MiB reserved)
+    m.malloc(3, 30 * MIB)  # 60 + 30 > 70: release_available_cached_blocks frees the 40 MiB block
+    st = m.stats()
+    assert (st.reserved_end_bytes, st.num_segment_frees, st.num_alloc_retries) == (50 * MIB, 1, 0)

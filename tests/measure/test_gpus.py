@@ -2,8 +2,9 @@
 import pytest
 
 from enact_bench.measure.allocator import AllocatorStats, replay
-from enact_bench.measure.gpus import (CUBLAS_WORKSPACE_DEFAULT_BYTES, GPUS, GpuSpec, custom_gpu,
-                                      device_used_bytes, get_gpu, library_workspace_bytes)
+from enact_bench.measure.gpus import (CUBLAS_WORKSPACE_DEFAULT_BYTES, DRIVER_RESERVE_ESTIMATE_MIB, GPUS,
+                                      GpuSpec, custom_gpu, device_used_bytes, fits, get_gpu,
+                                      library_workspace_bytes)
 
 MIB = 2**20
 
@@ -47,3 +48,13 @@ def test_device_used_adds_workspace_segments_and_context_once():
     pre = replay([("alloc", 1, 100 * MIB)], preallocate=library_workspace_bytes(h100))
     assert device_used_bytes(pre, h100) == pre.reserved_peak_bytes + h100.context_bytes == expect
     assert device_used_bytes(AllocatorStats(0, 0, 0, 0), h100, cublas_handles=0) == h100.context_bytes
+
+
+def test_usable_memory_and_fits():
+    h100, h200 = get_gpu("h100-80gb"), get_gpu("h200")
+    assert h100.usable_mib == 81121  # CUDA's 79.22 GiB total, below NVML's 81,559 MiB
+    assert h200.usable_mib == 143771 - DRIVER_RESERVE_ESTIMATE_MIB
+    assert h100.allocator_limit_bytes == h100.usable_bytes - h100.context_bytes
+    room = h100.usable_bytes - h100.context_bytes - 66 * MIB  # minus the workspaces' 66 MiB of segments
+    assert fits(AllocatorStats(0, room, 0, 1), h100)
+    assert not fits(AllocatorStats(0, room + 2 * MIB, 0, 1), h100)
