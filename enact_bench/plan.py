@@ -122,8 +122,9 @@ class PlanRequest:
 
     @property
     def budget_bytes(self) -> int:
-        """Device memory a plan may use: the GPU's memory less the margin."""
-        return int(self.gpu.memory_bytes * (1 - self.margin_pct / 100))
+        """Device memory a plan may use: what a process can hold on the GPU (CUDA's total, see
+        measure/gpus.py usable_mib) less the margin."""
+        return int(self.gpu.usable_bytes * (1 - self.margin_pct / 100))
 
 
 @dataclass
@@ -137,6 +138,8 @@ class PlanRow:
     seconds: float
     breakdown_mib: dict | None = None
     sdpa_kernels: dict = field(default_factory=dict)
+    modules_mib: dict | None = None
+    peak_phase: str | None = None
 
     def as_dict(self) -> dict:
         return {"batch_size": self.batch_size,
@@ -144,7 +147,8 @@ class PlanRow:
                 "alloc_peak_mib": round(self.alloc_peak_bytes / MIB, 1),
                 "reserved_peak_mib": round(self.reserved_peak_bytes / MIB, 1),
                 "device_used_mib": round(self.device_used_bytes / MIB, 1),
-                "fits": self.fits, "breakdown_mib": self.breakdown_mib,
+                "fits": self.fits, "breakdown_mib": self.breakdown_mib, "modules_mib": self.modules_mib,
+                "peak_phase": self.peak_phase,
                 "tensor_peak_bytes": self.tensor_peak_bytes, "alloc_peak_bytes": self.alloc_peak_bytes,
                 "reserved_peak_bytes": self.reserved_peak_bytes, "device_used_bytes": self.device_used_bytes,
                 "sdpa_kernels": self.sdpa_kernels, "estimate_s": round(self.seconds, 2)}
@@ -181,6 +185,7 @@ class DetectorPlan:
     def as_dict(self) -> dict:
         r = self.request
         return {"detector": r.detector, "family": self.family, "target": r.target, "gpu": r.gpu.as_dict(),
+                "usable_mib": r.gpu.usable_mib,
                 "image_size": list(r.image_size), "dtype": r.dtype, "margin_pct": r.margin_pct,
                 "budget_mib": round(r.budget_bytes / MIB, 1), "enact_cluster_size": r.enact_cluster_size,
                 "variants": [v.as_dict() for v in self.variants], "seconds": round(self.seconds, 2),
@@ -203,10 +208,12 @@ def _factory(detector: str, spec: VariantSpec):
     return build
 
 
-def _breakdown(measure) -> dict | None:
-    """The peak's breakdown (measure/breakdown.py) when the step recorded one."""
+def _breakdown(measure) -> tuple[dict | None, dict | None, str | None]:
+    """The peak's breakdown (measure/breakdown.py): by category, by top-level module, phase."""
     b = getattr(measure, "breakdown", None)
-    return b.as_dict() if b is not None else None
+    if b is None:
+        return None, None, None
+    return b.as_dict(), b.modules_mib(), b.phase
 
 
 class _Runner:
@@ -230,14 +237,15 @@ class _Runner:
             from enact_bench.measure.gpus import device_used_bytes, library_workspace_bytes
 
             t0 = time.perf_counter()
-            m = self.trainer.step(b, record_events=True)
+            m = self.trainer.step(b, record_events=True, breakdown=True)
             if self.fixed_bytes is None:  # parameters, buffers, gradients, AdamW state
                 self.fixed_bytes = m.start_bytes - m.input_bytes
             stats = replay(m.events, preallocate=library_workspace_bytes(self.req.gpu))
             dev = device_used_bytes(stats, self.req.gpu)
+            cats, mods, phase = _breakdown(m)
             self.rows[b] = PlanRow(b, m.peak_bytes, stats.alloc_peak_bytes, stats.reserved_peak_bytes, dev,
-                                   dev <= self.req.budget_bytes, time.perf_counter() - t0, _breakdown(m),
-                                   dict(m.sdpa_kernels))
+                                   dev <= self.req.budget_bytes, time.perf_counter() - t0, cats,
+                                   dict(m.sdpa_kernels), mods, phase)
         return self.rows[b]
 
 
@@ -354,7 +362,12 @@ def plan_detector(req: PlanRequest) -> DetectorPlan:
         import multiprocessing as mp
 
         with mp.get_context("fork").Pool(workers) as pool:
-            done = iter(pool.map(_plan_variant_job, jobs, chunksize=1))
+            results = pool.map(_plan_variant_job, jobs, chunksize=1)
+        # torch refuses autograd in a child forked after the parent ran a backward (its autograd
+        # threads exist): those variants run here instead
+        results = [plan_variant(*j) if r.error and "Autograd-and-Fork" in r.error else r
+                   for j, r in zip(jobs, results)]
+        done = iter(results)
     else:
         done = iter([_plan_variant_job(j) for j in jobs])
     plans = [next(done) if s.applicable else plan_variant(req, s) for s in specs]
@@ -376,6 +389,6 @@ def fits_summary(plan: VariantPlan, req: PlanRequest) -> str:
     row = next((r for r in plan.rows if r.batch_size == plan.max_batch_size), None)
     if row is None:
         return f"max batch {plan.max_batch_size}"
-    free = req.gpu.memory_mib - row.device_used_bytes / MIB
-    return f"max batch {plan.max_batch_size} ({free:,.0f} MiB free of {req.gpu.memory_mib:,} MiB)"
+    free = req.gpu.usable_mib - row.device_used_bytes / MIB
+    return f"max batch {plan.max_batch_size} ({free:,.0f} MiB left of {req.gpu.usable_mib:,} usable)"
 

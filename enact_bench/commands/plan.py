@@ -20,8 +20,8 @@ def plan_table(plan):
     from rich.table import Table
 
     req = plan.request
-    title = (f"{req.detector} ({plan.family}) on {req.gpu.name} ({req.gpu.memory_mib:,} MiB, budget "
-             f"{req.budget_bytes / 2**20:,.0f} MiB = {100 - req.margin_pct:g}%), {req.image_size[0]}x{req.image_size[1]}, "
+    title = (f"{req.detector} ({plan.family}) on {req.gpu.name} ({req.gpu.memory_mib:,} MiB, {req.gpu.usable_mib:,} usable, "
+             f"budget {req.budget_bytes / 2**20:,.0f} MiB = {100 - req.margin_pct:g}% of it), {req.image_size[0]}x{req.image_size[1]}, "
              f"{req.dtype}, one AdamW training step: ESTIMATES (fake tensors, CUDA target)")
     t = Table(title=title, title_justify="left")
     for col in ("variant", "batch", "tensor peak MiB", "alloc MiB", "reserved MiB", "device MiB", "fits", "note"):
