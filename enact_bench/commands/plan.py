@@ -45,6 +45,32 @@ def plan_table(plan):
     return t
 
 
+def plan_summary_table(d: dict):
+    """One row per variant of a plan's JSON: the largest batch that fits and what it costs."""
+    from rich.table import Table
+
+    g = d["gpu"]
+    h, w = d["image_size"]
+    t = Table(title=f"Full-size ESTIMATE: {d['detector']} at {h}x{w}, one AdamW training step, on {g['name']} "
+                    f"({g.get('usable_mib', g['memory_mib']):,} MiB usable; fake tensors, CUDA target, "
+                    f"caching-allocator model, {d.get('seconds', 0):.0f} s)", title_justify="left")
+    for c in ("variant", "MiB at batch 2", "MiB per image", "largest batch", "device MiB there", "where the peak goes"):
+        t.add_column(c, justify="left" if c in ("variant", "where the peak goes") else "right")
+    for v in d["variants"]:
+        rows = {r["batch_size"]: r for r in v.get("rows", [])}
+        if not v.get("applicable", True) or not rows:
+            t.add_row(v["variant"], "-", "-", "-", "-", v.get("error") or f"n/a: {v.get('reason', '')}")
+            continue
+        r2, top = rows.get(2), rows.get(v.get("max_batch_size"))
+        far = max(rows)
+        per = (rows[far]["tensor_peak_mib"] - r2["tensor_peak_mib"]) / (far - 2) if r2 and far > 2 else None
+        bd = (top or r2 or {}).get("breakdown_mib") or {}
+        top2 = ", ".join(f"{k} {val:,.0f}" for k, val in sorted(bd.items(), key=lambda kv: -kv[1])[:2])
+        t.add_row(v["variant"], f"{r2['device_used_mib']:,.0f}" if r2 else "-", f"{per:,.0f}" if per else "-",
+                  str(v.get("max_batch_size")), f"{top['device_used_mib']:,.0f}" if top else "-", top2)
+    return t
+
+
 def breakdown_table(plan):
     """The peak's breakdown at each variant's largest fitting batch, when the estimate has one."""
     from rich.table import Table

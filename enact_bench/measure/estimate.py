@@ -422,9 +422,25 @@ def measure_case_fake(case, metrics: dict, reasons: dict, record_case: dict) -> 
     cfg = getattr(model, "enact_config", None)
     record_case["enact_config"] = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
     clip = case.clip_max_norm if case.clip_max_norm is not None else getattr(model, "grad_clip_max_norm", 0.1)
-    m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
-                            num_classes=case.num_classes, clip_max_norm=clip or 0.0)
+    target = getattr(case, "target", "cpu")
+    record_case["target"] = target
+    if target == "cpu":  # today's figures, byte for byte (the CI gate's baseline)
+        m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
+                                num_classes=case.num_classes, clip_max_norm=clip or 0.0)
+    else:
+        from enact_bench.measure.gpus import get_gpu
+
+        gpu = get_gpu(case.gpu) if getattr(case, "gpu", None) else None
+        arch = CudaArch(*gpu.compute_capability) if gpu else CudaArch()
+        m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
+                                num_classes=case.num_classes, clip_max_norm=clip or 0.0, target=target,
+                                warmup="prime", count_flops=case.flops, breakdown=True, arch=arch)
+        metrics.update(predicted_gpu_fields(m, gpu, reasons))
     metrics.update(m.metrics())
+    if not case.flops:
+        for k in ("gflops_fwd", "gflops_fwd_bwd", "gmacs_fwd"):
+            metrics[k] = None
+            reasons[k] = "flops = false in the suite"
     stats = model.enact_stats() if hasattr(model, "enact_stats") else []
     for mk, sk in (("enact_cluster_size", "cluster_size"), ("enact_key_len_before", "key_len_before"),
                    ("enact_key_len_after", "key_len_after")):
@@ -434,6 +450,31 @@ def measure_case_fake(case, metrics: dict, reasons: dict, record_case: dict) -> 
             reasons[mk] = "ENACT is off"
     for k in FAKE_NOT_MEASURED:
         reasons.setdefault(k, "fake = true: shapes only (FakeTensorMode), nothing real was run or timed")
+
+
+def predicted_gpu_fields(m: StepMeasure, gpu, reasons: dict) -> dict:
+    """The CUDA-target estimate's predicted GPU figures for a record (MiB; all estimates):
+    predicted_tensor_peak_mib (every live tensor), predicted_alloc_peak_mib / _reserved_peak_mib
+    (the caching-allocator model over the step's allocation stream), predicted_device_used_mib
+    (+ CUDA context and cuBLAS workspaces of `gpu`), predicted_fits, and the peak's breakdown."""
+    from enact_bench.measure.allocator import replay
+    from enact_bench.measure.gpus import device_used_bytes, library_workspace_bytes
+
+    out = {"predicted_tensor_peak_mib": round(m.peak_bytes / MIB, 3),
+           "predicted_breakdown_mib": m.breakdown.as_dict() if m.breakdown is not None else None,
+           "predicted_sdpa_kernels": dict(m.sdpa_kernels)}
+    if gpu is None:
+        stats = replay(m.events)
+        for k in ("predicted_device_used_mib", "predicted_fits", "predicted_gpu"):
+            reasons[k] = "no gpu in the case: device memory needs a GPU's context and workspaces"
+    else:
+        stats = replay(m.events, preallocate=library_workspace_bytes(gpu))
+        dev = device_used_bytes(stats, gpu)
+        out.update({"predicted_device_used_mib": round(dev / MIB, 3), "predicted_fits": dev <= gpu.usable_bytes,
+                    "predicted_gpu": gpu.name})
+    out.update({"predicted_alloc_peak_mib": round(stats.alloc_peak_bytes / MIB, 3),
+                "predicted_reserved_peak_mib": round(stats.reserved_peak_bytes / MIB, 3)})
+    return out
 
 
 def _plain(v):
