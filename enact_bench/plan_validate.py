@@ -31,6 +31,11 @@ def require_cuda() -> None:
                              "torch.cuda.is_available() is False here (drop --validate for the estimate alone)")
 
 
+def device_name() -> str:
+    import torch
+    return torch.cuda.get_device_name(0)
+
+
 def _to(batch, device):
     from enact_bench.measure.estimate import Batch
 

@@ -161,8 +161,9 @@ def register(app: typer.Typer) -> None:
             console.print(f"[dim]{req.detector}: {p.seconds:.1f} s[/]")
             d = p.as_dict()
             if validate:
-                from enact_bench.plan_validate import validate_plan, validation_table
+                from enact_bench.plan_validate import device_name, validate_plan, validation_table
                 d["validation"] = validate_plan(p)
+                d["validation_device"] = device_name()
                 console.print(validation_table(d))
             out.append(d)
         if json_out is not None:
