@@ -9,7 +9,8 @@ import typer
 from enact_bench.case_edits import CaseEdits
 from enact_bench.commands import user_errors
 from enact_bench.errors import UserInputError
-from enact_bench.runner import RunResult, load_run_suite, prepare_run, run_suite
+from enact_bench.run.run_dir import load_run_suite, prepare_run
+from enact_bench.run.suite_run import RunResult, run_suite
 from enact_bench.suites import load_suite, parse_set_option
 
 

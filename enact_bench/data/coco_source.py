@@ -1,4 +1,4 @@
-"""Data sources "coco" and "toy" for the runner, and the "coco" evaluation hook (mAP on val).
+"""Data sources "coco" and "toy" for the harness, and the "coco" evaluation hook (mAP on val).
 
 train mode: batches from train2017 through the originals' training transforms (seeded per batch
 index, so the same index gives the same batch). infer mode: batches from val2017 through the
@@ -97,7 +97,7 @@ class CocoSource:
 
     @property
     def record_fields(self) -> dict:
-        """What the runner adds to the record's case: where the images came from."""
+        """What the harness adds to the record's case: where the images came from."""
         split = "train" if self.case.mode == "train" else "val"
         return {"data_root": str(self.root), "annotation_file": str(self.dataset(split).paths.annotations),
                 "data_images": len(self.dataset(split))}
@@ -152,7 +152,7 @@ def make_toy(case) -> CocoSource:
 def evaluate_coco(model, case, source: CocoSource, device) -> dict:
     """COCOeval bbox stats of the model on val (after eval_train_steps training steps, if any)."""
     from enact_bench.measure.detection_eval import evaluate_model
-    from enact_bench.train_loop import train_steps
+    from enact_bench.measure.train_loop import train_steps
 
     val = source.dataset("val")
     loader = make_loader(val, case.batch_size, num_workers=source.num_workers, seed=case.seed)

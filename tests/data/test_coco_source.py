@@ -1,4 +1,4 @@
-"""The coco/toy data sources, the coco evaluation hook and the CLI's case edits, through the runner."""
+"""The coco/toy data sources, the coco evaluation hook and the CLI's case edits, through enact_bench.run."""
 import hashlib
 import json
 
@@ -11,7 +11,7 @@ from enact_bench.data.coco_source import CocoSource
 from enact_bench.detectors import create_detector
 from enact_bench.errors import UserInputError
 from enact_bench.records import read_records
-from enact_bench.runner import run_case
+from enact_bench.run.case import run_case
 from enact_bench.suites import Case, load_suite
 
 CHEAP = [("iters", [1]), ("warmup", [1]), ("flops", [False])]
