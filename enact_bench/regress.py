@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from enact_bench.errors import UserInputError
+from enact_bench.records import latest_per_case, read_record_dicts, records_file
 
 BASELINE_FORMAT = 1
 
@@ -75,21 +76,11 @@ class NotComparable(Exception):
 # ---------------------------------------------------------------------------------------
 def load_run(run_dir: str | Path) -> list[dict]:
     """The latest record of each case in RUN_DIR/records.jsonl, as plain dicts."""
-    p = Path(run_dir)
-    path = p / "records.jsonl" if p.is_dir() else p
-    if not path.is_file():
-        raise UserInputError(f"no records found at {path} (expected a run folder with records.jsonl)")
-    latest: dict[str, dict] = {}
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a truncated last line of a killed run
-            latest[rec["case_id"]] = rec
+    path = records_file(run_dir)
+    latest = latest_per_case(read_record_dicts(path))
     if not latest:
         raise UserInputError(f"{path} holds no records")
-    return list(latest.values())
+    return latest
 
 
 def load_baseline(path: str | Path) -> dict:

@@ -111,3 +111,24 @@ def test_ctrl_c_keeps_finished_records(tmp_path, monkeypatch):
     monkeypatch.setattr(run_case_mod, "run_case", fake)
     res = suite_run.run_suite(suite, run_dir, run_id, inline=True)
     assert res.interrupted and [r.case_id for r in read_records(run_dir)] == ["detr_tiny-base-train-b2-64x96"]
+
+
+def test_resume_after_a_torn_last_line_keeps_the_new_record(tmp_path, monkeypatch, capsys):
+    # fault 2: the run was killed while writing its last record; --resume re-runs that case
+    suite = load_suite_text('name = "u"\n[defaults]\ndetector = "detr_tiny"\nimage_size = "64x96"\n'
+                            '[matrix]\nenact = [false, true]')
+    run_dir, run_id = run_dir_mod.prepare_run(suite, tmp_path)
+
+    def fake(case, *, run_id, suite):
+        return Record(run_id=run_id, suite=suite, case_id=case.case_id, status="ok", case=case.to_dict())
+
+    monkeypatch.setattr(run_case_mod, "run_case", fake)
+    suite_run.run_suite(suite, run_dir, run_id, inline=True)
+    path = run_dir / "records.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # the second record torn
+    with pytest.warns(UserWarning, match="incomplete last record"):
+        again = suite_run.run_suite(*run_dir_mod.load_run_suite(run_dir)[:1], run_dir, run_id, inline=True)
+    assert again.skipped_ok == ["detr_tiny-base-train-b2-64x96"]
+    assert [r.case_id for r in read_records(path)] == ["detr_tiny-base-train-b2-64x96", "detr_tiny-enact-train-b2-64x96"]
+    assert "cut off mid-write" in capsys.readouterr().err
