@@ -15,28 +15,13 @@ import dataclasses
 import time
 import traceback
 
+from enact_bench import metrics as metrics_schema
 from enact_bench.records import Record, utc_now
 from enact_bench.run import steps as case_steps_mod
 from enact_bench.suites import Case
 
-METRIC_KEYS = (
-    "params", "params_trainable",
-    "mem_peak_alloc_mib", "mem_peak_reserved_mib", "mem_start_alloc_mib", "nvml_device_used_peak_mib", "nvml_process_used_peak_mib",
-    "cpu_tracked_peak_bytes", "cpu_tracked_peak_mib", "cpu_tracked_start_bytes", "rss_peak_mib",
-    "step_ms_p50", "step_ms_p10", "step_ms_p25", "step_ms_p75", "step_ms_p90", "step_ms_mean", "step_ms_iqr",
-    "step_count",
-    "first_step_ms", "images_per_s", "timing_clock",
-    "gflops_fwd", "gflops_fwd_bwd", "gmacs_fwd", "gmacs_fwd_bwd", "flops_uncounted_ops",
-    "saved_for_backward_bytes", "attention_paths",
-    "enact_cluster_size", "enact_key_len_before", "enact_key_len_after",
-    "enact_query_len_before", "enact_query_len_after",
-)
-FAKE_NOT_MEASURED = (
-    "mem_peak_alloc_mib", "mem_peak_reserved_mib", "nvml_device_used_peak_mib", "nvml_process_used_peak_mib",
-    "cpu_tracked_peak_bytes", "cpu_tracked_peak_mib", "cpu_tracked_start_bytes", "rss_peak_mib",
-    "step_ms_p50", "step_ms_p10", "step_ms_p90", "step_ms_mean", "step_ms_iqr", "step_count",
-    "first_step_ms", "images_per_s", "timing_clock", "gmacs_fwd_bwd", "flops_uncounted_ops",
-)
+METRIC_KEYS = metrics_schema.record_metric_names()  # every real record starts with these, null
+FAKE_NOT_MEASURED = metrics_schema.fake_not_measured()
 # record metric -> key of model.enact_stats(): dense encoders shorten keys (key_len_*),
 # deformable ones cluster queries (query_len_*)
 ENACT_STATS = {"enact_cluster_size": "cluster_size", "enact_key_len_before": "key_len_before",
@@ -146,7 +131,7 @@ def measure_case(case: Case, metrics: dict, reasons: dict, record_case: dict) ->
     if cpu_mem is not None:
         metrics.update(cpu_mem.fields)
     else:
-        for k in ("cpu_tracked_peak_bytes", "cpu_tracked_peak_mib", "cpu_tracked_start_bytes"):
+        for k in metrics_schema.names(tracker="CpuPeakMemory"):
             reasons[k] = f"device is {device.type}: see mem_peak_alloc_mib"
     metrics["rss_peak_mib"] = rss_peak_mib()
     if saved is not None:
@@ -167,7 +152,7 @@ def measure_case(case: Case, metrics: dict, reasons: dict, record_case: dict) ->
             reasons["gflops_fwd_bwd"] = reasons["gmacs_fwd_bwd"] = "infer mode: no backward"
         metrics["flops_uncounted_ops"] = sorted(uncounted)
     else:
-        for k in ("gflops_fwd", "gflops_fwd_bwd", "gmacs_fwd", "gmacs_fwd_bwd", "flops_uncounted_ops"):
+        for k in metrics_schema.names(tracker="count_flops"):
             reasons[k] = "flops = false in the suite"
 
     for name in case.evaluate:
@@ -201,13 +186,7 @@ def measure_case_fake(case: Case, metrics: dict, reasons: dict, record_case: dic
     m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
                             num_classes=case.num_classes, clip_max_norm=clip or 0.0)
     metrics.update(m.metrics())
-    stats = model.enact_stats() if hasattr(model, "enact_stats") else []
-    for mk, sk in (("enact_cluster_size", "cluster_size"), ("enact_key_len_before", "key_len_before"),
-                   ("enact_key_len_after", "key_len_after")):
-        if stats:
-            metrics[mk] = [_plain(s.get(sk)) for s in stats]
-        else:
-            reasons[mk] = "ENACT is off"
+    _enact_metrics(model, metrics, reasons, convert=_plain)
     for k in FAKE_NOT_MEASURED:
         reasons.setdefault(k, "fake = true: shapes only (FakeTensorMode), nothing real was run or timed")
 

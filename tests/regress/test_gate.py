@@ -129,7 +129,8 @@ def test_comparability(baseline, tmp_path, field, value, exit_code):
     # the baseline's own records stand in for a run of the same code
     recs = []
     for case_id, c in json.loads(baseline.read_text())["cases"].items():
-        recs.append({"case_id": case_id, "suite": "gate-test", "status": "ok", "metrics": c["metrics"],
+        recs.append({"schema": 1, "run_id": "run", "case": c["case"], "case_id": case_id, "suite": "gate-test",
+                     "status": "ok", "metrics": c["metrics"],
                      "env": {"device_kind": "cpu", "torch": torch.__version__, "device_name": "x"}})
     (run_dir / "records.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     res = run_check([run_dir], other)
