@@ -9,7 +9,7 @@ import typer
 from enact_bench.case_edits import CaseEdits
 from enact_bench.commands import user_errors
 from enact_bench.errors import UserInputError
-from enact_bench.run.run_dir import load_run_suite, prepare_run
+from enact_bench.run.run_dir import edit_suite, load_run_suite, prepare_run
 from enact_bench.run.suite_run import RunResult, run_suite
 from enact_bench.suites import load_suite, parse_set_option
 
@@ -44,7 +44,7 @@ def prepare_command(suite: str | None, *, out: str | Path = "reports", overrides
         return s, Path(resume), meta["run_id"]
     if not suite:
         raise UserInputError("give --suite NAME|PATH (see `enact-bench list`) or --resume RUN_DIR")
-    s = edits.apply(load_suite(suite, overrides))
+    s = edit_suite(load_suite(suite, overrides), edits)
     run_dir, rid = prepare_run(s, out, overrides, run_id, case_edits=edits.to_json())
     return s, run_dir, rid
 

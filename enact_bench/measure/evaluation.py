@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from enact_bench.plugins import LazyRegistry
 
-BUILTIN_EVALUATION_MODULES: list[str] = ["enact_bench.data.coco_source"]
+BUILTIN_EVALUATION_MODULES: list[str] = ["enact_bench.measure.coco_hook"]
 
 
 @dataclass(frozen=True)

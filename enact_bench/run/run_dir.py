@@ -3,6 +3,7 @@ resume: suite path, overrides, case edits, case ids), records.jsonl, cases/ and 
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,5 +53,25 @@ def load_run_suite(run_dir: str | Path) -> tuple[Suite, dict]:
     base = Path(meta["suite_path"]).parent if meta.get("suite_path") else run_dir
     overrides = [(k, v) for k, v in meta.get("overrides", [])]
     suite = load_suite_text(text, path=run_dir / "suite.toml", overrides=overrides, base_dir=base)
-    suite = CaseEdits.from_json(meta.get("case_edits")).apply(suite)
-    return suite, meta
+    return edit_suite(suite, CaseEdits.from_json(meta.get("case_edits"))), meta
+
+
+def edit_suite(suite: Suite, edits) -> Suite:
+    """The suite with the command line's case edits (a CaseEdits) applied, their environment set
+    in this process (inherited by the case processes), and every case's COCO data checked, so
+    that a missing root or file is a one-line error before any case runs."""
+    suite = edits.apply(suite)
+    os.environ.update(edits.environment())
+    check_suite_data(suite)
+    return suite
+
+
+def check_suite_data(suite: Suite) -> None:
+    from enact_bench.data.coco import CocoDataError
+    from enact_bench.data.coco_source import check_case_data
+
+    try:
+        for case in suite.cases:
+            check_case_data(case)
+    except (CocoDataError, ValueError) as e:
+        raise UserInputError(str(e)) from None
