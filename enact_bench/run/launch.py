@@ -86,6 +86,10 @@ def child_command(paths: CasePaths) -> list[str]:
 def end_group(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
     """SIGTERM to the child's whole process group, SIGKILL after `grace_s`; reaps the child."""
     def signal_group(sig):
+        if not hasattr(os, "killpg"):  # no process groups (Windows): the child alone
+            if proc.poll() is None:
+                proc.terminate() if sig == signal.SIGTERM else proc.kill()
+            return
         try:
             os.killpg(proc.pid, sig)  # the child leads its own group (start_new_session)
         except (ProcessLookupError, PermissionError):
