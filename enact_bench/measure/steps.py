@@ -8,6 +8,9 @@ A training step, in the released trainers' order (DETR's engine.train_one_epoch)
 forward (the targets go in too: DINO builds its denoising queries from them) and the weighted
 loss sum; `zero_grad(set_to_none=True)` after the forward, so the previous step's gradients are
 alive during it; backward; gradient clipping when `clip_max_norm` is set (> 0); optimizer step.
+A model here has the detectors' interface: `model(images, mask=None, targets=None) -> dict` and,
+for inference, `model.postprocess(outputs, sizes)`; a criterion returns a dict of loss terms and
+has a `weight_dict`.
 """
 from __future__ import annotations
 
