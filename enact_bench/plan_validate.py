@@ -52,7 +52,8 @@ def measure_real_step(detector: str, batch_size: int, image_size: tuple[int, int
     import torch
 
     from enact_bench.detectors import create_detector
-    from enact_bench.measure.estimate import make_batch, make_optimizer, train_step
+    from enact_bench.measure.estimate import make_batch, make_optimizer
+    from enact_bench.measure.steps import train_step
     from enact_bench.measure.memory import CudaPeakMemory, NvmlSampler
 
     dev = torch.device(device)
@@ -71,11 +72,13 @@ def measure_real_step(detector: str, batch_size: int, image_size: tuple[int, int
         batch = _to(make_batch(batch_size, image_size, num_classes=getattr(model, "num_classes", 91)), dev)
         amp = ((lambda: torch.autocast("cuda", dtype=getattr(torch, dtype))) if dtype != "float32"
                else contextlib.nullcontext)
-        train_step(model, criterion, optimizer, batch, clip, forward_ctx=amp)  # warm-up
+        train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask, clip_max_norm=clip,
+                   autocast=amp)  # warm-up
         sampler = NvmlSampler(dev).start()
         try:
             with CudaPeakMemory(dev) as mem:
-                train_step(model, criterion, optimizer, batch, clip, forward_ctx=amp)
+                train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
+                           clip_max_norm=clip, autocast=amp)
         finally:
             sampler.stop()
         f = mem.fields

@@ -1,7 +1,8 @@
 """Peak live tensor bytes of one training step, measured exactly, with real or fake tensors.
 
-`measure_train_step` runs two training steps (forward, loss, zero_grad, backward, gradient
-clipping, AdamW step: the order of the original DETR engine) and measures the second, when
+`measure_train_step` runs two training steps (measure/steps.py's `train_step`: forward, loss,
+zero_grad, backward, gradient clipping, AdamW step, the original DETR engine's order) and
+measures the second, when
 gradients and optimizer state already exist. The peak counts every live tensor, like CUDA's
 `max_memory_allocated`: parameters, buffers, gradients, optimizer state and inputs are counted
 in explicitly before the step, then `LiveTensorTracker(count_existing=False)` follows every
@@ -34,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from enact_bench.measure.cpu_memory import MIB, LiveTensorTracker
 from enact_bench.measure.cuda_target import TARGETS, CudaArch, cuda_sdpa_policy
 from enact_bench.measure.step_probe import OpRecorder, SavedTensorCounter, attention_paths
+from enact_bench.measure.steps import loss_of, train_step
 
 
 class FixedAssignmentMatcher(nn.Module):
@@ -134,12 +136,6 @@ def fake_model(model: nn.Module, mode: FakeTensorMode) -> nn.Module:
     return model
 
 
-def loss_of(criterion: nn.Module, outputs: dict, targets: list[dict]) -> torch.Tensor:
-    losses = criterion(outputs, targets)
-    weights = criterion.weight_dict
-    return sum(losses[k] * weights[k] for k in losses if k in weights)
-
-
 @dataclass
 class StepMeasure:
     """What one steady-state training step measured (bytes exact; MiB = 2^20 bytes)."""
@@ -214,22 +210,6 @@ def check_target(target: str) -> str:
     return target
 
 
-def train_step(model, criterion, optimizer, batch: Batch, clip_max_norm: float = 0.1,
-               forward_ctx=nullcontext, backward_ctx=nullcontext, foreach: bool | None = None) -> None:
-    """One training step in the original DETR engine's order (foreach: for clip_grad_norm_)."""
-    with forward_ctx():
-        outputs = model(batch.images, batch.mask)
-        loss = loss_of(criterion, outputs, batch.targets)
-    del outputs
-    optimizer.zero_grad()  # set_to_none: the previous step's gradients are freed here
-    with backward_ctx():
-        loss.backward()
-    del loss
-    if clip_max_norm > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm, foreach=foreach)
-    optimizer.step()
-
-
 def make_optimizer(model: nn.Module, foreach: bool | None = None) -> torch.optim.Optimizer:
     """AdamW with the detector's parameter groups when it has them (the original's), else defaults.
 
@@ -291,8 +271,8 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
     amp = (lambda: torch.autocast("cpu", dtype=getattr(torch, autocast_dtype))) if autocast_dtype else nullcontext
     with policy as sdpa:
         if warmup == "step":
-            train_step(model, criterion, optimizer, batch, clip_max_norm, forward_ctx=amp,
-                       foreach=foreach)  # grads + state
+            train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
+                       clip_max_norm=clip_max_norm, autocast=amp, foreach=foreach)  # grads + state
         elif warmup == "prime":
             prime_optimizer_state(model, optimizer)
         if sdpa is not None:
@@ -336,8 +316,9 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
             tracker.reset_peak()
             if attribution is not None:
                 attribution.begin()
-            train_step(model, criterion, optimizer, batch, clip_max_norm,
-                       forward_ctx=forward_ctx, backward_ctx=backward_ctx, foreach=foreach)
+            train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
+                       clip_max_norm=clip_max_norm, forward_ctx=forward_ctx, backward_ctx=backward_ctx,
+                       foreach=foreach)
     fwd = flops_fwd.get_total_flops() if count_flops else 0
     bwd = flops_bwd.get_total_flops() if count_flops else 0
     return StepMeasure(
@@ -390,68 +371,6 @@ def estimate_detector(name: str, batch_size: int, image_size: tuple[int, int], *
                                clip_max_norm=clip, target=target, warmup=warmup, count_flops=count_flops)
 
 
-FAKE_NOT_MEASURED = (
-    "mem_peak_alloc_mib", "mem_peak_reserved_mib", "nvml_device_used_peak_mib", "nvml_process_used_peak_mib",
-    "cpu_tracked_peak_bytes", "cpu_tracked_peak_mib", "cpu_tracked_start_bytes", "rss_peak_mib",
-    "step_ms_p50", "step_ms_p10", "step_ms_p90", "step_ms_mean", "step_ms_iqr", "step_count",
-    "first_step_ms", "images_per_s", "timing_clock", "gmacs_fwd_bwd", "flops_uncounted_ops",
-)
-
-
-def measure_case_fake(case, metrics: dict, reasons: dict, record_case: dict) -> None:
-    """Runner hook for a suite case with `fake = true`: fills the record's metrics.
-
-    Writes fake_tracked_peak_bytes / _mib / fake_tracked_start_bytes (the estimate: every live
-    tensor at the peak of the second training step), saved_for_backward_bytes, FLOPs, parameter
-    counts and attention_paths; timing and real-memory fields are null with the reason.
-    """
-    import dataclasses
-
-    from enact_bench.runner import build_model
-
-    if case.mode != "train":
-        raise ValueError(f"fake = true estimates a training step: mode must be 'train', got {case.mode!r}")
-    if case.image_size is None:
-        raise ValueError("fake = true needs a fixed image_size (\"HxW\")")
-    if case.enact and (case.enact_config or {}).get("cluster_size") is None:
-        raise ValueError("fake = true with ENACT needs a fixed cluster size: enact_config = {cluster_size = k} "
-                         "(data-dependent shapes cannot be faked)")
-    torch.manual_seed(case.seed)
-    model = build_model(case)
-    record_case["attention"] = getattr(model, "attention", None)
-    cfg = getattr(model, "enact_config", None)
-    record_case["enact_config"] = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
-    clip = case.clip_max_norm if case.clip_max_norm is not None else getattr(model, "grad_clip_max_norm", 0.1)
-    target = getattr(case, "target", "cpu")
-    record_case["target"] = target
-    if target == "cpu":  # today's figures, byte for byte (the CI gate's baseline)
-        m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
-                                num_classes=case.num_classes, clip_max_norm=clip or 0.0)
-    else:
-        from enact_bench.measure.gpus import get_gpu
-
-        gpu = get_gpu(case.gpu) if getattr(case, "gpu", None) else None
-        arch = CudaArch(*gpu.compute_capability) if gpu else CudaArch()
-        m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
-                                num_classes=case.num_classes, clip_max_norm=clip or 0.0, target=target,
-                                warmup="prime", count_flops=case.flops, breakdown=True, arch=arch)
-        metrics.update(predicted_gpu_fields(m, gpu, reasons))
-    metrics.update(m.metrics())
-    if not case.flops:
-        for k in ("gflops_fwd", "gflops_fwd_bwd", "gmacs_fwd"):
-            metrics[k] = None
-            reasons[k] = "flops = false in the suite"
-    stats = model.enact_stats() if hasattr(model, "enact_stats") else []
-    for mk, sk in (("enact_cluster_size", "cluster_size"), ("enact_key_len_before", "key_len_before"),
-                   ("enact_key_len_after", "key_len_after")):
-        if stats:
-            metrics[mk] = [_plain(s.get(sk)) for s in stats]
-        else:
-            reasons[mk] = "ENACT is off"
-    for k in FAKE_NOT_MEASURED:
-        reasons.setdefault(k, "fake = true: shapes only (FakeTensorMode), nothing real was run or timed")
-
-
 def predicted_gpu_fields(m: StepMeasure, gpu, reasons: dict) -> dict:
     """The CUDA-target estimate's predicted GPU figures for a record (MiB; all estimates):
     predicted_tensor_peak_mib (every live tensor), predicted_alloc_peak_mib / _reserved_peak_mib
@@ -475,14 +394,6 @@ def predicted_gpu_fields(m: StepMeasure, gpu, reasons: dict) -> dict:
     out.update({"predicted_alloc_peak_mib": round(stats.alloc_peak_bytes / MIB, 3),
                 "predicted_reserved_peak_mib": round(stats.reserved_peak_bytes / MIB, 3)})
     return out
-
-
-def _plain(v):
-    if isinstance(v, torch.Tensor):
-        return None
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return int(v) if v is not None else None
 
 
 def fake_params_from(model: nn.Module, mode: FakeTensorMode) -> nn.Module:

@@ -53,7 +53,7 @@ def test_plan_table_rejects_unknown_keys():
 
 
 def test_a_cuda_target_fake_case_records_predicted_gpu_memory():
-    from enact_bench.runner import run_case
+    from enact_bench.run.case import run_case
 
     (case,) = load_suite_text(SUITE).cases
     rec = run_case(case)
