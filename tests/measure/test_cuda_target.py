@@ -113,7 +113,7 @@ def test_foreach_adamw_adds_one_copy_of_the_largest_param_group():
     model = create_detector("detr_tiny")
     groups = model.param_groups()
     largest = max(sum(p.numel() * p.element_size() for p in g["params"] if p.requires_grad) for g in groups)
-    assert cuda.peak_bytes - cuda.end_bytes == largest
+    assert cuda.peak_bytes - cuda.end_bytes == largest + 4  # + the 0-dim fp32 loss train_step returns
     assert cuda.peak_bytes > cpu.peak_bytes  # the issue's +15 MiB (+7.5%) on detr_tiny
     assert round((cuda.peak_bytes - cpu.peak_bytes) / 2**20) == 15
     # AdamW's step counters are CPU tensors on CUDA: not in the device's start bytes
