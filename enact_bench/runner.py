@@ -40,7 +40,7 @@ METRIC_KEYS = (
     "step_count",
     "first_step_ms", "images_per_s", "timing_clock",
     "gflops_fwd", "gflops_fwd_bwd", "gmacs_fwd", "gmacs_fwd_bwd", "flops_uncounted_ops",
-    "saved_for_backward_bytes", "attention_paths",
+    "saved_for_backward_bytes", "attention_paths", "msda_impl",
     "enact_cluster_size", "enact_key_len_before", "enact_key_len_after",
     "enact_query_len_before", "enact_query_len_after",
 )
@@ -169,6 +169,7 @@ def _measure(case: Case, metrics: dict, reasons: dict, record_case: dict) -> Non
     from enact_bench.measure.memory import CpuPeakMemory, CudaPeakMemory, NvmlSampler, rss_peak_mib
     from enact_bench.measure.step_probe import OpRecorder, SavedTensorCounter, attention_paths
     from enact_bench.measure.timing import StepTimer, summarize_ms, time_steps
+    from enact_bench.detectors.common.ms_deform_attn_op import msda_impl_metric, reset_msda_impls
 
     device = torch.device(case.device)
     torch.manual_seed(case.seed)
@@ -209,9 +210,11 @@ def _measure(case: Case, metrics: dict, reasons: dict, record_case: dict) -> Non
         cuda_mem = CudaPeakMemory(device)
         cpu_mem = CpuPeakMemory() if device.type == "cpu" else None
         ops = OpRecorder()
+        reset_msda_impls()
         with cuda_mem, (cpu_mem or contextlib.nullcontext()), hooks, ops:
             step()
         metrics["attention_paths"] = attention_paths(ops.ops)
+        msda_impl_metric(metrics, reasons)
     finally:
         sampler.stop()
     metrics.update(cuda_mem.fields)

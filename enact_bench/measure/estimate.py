@@ -318,9 +318,13 @@ def measure_case_fake(case, metrics: dict, reasons: dict, record_case: dict) -> 
     cfg = getattr(model, "enact_config", None)
     record_case["enact_config"] = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
     clip = case.clip_max_norm if case.clip_max_norm is not None else getattr(model, "grad_clip_max_norm", 0.1)
+    from enact_bench.detectors.common.ms_deform_attn_op import msda_impl_metric, reset_msda_impls
+
+    reset_msda_impls()
     m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
                             num_classes=case.num_classes, clip_max_norm=clip or 0.0)
     metrics.update(m.metrics())
+    msda_impl_metric(metrics, reasons)
     stats = model.enact_stats() if hasattr(model, "enact_stats") else []
     for mk, sk in (("enact_cluster_size", "cluster_size"), ("enact_key_len_before", "key_len_before"),
                    ("enact_key_len_after", "key_len_after")):

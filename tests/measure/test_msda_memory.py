@@ -125,3 +125,38 @@ def test_fake_step_peak_is_lower_by_the_sampled_values():
     assert peaks["pytorch"].saved_for_backward_bytes - peaks["op"].saved_for_backward_bytes == want
     assert peaks["pytorch"].peak_bytes - peaks["op"].peak_bytes == want == 4_839_328
     assert peaks["op"].start_bytes == peaks["pytorch"].start_bytes
+
+
+@pytest.mark.parametrize("msda", ["op", "pytorch"])
+def test_fake_estimate_equals_the_real_tracked_step(msda):
+    """The op's fake implementations allocate what its CPU implementation returns, to the byte."""
+    steps = []
+    for fake in (False, True):
+        torch.manual_seed(0)
+        model = create_detector("deformable_detr_tiny_two_stage", msda=msda, dropout=0.0)
+        criterion = use_fixed_assignment(model.build_criterion())
+        if fake:
+            steps.append(estimate_train_step(model, criterion, 2, (96, 128)))
+        else:
+            steps.append(measure_train_step(model, criterion, make_batch(2, (96, 128))))
+    real, fake = steps
+    assert (fake.start_bytes, fake.peak_bytes, fake.end_bytes) == (real.start_bytes, real.peak_bytes, real.end_bytes)
+    assert fake.saved_for_backward_bytes == real.saved_for_backward_bytes > 0
+    assert fake.gflops_fwd_bwd == pytest.approx(real.gflops_fwd_bwd)
+
+
+def test_records_say_which_implementation_ran():
+    from enact_bench import runner
+    from enact_bench.suites import Case
+
+    case = dict(detector="deformable_detr_tiny", image_size=(64, 96), batch_size=1, iters=1, warmup=1,
+                device="cpu", cpu_threads=1, mode="train")
+    r = runner.run_case(Case(**case), run_id="t", suite="unit")
+    assert r.status == "ok", r.error
+    assert r.metrics["msda_impl"] == "pytorch_op" and r.case["attention"] == "ms_deform_attn_op"
+    assert r.metrics["flops_uncounted_ops"] == []
+    r = runner.run_case(Case(**case, overrides={"msda": "pytorch"}), run_id="t", suite="unit")
+    assert r.metrics["msda_impl"] == "pytorch_reference" and r.case["attention"] == "ms_deform_attn_pytorch"
+    assert "aten.grid_sampler_2d" in r.metrics["flops_uncounted_ops"]  # the reference path's sampling
+    r = runner.run_case(Case(**{**case, "detector": "detr_tiny"}), run_id="t", suite="unit")
+    assert r.metrics["msda_impl"] is None and "deformable" in r.null_reasons["msda_impl"]

@@ -90,6 +90,17 @@ def msda_impls_seen() -> list[str]:
     return sorted(_seen)
 
 
+def msda_impl_metric(metrics: dict, reasons: dict) -> None:
+    """Record field `msda_impl`: the implementations that ran, "+"-joined ("cuda_ext",
+    "pytorch_op", "pytorch_reference", "fake"), or None with its reason when none ran."""
+    seen = msda_impls_seen()
+    if seen:
+        metrics["msda_impl"] = "+".join(seen)
+    else:
+        metrics["msda_impl"] = None
+        reasons["msda_impl"] = "no multi-scale deformable attention ran in the measured step"
+
+
 # -- the compiled extension (CUDA) -------------------------------------------------------------
 _EXT_UNSET = object()
 _ext = _EXT_UNSET
