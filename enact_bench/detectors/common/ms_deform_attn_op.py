@@ -29,10 +29,11 @@ Implementations, and what `msda_impls_seen()` reports for each:
 
 - "pytorch_op": every device. Forward: bilinear `grid_sample` level by level (align_corners
   False, zero padding, the formulation of the originals' `ms_deform_attn_core_pytorch`), each
-  level's weighted sum added into the output; no autograd graph is built. Backward: per level,
+  level's weighted sum added into the output; no autograd graph is built; each image's level
+  map is read through a strided view of value (no copy). Backward: per level,
   the sampled values are recomputed and `aten.grid_sampler_2d_backward` gives the value and grid
-  gradients (what autograd of the PyTorch path calls too). Transient memory: one level's value
-  copy, grid and sampled values at a time. These buffers live inside the op: a dispatch-mode
+  gradients (what autograd of the PyTorch path calls too). Transient memory: one level's grid and
+  sampled values at a time (forward), plus one level's value copy (backward). These buffers live inside the op: a dispatch-mode
   tracker (LiveTensorTracker) sees the op's outputs only, i.e. what the compiled kernel allocates.
 - "cuda_ext": on CUDA, when a module named `MultiScaleDeformableAttention` with the originals'
   `ms_deform_attn_forward` / `ms_deform_attn_backward` is importable (their `models/ops` built
@@ -180,17 +181,27 @@ def check_shapes(value: Tensor, spatial_shapes: Tensor, level_start_index: Tenso
 # -- forward -----------------------------------------------------------------------------------
 def pytorch_forward(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor, sampling_locations: Tensor,
                     attention_weights: Tensor) -> Tensor:
-    """The PyTorch implementation: level by level, no graph. -> (N, Lq, M*D)."""
+    """The PyTorch implementation: level by level and image by image, no graph. -> (N, Lq, M*D).
+
+    Each image's level map is sampled through a strided view (M, D, H, W) of value (channels
+    innermost in memory), not a (N*M, D, H, W) copy: the same arithmetic, bit for bit, about
+    twice as fast on CPU (benchmarks/ms_deform_attn.py).
+    """
     n, _, m, d = value.shape
     lq = sampling_locations.shape[1]
     with torch.no_grad():
-        acc = value.new_zeros(n * m, d, lq)
+        acc = value.new_zeros(n, m, d, lq)
         for lvl, (h, w, start) in enumerate(_levels(spatial_shapes, level_start_index)):
-            sampled = F.grid_sample(_value_level(value, h, w, start), _grid_level(sampling_locations, lvl),
-                                    mode="bilinear", padding_mode="zeros", align_corners=False)  # (N*M, D, Lq, P)
-            acc += (sampled * _weights_level(attention_weights, lvl)).sum(-1)  # (N*M, D, Lq)
-            del sampled
-        # (N*M, D, Lq) -> (N, M*D, Lq) -> (N, Lq, M*D)
+            grid = _grid_level(sampling_locations, lvl).view(n, m, lq, -1, 2)  # (N, M, Lq, P, 2)
+            weights = _weights_level(attention_weights, lvl).view(n, m, 1, lq, -1)  # (N, M, 1, Lq, P)
+            for b in range(n):
+                # (HW, M, D) -> (M, D, HW) -> (M, D, H, W): a view
+                value_b = value[b, start:start + h * w].permute(1, 2, 0).unflatten(2, (h, w))
+                sampled = F.grid_sample(value_b, grid[b], mode="bilinear", padding_mode="zeros",
+                                        align_corners=False)  # (M, D, Lq, P)
+                acc[b] += (sampled * weights[b]).sum(-1)  # (M, D, Lq)
+                del sampled
+        # (N, M, D, Lq) -> (N, M*D, Lq) -> (N, Lq, M*D)
         return acc.view(n, m * d, lq).transpose(1, 2).contiguous()
 
 
