@@ -78,6 +78,16 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda v, l, a: op.ms_deform_attn(v, ss, lsi, l, a, 64), (value, loc, attn))
 
 
+def test_backward_calls_what_autograd_of_the_reference_calls_float64():
+    """Per level, grid_sampler_2d_backward on the same value map and grid: the same gradients."""
+    value, ss, lsi, loc, attn = inputs(grad=True, seed=4)
+    g = torch.randn(2, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    got = torch.autograd.grad(op.ms_deform_attn(value, ss, lsi, loc, attn, 64), (value, loc, attn), g)
+    want = torch.autograd.grad(ms_deform_attn_core(value, SHAPES, loc, attn), (value, loc, attn), g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
 def test_gradients_equal_the_reference_paths_float32():
     value, ss, lsi, loc, attn = inputs(n=2, lq=6, m=4, d=8, p=3, dtype=torch.float32, grad=True, seed=2)
     g = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(3))
