@@ -146,17 +146,17 @@ def test_fake_estimate_equals_the_real_tracked_step(msda):
 
 
 def test_records_say_which_implementation_ran():
-    from enact_bench import runner
+    from enact_bench.run import run_case
     from enact_bench.suites import Case
 
     case = dict(detector="deformable_detr_tiny", image_size=(64, 96), batch_size=1, iters=1, warmup=1,
                 device="cpu", cpu_threads=1, mode="train")
-    r = runner.run_case(Case(**case), run_id="t", suite="unit")
+    r = run_case(Case(**case), run_id="t", suite="unit")
     assert r.status == "ok", r.error
     assert r.metrics["msda_impl"] == "pytorch_op" and r.case["attention"] == "ms_deform_attn_op"
     assert r.metrics["flops_uncounted_ops"] == []
-    r = runner.run_case(Case(**case, overrides={"msda": "pytorch"}), run_id="t", suite="unit")
+    r = run_case(Case(**case, overrides={"msda": "pytorch"}), run_id="t", suite="unit")
     assert r.metrics["msda_impl"] == "pytorch_reference" and r.case["attention"] == "ms_deform_attn_pytorch"
     assert "aten.grid_sampler_2d" in r.metrics["flops_uncounted_ops"]  # the reference path's sampling
-    r = runner.run_case(Case(**{**case, "detector": "detr_tiny"}), run_id="t", suite="unit")
+    r = run_case(Case(**{**case, "detector": "detr_tiny"}), run_id="t", suite="unit")
     assert r.metrics["msda_impl"] is None and "deformable" in r.null_reasons["msda_impl"]
