@@ -82,6 +82,7 @@ def measure_case(case: Case, metrics: dict, reasons: dict, record_case: dict) ->
     from enact_bench.measure.memory import CpuPeakMemory, CudaPeakMemory, NvmlSampler, rss_peak_mib
     from enact_bench.measure.step_probe import OpRecorder, SavedTensorCounter, attention_paths
     from enact_bench.measure.timing import StepTimer, summarize_ms, time_steps
+    from enact_bench.detectors.common.ms_deform_attn_op import msda_impl_metric, reset_msda_impls
 
     device = torch.device(case.device)
     torch.manual_seed(case.seed)
@@ -119,9 +120,11 @@ def measure_case(case: Case, metrics: dict, reasons: dict, record_case: dict) ->
         cuda_mem = CudaPeakMemory(device)
         cpu_mem = CpuPeakMemory() if device.type == "cpu" else None
         ops = OpRecorder()
+        reset_msda_impls()
         with cuda_mem, (cpu_mem or contextlib.nullcontext()), hooks, ops:
             steps.step()
         metrics["attention_paths"] = attention_paths(ops.ops)
+        msda_impl_metric(metrics, reasons)
     finally:
         sampler.stop()
     metrics.update(cuda_mem.fields)
@@ -170,6 +173,7 @@ def measure_case_fake(case: Case, metrics: dict, reasons: dict, record_case: dic
     real-memory fields are null with the reason."""
     import torch
 
+    from enact_bench.detectors.common.ms_deform_attn_op import msda_impl_metric, reset_msda_impls
     from enact_bench.measure.estimate import estimate_train_step
 
     if case.mode != "train":
@@ -184,6 +188,7 @@ def measure_case_fake(case: Case, metrics: dict, reasons: dict, record_case: dic
     _model_fields(model, record_case)
     clip = case_steps_mod.clip_norm_of(case, model, default=0.1)
     record_case["target"] = case.target
+    reset_msda_impls()
     if case.target == "cpu":  # today's figures, byte for byte (the CI gate's baseline)
         m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
                                 num_classes=case.num_classes, clip_max_norm=clip or 0.0)
@@ -201,6 +206,7 @@ def measure_case_fake(case: Case, metrics: dict, reasons: dict, record_case: dic
                                 arch=CudaArch(*gpu.compute_capability) if gpu else CudaArch())
         metrics.update(predicted_gpu_fields(m, gpu, reasons))
     metrics.update(m.metrics())
+    msda_impl_metric(metrics, reasons)
     if not case.flops:
         for k in ("gflops_fwd", "gflops_fwd_bwd", "gmacs_fwd"):
             metrics[k] = None
