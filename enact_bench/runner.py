@@ -87,10 +87,13 @@ def _autocast(case: Case, device):
     return torch.autocast(device_type=device.type, dtype=getattr(torch, case.dtype))
 
 
-def _make_steps(case: Case, model, device, holder: dict):
-    """Return (step, forward_only, forward_backward) closures over holder["batch"]."""
+def _make_steps(case: Case, model, device, holder: dict, forward=None):
+    """Return (step, forward_only, forward_backward) closures over holder["batch"].
+    `forward`: the module the measured step calls (a DistributedDataParallel wrapper of `model`
+    under torchrun); FLOPs passes call `model` itself, so they start no collective."""
     import torch
 
+    forward = forward or model
     amp = lambda: _autocast(case, device)  # noqa: E731
     if case.mode == "train":
         model.train()
@@ -99,15 +102,15 @@ def _make_steps(case: Case, model, device, holder: dict):
         opt = torch.optim.AdamW(model.param_groups(), **model.default_optimizer_kwargs)
         clip = case.clip_max_norm if case.clip_max_norm is not None else getattr(model, "grad_clip_max_norm", None)
 
-        def loss_of_batch():
+        def loss_of_batch(module=model):
             b = holder["batch"]
             with amp():
-                out = model(b.images, targets=b.targets)
+                out = module(b.images, targets=b.targets)
                 losses = criterion(out, b.targets)
                 return sum(losses[k] * weights[k] for k in losses if k in weights)
 
         def step():
-            loss = loss_of_batch()
+            loss = loss_of_batch(forward)
             opt.zero_grad(set_to_none=True)  # after the forward, as the released trainers
             loss.backward()
             if clip:
@@ -130,7 +133,7 @@ def _make_steps(case: Case, model, device, holder: dict):
     def infer():
         b = holder["batch"]
         with torch.no_grad(), amp():
-            out = model(b.images)
+            out = forward(b.images)
             model.postprocess(out, b.sizes)
 
     def forward_only():
@@ -160,7 +163,12 @@ def _enact_metrics(model, metrics: dict, reasons: dict) -> None:
             metrics[mk] = values
 
 
-def _measure(case: Case, metrics: dict, reasons: dict, record_case: dict) -> None:
+def _measure(case: Case, metrics: dict, reasons: dict, record_case: dict, *, wrap=None,
+             source=None) -> None:
+    """The single-process protocol. Under torchrun (run/ddp_worker.py) each rank calls it with
+    `wrap` (model -> its DistributedDataParallel wrapper) and its own `source`. Every rank runs
+    every pass, FLOPs and evaluation hooks included: the criterion all-reduces its box count
+    across ranks (as the originals'), so a pass on one rank alone would wait forever."""
     import torch
 
     from enact_bench.data.sources import make_data_source
@@ -182,7 +190,7 @@ def _measure(case: Case, metrics: dict, reasons: dict, record_case: dict) -> Non
     metrics["params"] = sum(p.numel() for p in model.parameters())
     metrics["params_trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    source = make_data_source(case)
+    source = source if source is not None else make_data_source(case)
     record_case.update(getattr(source, "record_fields", {}))  # e.g. the COCO root and annotation file
     holder: dict = {}
 
@@ -192,7 +200,8 @@ def _measure(case: Case, metrics: dict, reasons: dict, record_case: dict) -> Non
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    step, forward_only, forward_backward = _make_steps(case, model, device, holder)
+    step, forward_only, forward_backward = _make_steps(case, model, device, holder,
+                                                       forward=wrap(model) if wrap else None)
 
     sampler = NvmlSampler(device).start()
     try:

@@ -13,6 +13,11 @@ flow. Fake tensors cannot carry data-dependent shapes, so ENACT needs a fixed cl
 (EnactConfig(cluster_size=k)) and the Hungarian matcher is replaced by a fixed assignment of
 the same size (query i <-> target i): the loss's share of memory is tiny and the sizes of all
 matched tensors are unchanged.
+
+`ddp=True` predicts one DistributedDataParallel rank: DDP's gradient buckets (measure/ddp.py:
+the bytes of the trainable parameters, in the layout DDP rebuilds them to) are alive through the
+whole step, so they are counted in with the parameters. The rank's batch is the same size as a
+single process's (the originals' batch size is per GPU).
 """
 from __future__ import annotations
 
@@ -149,6 +154,7 @@ class StepMeasure:
     fake: bool
     seconds: float
     ops: set[str] = field(default_factory=set, repr=False)
+    ddp_bucket_bytes: int | None = None  # ddp=True: DDP's gradient buckets, counted in start_bytes
 
     @property
     def peak_mib(self) -> float:
@@ -172,6 +178,7 @@ class StepMeasure:
             "params": self.params,
             "params_trainable": self.params_trainable,
             "attention_paths": self.attention_paths,
+            **({"ddp_bucket_bytes": self.ddp_bucket_bytes} if self.ddp_bucket_bytes is not None else {}),
         }
 
 
@@ -217,13 +224,19 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
 
 
 def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, optimizer=None,
-                       clip_max_norm: float = 0.1, fake: bool = False) -> StepMeasure:
-    """Warm-up step, then the measured (second) step. Call under FakeTensorMode for fake tensors."""
+                       clip_max_norm: float = 0.1, fake: bool = False, ddp: bool = False) -> StepMeasure:
+    """Warm-up step, then the measured (second) step. Call under FakeTensorMode for fake tensors.
+    ddp=True: DDP's gradient buckets are alive through the step (one rank's memory)."""
     t0 = time.perf_counter()
     model.train()
     criterion.train()
     optimizer = optimizer or make_optimizer(model)
     train_step(model, criterion, optimizer, batch, clip_max_norm)  # creates grads + optimizer state
+    if ddp:
+        from enact_bench.measure.ddp import make_bucket_tensors
+        buckets = make_bucket_tensors(model)  # alive until this function returns
+    else:
+        buckets = []
 
     params = list(model.parameters())
     saved = SavedTensorCounter(exclude=params + list(model.buffers()))
@@ -239,7 +252,7 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
         return stack
 
     with LiveTensorTracker(count_existing=False) as tracker:
-        for t in _live_before_step(model, optimizer, batch):
+        for t in _live_before_step(model, optimizer, batch) + buckets:
             tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
         start = tracker.current_bytes
         tracker.reset_peak()
@@ -253,13 +266,15 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
         params=sum(p.numel() for p in params),
         params_trainable=sum(p.numel() for p in params if p.requires_grad),
         fake=fake, seconds=time.perf_counter() - t0, ops=recorder.ops,
+        ddp_bucket_bytes=sum(b.untyped_storage().nbytes() for b in buckets) if ddp else None,
     )
 
 
 def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
                         image_size: tuple[int, int], *, num_targets: int = 6, num_classes: int = 91,
-                        clip_max_norm: float = 0.1) -> StepMeasure:
+                        clip_max_norm: float = 0.1, ddp: bool = False) -> StepMeasure:
     """Full-size peak without allocating: `model` (built on CPU) is made fake in place.
+    ddp=True: the peak of one DistributedDataParallel rank (its gradient buckets added).
 
     The criterion's matcher is replaced by a fixed assignment; ENACT modules must have a fixed
     cluster size, or the forward fails on a data-dependent shape.
@@ -270,11 +285,11 @@ def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
     fake_model(criterion, mode)  # e.g. DETR's empty_weight buffer
     with mode:
         batch = make_batch(batch_size, image_size, num_targets, num_classes)
-        return measure_train_step(model, criterion, batch, clip_max_norm=clip_max_norm, fake=True)
+        return measure_train_step(model, criterion, batch, clip_max_norm=clip_max_norm, fake=True, ddp=ddp)
 
 
 def estimate_detector(name: str, batch_size: int, image_size: tuple[int, int], *, enact=False,
-                      num_targets: int = 6, overrides: dict | None = None) -> StepMeasure:
+                      num_targets: int = 6, overrides: dict | None = None, ddp: bool = False) -> StepMeasure:
     """`estimate_train_step` for a registered detector (random weights; ENACT needs cluster_size)."""
     from enact_bench.detectors import create_detector
 
@@ -283,7 +298,7 @@ def estimate_detector(name: str, batch_size: int, image_size: tuple[int, int], *
     clip = getattr(model, "grad_clip_max_norm", None) or 0.0
     return estimate_train_step(model, model.build_criterion(), batch_size, image_size,
                                num_targets=num_targets, num_classes=model.num_classes if hasattr(model, "num_classes") else 91,
-                               clip_max_norm=clip)
+                               clip_max_norm=clip, ddp=ddp)
 
 
 FAKE_NOT_MEASURED = (
@@ -319,7 +334,7 @@ def measure_case_fake(case, metrics: dict, reasons: dict, record_case: dict) -> 
     record_case["enact_config"] = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
     clip = case.clip_max_norm if case.clip_max_norm is not None else getattr(model, "grad_clip_max_norm", 0.1)
     m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
-                            num_classes=case.num_classes, clip_max_norm=clip or 0.0)
+                            num_classes=case.num_classes, clip_max_norm=clip or 0.0, ddp=case.ddp)
     metrics.update(m.metrics())
     stats = model.enact_stats() if hasattr(model, "enact_stats") else []
     for mk, sk in (("enact_cluster_size", "cluster_size"), ("enact_key_len_before", "key_len_before"),
