@@ -446,7 +446,12 @@ def run_suite(suite: Suite, run_dir: Path, run_id: str, *, inline: bool = False,
         for i, case in enumerate(todo):
             if on_start:
                 on_start(i, len(todo), case)
-            if inline or _needs_missing_cuda(case):  # a skipped case needs no subprocess
+            if case.launcher == "torchrun":  # DDP ranks under torchrun (run/torchrun.py), even inline
+                from enact_bench.run.torchrun import add_scaling_efficiency, run_case_torchrun
+                rec = run_case_torchrun(case, run_dir, run_id=run_id, suite=suite.name, timeout_s=timeout_s)
+                from enact_bench.records import latest_by_case
+                add_scaling_efficiency(rec, latest_by_case(read_records(records_path)) if records_path.exists() else {})
+            elif inline or _needs_missing_cuda(case):  # a skipped case needs no subprocess
                 rec = run_case(case, run_id=run_id, suite=suite.name)
             else:
                 rec = run_case_subprocess(case, run_dir, run_id=run_id, suite=suite.name, timeout_s=timeout_s)

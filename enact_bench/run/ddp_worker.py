@@ -18,9 +18,10 @@ torch.distributed.launch and wrapped in DistributedDataParallel):
   criterion all-reduces its box count; the record keeps rank 0's);
 - rank 0 gathers every rank's figures (dist.gather_object) and writes the one record.
 
-A rank that fails writes DIR/rank<R>.json ({"status": "oom" | "error", "error": ...}) and exits 1;
-torchrun then stops the other ranks and the launcher (run/torchrun.py) turns that file into the
-case's record. Every rank writes its pid to DIR/rank<R>.pid first, so the launcher can make sure
+A rank that fails writes DIR/rank<R>.json ({"status": "oom" | "error", "error": ..., "time": ...})
+and exits 1; torchrun then stops the other ranks and the launcher (run/torchrun.py) turns the
+first of those files into the case's record (the other ranks' collectives fail after it, with
+"connection closed by peer"). Every rank writes its pid to DIR/rank<R>.pid first, so the launcher can make sure
 that no rank outlives the case.
 
 For tests, ENACT_BENCH_FAULT="KIND@rankR" makes rank R fail in its first training step: KIND is
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = f"rank {rank}: {type(e).__name__}: {e}"
         if status == "error":
             msg += "\n" + "".join(traceback.format_exception(e)[-6:])
-        _write_json(work / f"rank{rank}.json", {"rank": rank, "status": status, "error": msg})
+        _write_json(work / f"rank{rank}.json", {"rank": rank, "status": status, "error": msg, "time": time.time()})
         print(msg, file=sys.stderr, flush=True)
         return 1
     if rank == 0:

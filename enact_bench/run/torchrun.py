@@ -18,8 +18,9 @@ their pids; the launcher also reads torchrun's children from /proc), waits a gra
 SIGKILLs whatever is left. Ctrl-C and SIGTERM are re-raised as KeyboardInterrupt afterwards, so
 the suite stops with its finished records kept.
 
-Outcome: rank 0's record file; else the first rank failure file (an `oom` on any rank makes the
-case oom, otherwise the failing rank's message is the error); else torchrun's exit status and the
+Outcome: rank 0's record file; else the ranks' failure files (an `oom` on any rank makes the
+case oom, otherwise the earliest failure's message is the error: the others' collectives fail
+after it); else torchrun's exit status and the
 end of its log.
 """
 from __future__ import annotations
@@ -187,7 +188,7 @@ def run_case_torchrun(case: Case, run_dir: Path, *, run_id: str, suite: str,
     logs = run_dir / "logs"
     work.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
-    for f in list(work.glob("rank*")):
+    for f in list(work.glob("rank*")) + list(work.glob("torchrun.pid")):
         f.unlink()
     case_file, record_file = run_dir / "cases" / f"{name}.json", run_dir / "cases" / f"{name}.record.json"
     log_file = logs / f"{name}.log"
@@ -204,6 +205,7 @@ def run_case_torchrun(case: Case, run_dir: Path, *, run_id: str, suite: str,
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env,
                                 start_new_session=True)
+        (work / "torchrun.pid").write_text(str(proc.pid))
         try:
             with _sigterm_as_interrupt():
                 try:
@@ -231,6 +233,7 @@ def run_case_torchrun(case: Case, run_dir: Path, *, run_id: str, suite: str,
             failures.append(json.loads(f.read_text()))
         except (OSError, ValueError):
             continue
+    failures.sort(key=lambda f: f.get("time", float("inf")))  # the first failure is the cause
     tail = "\n".join(log_file.read_text(errors="replace").strip().splitlines()[-15:])
     if timed_out:
         return _failure_record(case, run_id, suite, "error", f"timed out after {timeout_s} s; all ranks stopped\n{tail}",
@@ -246,3 +249,28 @@ def run_case_torchrun(case: Case, run_dir: Path, *, run_id: str, suite: str,
     rc = proc.returncode
     why = f"torchrun exited with code {rc}" if rc >= 0 else f"torchrun killed by signal {-rc}"
     return _failure_record(case, run_id, suite, "error", f"{why}\n{tail}", started, t0)
+
+
+def scaling_baseline_ids(case: Case) -> list[str]:
+    """case_ids of the same configuration on one process, in order of preference: torchrun with
+    nproc = 1 (DDP's own overhead included), then the plain process launcher."""
+    import dataclasses
+    one = dataclasses.replace(case, nproc=1, nnodes=1, node_rank=0, rdzv_endpoint=None)
+    return [one.case_id, dataclasses.replace(one, launcher="process").case_id]
+
+
+def add_scaling_efficiency(rec: Record, earlier: dict[str, Record]) -> None:
+    """scaling_efficiency = global images/s / (world size x images/s of the same case at
+    nproc = 1), when such a case ended ok earlier in the run (`earlier`: case_id -> record)."""
+    if rec.status != "ok" or rec.case.get("launcher") != "torchrun":
+        return
+    ws, ips = rec.metrics.get("world_size"), rec.metrics.get("images_per_s")
+    for cid in scaling_baseline_ids(Case.from_dict(rec.case)):
+        base = earlier.get(cid)
+        if cid == rec.case_id or base is None or base.status != "ok" or not base.metrics.get("images_per_s"):
+            continue
+        if ws and ips:
+            rec.metrics["scaling_efficiency"] = ips / (ws * base.metrics["images_per_s"])
+            rec.metrics["scaling_baseline_case_id"] = cid
+            rec.null_reasons.pop("scaling_efficiency", None)
+        return
