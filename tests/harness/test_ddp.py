@@ -226,11 +226,24 @@ def _all_pids(run_dir: Path) -> list[int]:
     return [int(f.read_text()) for f in work.glob("*.pid")]
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, status, says", [("oom", "oom", "rank 1: OutOfMemoryError"),
-                                                ("error", "error", "rank 1: RuntimeError: ENACT_BENCH_FAULT")])
-def test_a_failing_rank_decides_the_case(tmp_path, kind, status, says):
-    rec = run_case_torchrun(_torchrun_case(), tmp_path, run_id="f", suite="t", timeout_s=240,
+@pytest.mark.parametrize("kind, status, says, rendezvous", [
+    ("oom", "oom", "rank 1: OutOfMemoryError", "standalone"),
+    # the multi-node options on one node: torchrun's static rendezvous at a given host:port
+    ("error", "error", "rank 1: RuntimeError: ENACT_BENCH_FAULT", "endpoint"),
+])
+def test_a_failing_rank_decides_the_case(tmp_path, kind, status, says, rendezvous):
+    extra = {"nnodes": 1, "node_rank": 0, "rdzv_endpoint": f"127.0.0.1:{_free_port()}"} if rendezvous == "endpoint" else {}
+    case = _torchrun_case(**extra)
+    assert ("--standalone" in torchrun_command(case, [])) == (rendezvous == "standalone")
+    rec = run_case_torchrun(case, tmp_path, run_id="f", suite="t", timeout_s=240,
                             env={"ENACT_BENCH_FAULT": f"{kind}@rank1"})
     assert rec.status == status and says in rec.error, rec.error
     pids = _all_pids(tmp_path)
