@@ -154,6 +154,10 @@ class StepMeasure:
     fake: bool
     seconds: float
     ops: set[str] = field(default_factory=set, repr=False)
+    # filled when asked for (breakdown=True / record_events=True): measure/breakdown.py's
+    # PeakBreakdown, and the ordered ("alloc" | "free", key, nbytes) stream for measure/allocator.replay
+    breakdown: object | None = field(default=None, repr=False)
+    events: list | None = field(default=None, repr=False)
     ddp_bucket_bytes: int | None = None  # ddp=True: DDP's gradient buckets, counted in start_bytes
 
     @property
@@ -224,9 +228,13 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
 
 
 def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, optimizer=None,
-                       clip_max_norm: float = 0.1, fake: bool = False, ddp: bool = False) -> StepMeasure:
+                       clip_max_norm: float = 0.1, fake: bool = False, breakdown: bool = False,
+                       record_events: bool = False, ddp: bool = False) -> StepMeasure:
     """Warm-up step, then the measured (second) step. Call under FakeTensorMode for fake tensors.
-    ddp=True: DDP's gradient buckets are alive through the step (one rank's memory)."""
+
+    breakdown=True also attributes the peak (measure/breakdown.py) and implies record_events; the
+    figures measured are the same either way. ddp=True: DDP's gradient buckets are alive through
+    the step (one rank's memory)."""
     t0 = time.perf_counter()
     model.train()
     criterion.train()
@@ -239,7 +247,12 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
         buckets = []
 
     params = list(model.parameters())
-    saved = SavedTensorCounter(exclude=params + list(model.buffers()))
+    attribution = None
+    if breakdown:
+        from enact_bench.measure.breakdown import StepAttribution
+        attribution = StepAttribution(model, criterion, optimizer, batch, fake=fake)
+    saved = SavedTensorCounter(exclude=params + list(model.buffers()),
+                               on_save=attribution.note_saved if attribution else None)
     recorder = OpRecorder()
     flops_fwd = FlopCounterMode(display=False)
     flops_bwd = FlopCounterMode(display=False)
@@ -251,13 +264,23 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
         stack.enter_context(flops_fwd)
         return stack
 
-    with LiveTensorTracker(count_existing=False) as tracker:
+    backward_ctx = lambda: flops_bwd  # noqa: E731
+    if attribution is not None:
+        tracker_cm = attribution.tracker
+        fwd_inner, bwd_inner = forward_ctx, backward_ctx
+        forward_ctx = lambda: attribution.forward(fwd_inner)  # noqa: E731
+        backward_ctx = lambda: attribution.backward(bwd_inner)  # noqa: E731
+    else:
+        tracker_cm = LiveTensorTracker(count_existing=False, record_events=record_events)
+    with tracker_cm as tracker:
         for t in _live_before_step(model, optimizer, batch) + buckets:
             tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
         start = tracker.current_bytes
         tracker.reset_peak()
+        if attribution is not None:
+            attribution.begin()
         train_step(model, criterion, optimizer, batch, clip_max_norm,
-                   forward_ctx=forward_ctx, backward_ctx=lambda: flops_bwd)
+                   forward_ctx=forward_ctx, backward_ctx=backward_ctx)
     fwd = flops_fwd.get_total_flops()
     return StepMeasure(
         peak_bytes=tracker.peak_bytes, start_bytes=start, end_bytes=tracker.end_bytes,
@@ -266,13 +289,15 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
         params=sum(p.numel() for p in params),
         params_trainable=sum(p.numel() for p in params if p.requires_grad),
         fake=fake, seconds=time.perf_counter() - t0, ops=recorder.ops,
+        breakdown=attribution.result() if attribution is not None else None, events=tracker.events,
         ddp_bucket_bytes=sum(b.untyped_storage().nbytes() for b in buckets) if ddp else None,
     )
 
 
 def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
                         image_size: tuple[int, int], *, num_targets: int = 6, num_classes: int = 91,
-                        clip_max_norm: float = 0.1, ddp: bool = False) -> StepMeasure:
+                        clip_max_norm: float = 0.1, breakdown: bool = False,
+                        record_events: bool = False, ddp: bool = False) -> StepMeasure:
     """Full-size peak without allocating: `model` (built on CPU) is made fake in place.
     ddp=True: the peak of one DistributedDataParallel rank (its gradient buckets added).
 
@@ -285,7 +310,8 @@ def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
     fake_model(criterion, mode)  # e.g. DETR's empty_weight buffer
     with mode:
         batch = make_batch(batch_size, image_size, num_targets, num_classes)
-        return measure_train_step(model, criterion, batch, clip_max_norm=clip_max_norm, fake=True, ddp=ddp)
+        return measure_train_step(model, criterion, batch, clip_max_norm=clip_max_norm, fake=True,
+                                  breakdown=breakdown, record_events=record_events, ddp=ddp)
 
 
 def estimate_detector(name: str, batch_size: int, image_size: tuple[int, int], *, enact=False,
