@@ -284,3 +284,19 @@ def test_sigterm_to_the_run_ends_every_rank(tmp_path):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out.decode()  # interrupted: finished records kept
     assert not any(alive(p) for p in pids)
+
+
+@pytest.mark.parametrize("name", ["dino_tiny", "deformable_detr_tiny_two_stage"])
+def test_every_trainable_parameter_gets_a_gradient(name):
+    # DDP with find_unused_parameters=False (the originals' setting, ours) fails from the second
+    # iteration on if a trainable parameter takes no part in the loss
+    from enact_bench.data.synthetic import SyntheticSource
+    from enact_bench.detectors import create_detector
+
+    torch.manual_seed(0)
+    model = create_detector(name).train()
+    crit = model.build_criterion()
+    b = SyntheticSource(batch_size=1, num_classes=91, seed=0, image_size=(64, 80), size_dist=None, train=True).batch(0)
+    losses = crit(model(b.images, targets=b.targets), b.targets)
+    sum(losses[k] * crit.weight_dict[k] for k in losses if k in crit.weight_dict).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
