@@ -13,7 +13,7 @@ torch.distributed.launch and wrapped in DistributedDataParallel):
   find_unused_parameters=False (DINO's --find_unused_params is off unless given);
 - reads its own batches: synthetic ones seeded with seed + rank; COCO/toy through a
   DistributedSampler shard;
-- measures exactly the single-process protocol (runner._measure): warm-up, timed steps, one
+- measures exactly the single-process protocol (run/case.py measure_case): warm-up, timed steps, one
   step with the memory trackers around it, FLOPs and evaluation hooks (on every rank, since the
   criterion all-reduces its box count; the record keeps rank 0's);
 - rank 0 gathers every rank's figures (dist.gather_object) and writes the one record.
@@ -38,15 +38,14 @@ import time
 import traceback
 from pathlib import Path
 
-# per-rank figures: the list under NAME_per_rank, the record's NAME is their maximum
+# per-rank figures (enact_bench/metrics.py has them as NAME_per_rank); the record's NAME of
+# MAX_OVER_RANKS is their maximum
 MAX_OVER_RANKS = ("mem_peak_alloc_mib", "mem_peak_reserved_mib", "nvml_device_used_peak_mib",
                   "nvml_process_used_peak_mib", "cpu_tracked_peak_bytes", "cpu_tracked_peak_mib",
                   "rss_peak_mib")
 PER_RANK = MAX_OVER_RANKS + ("cpu_tracked_start_bytes", "step_ms_p50", "first_step_ms", "images_per_s")
 STEP_FIELDS = ("step_ms_p50", "step_ms_p10", "step_ms_p25", "step_ms_p75", "step_ms_p90", "step_ms_mean",
                "step_ms_iqr", "step_count")
-DDP_METRIC_KEYS = ("world_size", "world_batch_size", "slowest_rank", "peak_rank", "ddp_bucket_bytes",
-                   "ddp_bucket_count", "scaling_efficiency") + tuple(f"{k}_per_rank" for k in PER_RANK)
 
 
 def combine_ranks(per_rank: list[dict], batch_size: int) -> tuple[dict, dict]:
@@ -86,7 +85,8 @@ def combine_ranks(per_rank: list[dict], batch_size: int) -> tuple[dict, dict]:
     else:
         metrics["slowest_rank"] = None
         reasons["slowest_rank"] = "no step time on every rank"
-    metrics.setdefault("scaling_efficiency", None)
+    metrics["scaling_efficiency"] = metrics["scaling_baseline_case_id"] = None
+    reasons["scaling_baseline_case_id"] = "no scaling efficiency"
     reasons.setdefault("scaling_efficiency", "no case with nproc = 1 and otherwise the same configuration "
                                              "ran before this one in the run")
     return metrics, reasons
@@ -126,8 +126,8 @@ def run_rank(case, rank: int, local_rank: int, world: int) -> dict:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from enact_bench import runner
     from enact_bench.measure.ddp import reducer_bucket_bytes
+    from enact_bench.run import case as case_mod
     from enact_bench.records import capture_env
 
     if case.cpu_threads:
@@ -145,28 +145,32 @@ def run_rank(case, rank: int, local_rank: int, world: int) -> dict:
     torch.backends.cudnn.benchmark = case.cudnn_benchmark
     env = capture_env(str(device))
 
-    metrics = {k: None for k in runner.METRIC_KEYS}
+    from enact_bench import metrics as metrics_schema
+    metrics = {k: None for k in metrics_schema.record_metric_names(torchrun=True)}
     reasons: dict[str, str] = {}
     record_case = case.to_dict()
     record_case["dist_backend"] = dist.get_backend()
     holder: dict = {}
     fault = _fault(os.environ.get("ENACT_BENCH_FAULT"), rank)
 
+    class DetectorDDP(DistributedDataParallel):
+        """DDP of a detector that also post-processes (the originals call it on the unwrapped
+        model, `model_without_ddp`); nothing else differs from DistributedDataParallel."""
+
+        def postprocess(self, *args, **kwargs):
+            return self.module.postprocess(*args, **kwargs)
+
     def wrap(model):
-        ddp = DistributedDataParallel(model, device_ids=[local_rank] if cuda else None)
+        ddp = DetectorDDP(model, device_ids=[local_rank] if cuda else None)
         holder["ddp"] = ddp
-        if fault is None:
-            return ddp
+        if fault is not None:
+            ddp.register_forward_pre_hook(lambda module, args: fault())
+        return ddp
 
-        def faulty(*args, **kwargs):
-            fault()
-            return ddp(*args, **kwargs)
-        return faulty
-
-    # torch.manual_seed(case.seed) inside _measure: the originals seed with seed + rank
+    # torch.manual_seed(case.seed) inside measure_case: the originals seed with seed + rank
     case_for_rank = dataclasses.replace(case, seed=case.seed + rank)
-    runner._measure(case_for_rank, metrics, reasons, record_case, wrap=wrap,
-                    source=_rank_source(case, rank, world))
+    case_mod.measure_case(case_for_rank, metrics, reasons, record_case, wrap=wrap,
+                          source=_rank_source(case, rank, world))
     record_case["seed"] = case.seed  # the record states the case's seed; rank r used seed + r
     if case.mode == "train":
         buckets = reducer_bucket_bytes(holder["ddp"])
@@ -195,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     (work / f"rank{rank}.pid").write_text(str(os.getpid()))
 
     from enact_bench.records import Record, utc_now
-    from enact_bench.runner import _is_oom
+    from enact_bench.run.case import is_oom
     from enact_bench.suites import Case
 
     spec = json.loads(Path(args.case_json).read_text())
@@ -207,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         gathered = [None] * world if rank == 0 else None
         dist.gather_object(mine, gathered, dst=0)
     except Exception as e:  # noqa: BLE001 -- this rank's failure is the case's result
-        status = "oom" if _is_oom(e) else "error"
+        status = "oom" if is_oom(e) else "error"
         msg = f"rank {rank}: {type(e).__name__}: {e}"
         if status == "error":
             msg += "\n" + "".join(traceback.format_exception(e)[-6:])

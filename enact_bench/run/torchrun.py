@@ -15,8 +15,8 @@ torchrun runs in its own session (process group). Its workers each get a session
 by pid, not by group alone: on a timeout, Ctrl-C or SIGTERM the launcher sends SIGTERM to
 torchrun's group (torchrun passes it to its workers) and to every rank it knows (the ranks write
 their pids; the launcher also reads torchrun's children from /proc), waits a grace period, then
-SIGKILLs whatever is left. Ctrl-C and SIGTERM are re-raised as KeyboardInterrupt afterwards, so
-the suite stops with its finished records kept.
+SIGKILLs whatever is left. Ctrl-C (and SIGTERM, which run/suite_run.py turns into a
+KeyboardInterrupt) is re-raised afterwards, so the suite stops with its finished records kept.
 
 Outcome: rank 0's record file; else the ranks' failure files (an `oom` on any rank makes the
 case oom, otherwise the earliest failure's message is the error: the others' collectives fail
@@ -31,7 +31,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from enact_bench.records import Record, utc_now
@@ -102,26 +101,6 @@ def rank_pids(work: Path) -> dict[int, int]:
     return pids
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM while a torchrun case runs: handled like Ctrl-C (stop all ranks, keep records)."""
-
-
-@contextmanager
-def _sigterm_as_interrupt():
-    import threading
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise _Terminated(f"signal {signum}")
-    before = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
-
-
 def stop(proc: subprocess.Popen, work: Path, grace_s: float = GRACE_S) -> None:
     """End torchrun and every rank: SIGTERM, a grace period, then SIGKILL."""
     pids = (_children(proc.pid) | set(rank_pids(work).values())) - {os.getpid()}
@@ -155,9 +134,9 @@ def stop(proc: subprocess.Popen, work: Path, grace_s: float = GRACE_S) -> None:
 
 
 def _failure_record(case: Case, run_id: str, suite: str, status: str, error: str, started: str, t0: float) -> Record:
-    from enact_bench.runner import METRIC_KEYS
+    from enact_bench.metrics import record_metric_names
     why = {"skipped": "case skipped"}.get(status, f"case ended with status {status}")
-    metrics = {k: None for k in METRIC_KEYS}
+    metrics = {k: None for k in record_metric_names(torchrun=True)}
     return Record(run_id=run_id, suite=suite, case_id=case.case_id, status=status,
                   case={**case.to_dict(), "attention": None}, metrics=metrics,
                   null_reasons={k: why for k in metrics}, error=error, started_at=started,
@@ -176,44 +155,39 @@ def precheck(case: Case) -> str | None:
 def run_case_torchrun(case: Case, run_dir: Path, *, run_id: str, suite: str,
                       timeout_s: float | None = None, env: dict | None = None,
                       grace_s: float = GRACE_S) -> Record:
-    from enact_bench.runner import _child_env, _safe_name
+    from enact_bench.run.launch import CasePaths, child_env
 
     started, t0 = utc_now(), time.perf_counter()
     skip = precheck(case)
     if skip:
         return _failure_record(case, run_id, suite, "skipped", skip, started, t0)
-    run_dir = Path(run_dir)
-    name = _safe_name(case.case_id)
-    work = run_dir / "cases" / f"{name}.ranks"
-    logs = run_dir / "logs"
+    paths = CasePaths.of(run_dir, case)
+    case_file, record_file, log_file = paths.case_file, paths.record_file, paths.log_file
+    work = case_file.with_suffix(".ranks")  # the ranks' pid and failure files
     work.mkdir(parents=True, exist_ok=True)
-    logs.mkdir(parents=True, exist_ok=True)
     for f in list(work.glob("rank*")) + list(work.glob("torchrun.pid")):
         f.unlink()
-    case_file, record_file = run_dir / "cases" / f"{name}.json", run_dir / "cases" / f"{name}.record.json"
-    log_file = logs / f"{name}.log"
     record_file.unlink(missing_ok=True)
     case_file.write_text(json.dumps({"case": case.to_dict(), "run_id": run_id, "suite": suite}, indent=1))
     cmd = torchrun_command(case, ["--case-json", str(case_file), "--record-out", str(record_file),
                                   "--work-dir", str(work)])
-    child_env = {**_child_env(), **(env or {})}
+    child_env_ = {**child_env(), **(env or {})}
     if not case.device.startswith("cuda"):
-        child_env.setdefault("OMP_NUM_THREADS", str(case.cpu_threads or 1))
+        child_env_.setdefault("OMP_NUM_THREADS", str(case.cpu_threads or 1))
     timed_out = False
     with open(log_file, "w") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env,
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env_,
                                 start_new_session=True)
         (work / "torchrun.pid").write_text(str(proc.pid))
         try:
-            with _sigterm_as_interrupt():
-                try:
-                    proc.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                    stop(proc, work, grace_s)
-        except KeyboardInterrupt:
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                stop(proc, work, grace_s)
+        except BaseException:  # Ctrl-C, or SIGTERM turned into KeyboardInterrupt by run/suite_run.py
             stop(proc, work, grace_s)
             raise
         finally:
@@ -273,4 +247,5 @@ def add_scaling_efficiency(rec: Record, earlier: dict[str, Record]) -> None:
             rec.metrics["scaling_efficiency"] = ips / (ws * base.metrics["images_per_s"])
             rec.metrics["scaling_baseline_case_id"] = cid
             rec.null_reasons.pop("scaling_efficiency", None)
+            rec.null_reasons.pop("scaling_baseline_case_id", None)
         return

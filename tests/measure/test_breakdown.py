@@ -88,9 +88,10 @@ def test_breakdown_sums_to_the_peak_and_matches_what_is_alive():
 
 def _adamw_state_of_twin(model, crit, batch):
     """AdamW state after two steps of a twin: (exp_avg, exp_avg_sq, step) per trainable parameter."""
-    from enact_bench.measure.estimate import make_optimizer, train_step
+    from enact_bench.measure.estimate import make_optimizer
+    from enact_bench.measure.steps import train_step
     opt = make_optimizer(model)
-    train_step(model, crit, opt, batch)
+    train_step(model, crit, opt, batch.images, batch.targets, mask=batch.mask, clip_max_norm=0.1)
     return [[v for v in st.values() if isinstance(v, torch.Tensor)] for st in opt.state.values()]
 
 
@@ -116,7 +117,7 @@ class _Toy(nn.Module):
         self.backbone = nn.Sequential(nn.Linear(256, 1024), nn.Tanh())
         self.class_embed = nn.Linear(1024, 8)
 
-    def forward(self, images, mask=None):
+    def forward(self, images, mask=None, targets=None):  # the detectors' signature (measure/steps.py)
         return {"pred": self.class_embed(self.backbone(images))}
 
 
