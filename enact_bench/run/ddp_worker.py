@@ -202,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     from enact_bench.run.case import is_oom
     from enact_bench.suites import Case
 
+    import importlib
+
+    from enact_bench.run.launch import CASE_IMPORTS_ENV
+    for name in filter(None, (m.strip() for m in os.environ.get(CASE_IMPORTS_ENV, "").split(","))):
+        importlib.import_module(name)  # the user's own detectors, sources, evaluations
     spec = json.loads(Path(args.case_json).read_text())
     case = Case.from_dict(spec["case"])
     started, t0 = utc_now(), time.perf_counter()
