@@ -194,6 +194,8 @@ def test_ddp_rank_peak_exceeds_the_single_process_by_the_bucket_bytes(smoke_reco
     single, ddp = smoke_records["process"], smoke_records["torchrun"]
     buckets = trainable_param_bytes(create_detector("detr_tiny"))
     assert ddp.metrics["ddp_bucket_bytes"] == buckets  # the reducer's own layout adds up to it
+    # the tracker found the buckets when the reducer first wrote into them (mul_out), not at the start
+    assert ddp.metrics["cpu_tracked_late_bytes"] == buckets and single.metrics["cpu_tracked_late_bytes"] == 0
     # rank 0 reads the single process's batch (seed + 0): the difference is DDP's buckets
     extra = ddp.metrics["cpu_tracked_peak_bytes_per_rank"][0] - single.metrics["cpu_tracked_peak_bytes"]
     assert extra == pytest.approx(buckets, rel=0.10)
