@@ -20,6 +20,11 @@ what the CPU runs, AdamW per tensor, SDPA as the CPU dispatches it. "cuda": what
 runs (measure/cuda_target.py): AdamW and gradient clipping with foreach, SDPA through the fused
 kernel CUDA would pick (output + logsumexp kept, dropout inside the kernel), and AdamW's step
 counters left out of the device memory (they live on the CPU unless capturable/fused).
+
+`ddp=True` predicts one DistributedDataParallel rank: DDP's gradient buckets (measure/ddp.py:
+the bytes of the trainable parameters, in the layout DDP rebuilds them to) are alive through the
+whole step, so they are counted in with the parameters. The rank's batch is the same size as a
+single process's (the originals' batch size is per GPU).
 """
 from __future__ import annotations
 
@@ -159,6 +164,7 @@ class StepMeasure:
     events: list | None = field(default=None, repr=False)
     input_bytes: int = 0  # the batch's share of start_bytes (images, mask, targets)
     breakdown: object | None = field(default=None, repr=False)
+    ddp_bucket_bytes: int | None = None  # ddp=True: DDP's gradient buckets, counted in start_bytes
 
     @property
     def peak_mib(self) -> float:
@@ -182,6 +188,7 @@ class StepMeasure:
             "params": self.params,
             "params_trainable": self.params_trainable,
             "attention_paths": self.attention_paths,
+            **({"ddp_bucket_bytes": self.ddp_bucket_bytes} if self.ddp_bucket_bytes is not None else {}),
         }
 
 
@@ -246,7 +253,7 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
                        clip_max_norm: float = 0.1, fake: bool = False, target: str = "cpu",
                        warmup: str = "step", count_flops: bool = True, record_events: bool = False,
                        arch: CudaArch = CudaArch(), autocast_dtype: str | None = None,
-                       probes: bool = True, breakdown: bool = False) -> StepMeasure:
+                       probes: bool = True, breakdown: bool = False, ddp: bool = False) -> StepMeasure:
     """Warm-up, then the measured step. Call under FakeTensorMode for fake tensors.
 
     warmup: "step" runs a first training step (creates gradients and optimizer state); "prime"
@@ -277,6 +284,11 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
             prime_optimizer_state(model, optimizer)
         if sdpa is not None:
             sdpa.counts.clear()  # count the measured step only
+        if ddp:  # DDP's gradient buckets, alive until this function returns
+            from enact_bench.measure.ddp import make_bucket_tensors
+            buckets = make_bucket_tensors(model)
+        else:
+            buckets = []
 
         params = list(model.parameters())
         attribution = None
@@ -310,7 +322,7 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
         else:
             tracker = LiveTensorTracker(count_existing=False, record_events=record_events)
         with tracker:
-            for t in _live_before_step(model, optimizer, batch, target):
+            for t in _live_before_step(model, optimizer, batch, target) + buckets:
                 tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
             start = tracker.current_bytes
             tracker.reset_peak()
@@ -332,6 +344,7 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
         sdpa_kernels=dict(sdpa.counts) if sdpa is not None else {},
         events=list(tracker.events) if record_events else None, input_bytes=_unique_bytes(batch.tensors()),
         breakdown=attribution.result() if attribution is not None else None,
+        ddp_bucket_bytes=sum(b.untyped_storage().nbytes() for b in buckets) if ddp else None,
     )
 
 
@@ -339,7 +352,7 @@ def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
                         image_size: tuple[int, int], *, num_targets: int = 6, num_classes: int = 91,
                         clip_max_norm: float = 0.1, target: str = "cpu", warmup: str = "step",
                         count_flops: bool = True, record_events: bool = False,
-                        arch: CudaArch = CudaArch(), breakdown: bool = False) -> StepMeasure:
+                        arch: CudaArch = CudaArch(), breakdown: bool = False, ddp: bool = False) -> StepMeasure:
     """Full-size peak without allocating: `model` (built on CPU) is made fake in place.
 
     The criterion's matcher is replaced by a fixed assignment; ENACT modules must have a fixed
@@ -354,12 +367,12 @@ def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
         batch = make_batch(batch_size, image_size, num_targets, num_classes)
         return measure_train_step(model, criterion, batch, clip_max_norm=clip_max_norm, fake=True, target=target,
                                   warmup=warmup, count_flops=count_flops, record_events=record_events, arch=arch,
-                                  breakdown=breakdown)
+                                  breakdown=breakdown, ddp=ddp)
 
 
 def estimate_detector(name: str, batch_size: int, image_size: tuple[int, int], *, enact=False,
                       num_targets: int = 6, overrides: dict | None = None, target: str = "cpu",
-                      warmup: str = "step", count_flops: bool = True) -> StepMeasure:
+                      warmup: str = "step", count_flops: bool = True, ddp: bool = False) -> StepMeasure:
     """`estimate_train_step` for a registered detector (random weights; ENACT needs cluster_size)."""
     from enact_bench.detectors import create_detector
 
@@ -368,7 +381,7 @@ def estimate_detector(name: str, batch_size: int, image_size: tuple[int, int], *
     clip = getattr(model, "grad_clip_max_norm", None) or 0.0
     return estimate_train_step(model, model.build_criterion(), batch_size, image_size,
                                num_targets=num_targets, num_classes=model.num_classes if hasattr(model, "num_classes") else 91,
-                               clip_max_norm=clip, target=target, warmup=warmup, count_flops=count_flops)
+                               clip_max_norm=clip, target=target, warmup=warmup, count_flops=count_flops, ddp=ddp)
 
 
 def predicted_gpu_fields(m: StepMeasure, gpu, reasons: dict) -> dict:

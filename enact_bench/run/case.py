@@ -72,8 +72,14 @@ def _enact_metrics(model, metrics: dict, reasons: dict, convert=lambda v: v) -> 
             metrics[mk] = values
 
 
-def measure_case(case: Case, metrics: dict, reasons: dict, record_case: dict) -> None:
-    """Real tensors: timing, memory trackers, FLOPs, ENACT statistics, evaluation hooks."""
+def measure_case(case: Case, metrics: dict, reasons: dict, record_case: dict, *, wrap=None,
+                 source=None) -> None:
+    """Real tensors: timing, memory trackers, FLOPs, ENACT statistics, evaluation hooks.
+
+    Under torchrun (run/ddp_worker.py) each rank calls it with `wrap` (model -> its
+    DistributedDataParallel wrapper, which the measured step calls) and its own `source`. Every
+    rank runs every pass, FLOPs and evaluation hooks included: the criterion all-reduces its box
+    count across ranks (as the originals'), so a pass on one rank alone would wait forever."""
     import torch
 
     from enact_bench.data.sources import make_data_source
@@ -93,7 +99,7 @@ def measure_case(case: Case, metrics: dict, reasons: dict, record_case: dict) ->
     metrics["params"] = sum(p.numel() for p in model.parameters())
     metrics["params_trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    source = make_data_source(case)
+    source = source if source is not None else make_data_source(case)
     record_case.update(getattr(source, "record_fields", {}))  # e.g. the COCO root and annotation file
     holder: dict = {}
 
@@ -103,7 +109,7 @@ def measure_case(case: Case, metrics: dict, reasons: dict, record_case: dict) ->
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    steps = case_steps_mod.case_steps(case, model, device, holder)
+    steps = case_steps_mod.case_steps(case, model, device, holder, forward=wrap(model) if wrap else None)
 
     sampler = NvmlSampler(device).start()
     try:
@@ -191,7 +197,7 @@ def measure_case_fake(case: Case, metrics: dict, reasons: dict, record_case: dic
     reset_msda_impls()
     if case.target == "cpu":  # today's figures, byte for byte (the CI gate's baseline)
         m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
-                                num_classes=case.num_classes, clip_max_norm=clip or 0.0)
+                                num_classes=case.num_classes, clip_max_norm=clip or 0.0, ddp=case.ddp)
         for k in metrics_schema.names(tracker="predicted_gpu_fields"):
             reasons[k] = "target = cpu: the estimate follows the CPU's kernels (set target = \"cuda\" for a GPU)"
     else:  # what a CUDA GPU would keep (measure/cuda_target.py), and its allocator and device memory
@@ -202,7 +208,7 @@ def measure_case_fake(case: Case, metrics: dict, reasons: dict, record_case: dic
         gpu = get_gpu(case.gpu) if case.gpu else None
         m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
                                 num_classes=case.num_classes, clip_max_norm=clip or 0.0, target=case.target,
-                                warmup="prime", count_flops=case.flops, breakdown=True,
+                                warmup="prime", count_flops=case.flops, breakdown=True, ddp=case.ddp,
                                 arch=CudaArch(*gpu.compute_capability) if gpu else CudaArch())
         metrics.update(predicted_gpu_fields(m, gpu, reasons))
     metrics.update(m.metrics())
