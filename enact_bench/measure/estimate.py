@@ -17,9 +17,8 @@ matched tensors are unchanged.
 
 `target` says whose kernels the step follows. "cpu" (the default, the CI gate's exact figures):
 what the CPU runs, AdamW per tensor, SDPA as the CPU dispatches it. "cuda": what a CUDA GPU
-runs (measure/cuda_target.py): AdamW and gradient clipping with foreach, SDPA through the fused
-kernel CUDA would pick (output + logsumexp kept, dropout inside the kernel), and AdamW's step
-counters left out of the device memory (they live on the CPU unless capturable/fused).
+runs (measure/cuda_target.py): AdamW and gradient clipping with foreach, and SDPA through the
+fused kernel CUDA would pick (output + logsumexp kept, dropout inside the kernel).
 
 `ddp=True` predicts one DistributedDataParallel rank: DDP's gradient buckets (measure/ddp.py:
 the bytes of the trainable parameters, in the layout DDP rebuilds them to) are alive through the
@@ -206,8 +205,9 @@ def _live_before_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch:
     live = list(model.parameters()) + list(model.buffers())
     live += [p.grad for p in model.parameters() if p.grad is not None]
     for state in optimizer.state.values():
-        # on CUDA, AdamW's step counters are CPU tensors (not capturable, not fused)
-        live += [v for k, v in state.items() if isinstance(v, torch.Tensor) and not (target == "cuda" and k == "step")]
+        # AdamW's step counters are CPU tensors on CUDA too (not capturable, not fused), but the
+        # in-place step += 1 makes the tracker see them anyway: counted under both targets (4 B each)
+        live += [v for v in state.values() if isinstance(v, torch.Tensor)]
     return live + batch.tensors()
 
 
