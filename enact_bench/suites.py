@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from enact_bench.errors import SuiteError
+from enact_bench.errors import SuiteError, UserInputError
 
 MODES = ("train", "infer")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -120,15 +120,18 @@ class Suite:
 # ---------------------------------------------------------------------------------------
 # where shipped suites live
 # ---------------------------------------------------------------------------------------
+SUITES_PACKAGE_DIR = "suite_files"  # suites/ as installed inside the package (setup.py)
+
+
 def suite_dirs() -> list[Path]:
     """Folders searched for `--suite NAME`: $ENACT_BENCH_SUITES (os.pathsep-separated), the
-    package's own suites/ (an installed wheel) and the repository's suites/ (a checkout or an
-    editable `pip install -e .`)."""
+    package's own suite_files/ (a wheel or `pip install .`) and the repository's suites/ (a
+    checkout or an editable `pip install -e .`)."""
     import enact_bench
 
     pkg = Path(enact_bench.__file__).resolve().parent
     dirs = [Path(p) for p in os.environ.get("ENACT_BENCH_SUITES", "").split(os.pathsep) if p]
-    dirs += [pkg / "suites", pkg.parent / "suites"]
+    dirs += [pkg / SUITES_PACKAGE_DIR, pkg.parent / "suites"]
     return [d for d in dirs if d.is_dir()]
 
 
@@ -138,6 +141,29 @@ def list_suites() -> dict[str, Path]:
         for p in sorted(d.glob("*.toml")):
             found.setdefault(p.stem, p)
     return found
+
+
+def list_baselines() -> dict[str, Path]:
+    """Shipped baselines by name (file stem): <suite folder>/baselines/*.json."""
+    found: dict[str, Path] = {}
+    for d in suite_dirs():
+        for p in sorted((d / "baselines").glob("*.json")):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def find_baseline(name_or_path: str | os.PathLike) -> Path:
+    """`--baseline ci-cpu` (a shipped baseline's name) or a path. A path is returned as given
+    (it need not exist: `check --update` writes it); a bare name must be shipped."""
+    text = str(name_or_path)
+    p = Path(text).expanduser()
+    if p.suffix == ".json" or os.sep in text or "/" in text or p.exists():
+        return p
+    shipped = list_baselines()
+    if text in shipped:
+        return shipped[text]
+    raise UserInputError(f"unknown baseline {text!r}: expected a path to a .json file or a shipped "
+                         f"baseline name ({', '.join(sorted(shipped)) or 'none shipped'})")
 
 
 def find_suite(name_or_path: str) -> Path:

@@ -117,3 +117,14 @@ def test_set_option_parses_toml_values():
     assert parse_set_option('image_size="64x96"') == ("image_size", "64x96")
     with pytest.raises(SuiteError, match="key=value"):
         parse_set_option("iters")
+
+
+def test_shipped_baseline_is_found_by_name_or_path(tmp_path):
+    from enact_bench.errors import UserInputError
+    from enact_bench.suites import find_baseline, list_baselines
+
+    assert find_baseline("ci-cpu") == list_baselines()["ci-cpu"]
+    assert find_baseline("ci-cpu").name == "ci-cpu.json" and find_baseline("ci-cpu").is_file()
+    assert find_baseline(str(tmp_path / "new.json")) == tmp_path / "new.json"  # --update may create it
+    with pytest.raises(UserInputError, match="unknown baseline 'nope'.*ci-cpu"):
+        find_baseline("nope")
