@@ -39,6 +39,8 @@ class CheckpointSpec:
         p = Path(path).expanduser()
         if not p.is_file():
             raise UserInputError(f"--checkpoint {text!r}: file not found: {p}")
+        from enact_bench.suites import check_checkpoint_file
+        check_checkpoint_file(p, f"--checkpoint {text!r}")
         return cls(detector, variant == "enact", str(p.resolve()))
 
     def label(self) -> str:
@@ -62,6 +64,9 @@ class CaseEdits:
     def from_options(cls, checkpoints: list[str] | None = None, coco_root: str | os.PathLike | None = None,
                      max_images: int | None = None) -> "CaseEdits":
         root = str(Path(coco_root).expanduser().resolve()) if coco_root else None
+        if root is not None and not Path(root).is_dir():
+            raise UserInputError(f"--coco-root {coco_root}: not a folder; expected the COCO 2017 folder "
+                                 "(annotations/, train2017/, val2017/)")
         return cls(tuple(CheckpointSpec.parse(t) for t in checkpoints or ()), root, max_images)
 
     @property

@@ -23,7 +23,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 SIZE_DISTS = ("coco",)
 TOP_KEYS = ("name", "description", "defaults", "matrix")
 # Case keys that do not change what is measured, only how long or where: not in the case_id.
-NOT_IN_ID = ("iters", "warmup", "device", "flops", "cpu_threads")
+NOT_IN_ID = ("iters", "warmup", "device", "flops", "cpu_threads", "trust_checkpoint")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Case:
     seed: int = 0
     overrides: dict = field(default_factory=dict)  # extra create_detector(**overrides)
     checkpoint: str | None = None
+    trust_checkpoint: bool = False  # read the checkpoint with the full unpickler (can run code)
     num_classes: int = 91
     clip_max_norm: float | None = None  # gradient clipping; None: the detector's own, 0: off
     tf32: bool = False
@@ -158,6 +159,9 @@ def find_baseline(name_or_path: str | os.PathLike) -> Path:
     text = str(name_or_path)
     p = Path(text).expanduser()
     if p.suffix == ".json" or os.sep in text or "/" in text or p.exists():
+        if p.is_dir():
+            raise UserInputError(f"--baseline {text}: is a folder; expected a baseline .json file "
+                                 f"(e.g. suites/baselines/ci-cpu.json) or a shipped baseline name")
         return p
     shipped = list_baselines()
     if text in shipped:
@@ -184,11 +188,10 @@ def find_suite(name_or_path: str) -> Path:
 # ---------------------------------------------------------------------------------------
 # value checks: each returns the normalised value or raises SuiteError naming key and file
 # ---------------------------------------------------------------------------------------
-def _known_detectors() -> list[str] | None:
-    try:
-        from enact_bench.detectors import list_detectors
-    except ImportError:
-        return None
+def _known_detectors() -> list[str]:
+    """The registered detectors. A registry that fails to import is an error, never "any name"."""
+    from enact_bench.detectors import list_detectors
+
     return list(list_detectors())
 
 
@@ -224,10 +227,10 @@ def _check(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise bad("a detector name (string)")
         known = _known_detectors()
-        if known is not None and value not in known:
+        if value not in known:
             raise bad("one of " + ", ".join(sorted(known)))
         return value
-    if key in ("enact", "tf32", "cudnn_benchmark", "flops", "fake"):
+    if key in ("enact", "tf32", "cudnn_benchmark", "flops", "fake", "trust_checkpoint"):
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
@@ -272,10 +275,8 @@ def _check(key: str, value: Any, where: str) -> Any:
     if key == "enact_config":
         if not isinstance(value, dict):
             raise bad("a table of EnactConfig fields, e.g. {sigma = 3.0, backend = \"sdpa\"}")
-        try:
-            from enact import EnactConfig
-        except ImportError:
-            return dict(value)
+        from enact import EnactConfig
+
         try:
             EnactConfig(**value)
         except (TypeError, ValueError) as e:
@@ -350,8 +351,8 @@ def _build_case(raw: dict, where: str, base_dir: Path | None) -> Case:
         kw["enact_config"] = None  # a baseline has no ENACT config (keeps pairs' ids aligned)
     if kw.get("checkpoint") and base_dir is not None and not Path(kw["checkpoint"]).is_absolute():
         kw["checkpoint"] = str((base_dir / kw["checkpoint"]).resolve())
-    if kw.get("checkpoint") and not Path(kw["checkpoint"]).expanduser().is_file():
-        raise SuiteError(f"{where}: checkpoint = {raw['checkpoint']!r}: file not found")
+    if kw.get("checkpoint"):
+        check_checkpoint_file(kw["checkpoint"], f"{where}: checkpoint = {raw['checkpoint']!r}")
     from enact_bench.data.sources import get_data_source
     spec = get_data_source(kw.get("data", "synthetic"))
     for opt in kw.get("data_options", {}):
@@ -360,10 +361,49 @@ def _build_case(raw: dict, where: str, base_dir: Path | None) -> Case:
                              f"valid keys: {', '.join(spec.options) or '(none)'}")
     if spec.name == "synthetic" and "image_size" not in kw:
         raise SuiteError(f'{where}: synthetic data needs image_size ("HxW", [H, W] or "coco")')
+    _check_overrides(kw["detector"], kw.get("overrides", {}), where)
+    _check_evaluations(kw.get("evaluate", ()), spec.name, where)
+    if kw.get("fake") and kw.get("enact") and (kw.get("enact_config") or {}).get("cluster_size") is None:
+        raise SuiteError(f"{where}: fake = true with ENACT needs a fixed cluster size (data-dependent shapes "
+                         f"cannot be faked): set enact_config = {{cluster_size = 6}} in the suite, or pass "
+                         f"--set enact_config.cluster_size=6")
     try:
         return Case(**kw)
     except ValueError as e:
         raise SuiteError(f"{where}: {e}") from None
+
+
+def check_checkpoint_file(path: str | os.PathLike, what: str) -> None:
+    """A checkpoint that is missing or is not a torch file fails at load, not in the case."""
+    from enact_bench.detectors.checkpoint import looks_like_torch_file
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise SuiteError(f"{what}: file not found")
+    if not looks_like_torch_file(p):
+        raise SuiteError(f"{what}: not a PyTorch checkpoint: {p} (expected a file written by torch.save)")
+
+
+def _check_overrides(detector: str, overrides: dict, where: str) -> None:
+    """Overrides the detector does not take are errors now, not after the suite started."""
+    from enact_bench.detectors import get_spec
+
+    valid = get_spec(detector).overrides
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise SuiteError(f"{where}: overrides: unknown key(s) {', '.join(map(repr, unknown))} for detector "
+                         f"{detector!r}; valid keys: {', '.join(valid)}")
+
+
+def _check_evaluations(names: tuple[str, ...], data: str, where: str) -> None:
+    """An evaluation that needs other data (EvaluationSpec.data) fails at load, not after measuring."""
+    from enact_bench.measure.evaluation import get_evaluation
+
+    for name in names:
+        needs = get_evaluation(name).data
+        if needs is not None and data not in needs:
+            raise SuiteError(f"{where}: evaluate = [{name!r}] needs data = {' or '.join(map(repr, needs))}; "
+                             f"this case has data = {data!r} (drop the evaluation or change data)")
 
 
 def expand(doc: dict, where: str, overrides: list[tuple[str, list]] | None = None,

@@ -11,7 +11,7 @@ from typing import Iterable
 
 from enact_bench.records import Record, latest_by_case
 
-PAIR_FREE = ("enact", "enact_config", "attention")
+PAIR_FREE = ("enact", "enact_config", "attention", "trust_checkpoint")
 
 
 def memory_of(rec: Record) -> tuple[float | None, str]:

@@ -17,7 +17,11 @@ def load_run_records(run_dir: str | Path):
     path = p / "records.jsonl" if p.is_dir() else p
     if not path.is_file():
         raise UserInputError(f"no records found at {path} (expected a run folder with records.jsonl)")
-    return read_records(path)
+    records = read_records(path)
+    if not records:
+        raise UserInputError(f"no records in {path} (expected a run folder written by `enact-bench run`, "
+                             "or its records.jsonl, with at least one finished case)")
+    return records
 
 
 def register(app: typer.Typer) -> None:

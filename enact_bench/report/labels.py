@@ -33,7 +33,7 @@ MEMORY_TABLE = ("mem_peak_alloc_mib", "mem_peak_reserved_mib", "nvml_process_use
 DEVICE_ORDER = {"cuda": 0, "cpu": 1}
 DEVICE_MEMORY = {"cuda": "mem_peak_alloc_mib", "cpu": "cpu_tracked_peak_mib"}   # the reading that matters
 # case keys that do not define the setting a baseline and its ENACT variant share
-NOT_SETTING = ("enact", "enact_config", "attention", "checkpoint", "family")
+NOT_SETTING = ("enact", "enact_config", "attention", "checkpoint", "trust_checkpoint", "family")
 MODE_ORDER = {"train": 0, "infer": 1}
 COCO_ORDER = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
               "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")

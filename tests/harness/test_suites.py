@@ -128,3 +128,40 @@ def test_shipped_baseline_is_found_by_name_or_path(tmp_path):
     assert find_baseline(str(tmp_path / "new.json")) == tmp_path / "new.json"  # --update may create it
     with pytest.raises(UserInputError, match="unknown baseline 'nope'.*ci-cpu"):
         find_baseline("nope")
+
+
+def test_registry_import_failure_is_loud(monkeypatch):
+    """A registry that cannot be imported must not turn detector validation off."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "enact_bench.detectors", None)  # import -> ImportError
+    with pytest.raises(ImportError):
+        load_suite_text('[defaults]\ndetector = "no_such_detector"\nimage_size = "64x64"\n')
+
+
+def test_evaluation_data_requirement_is_checked_at_load():
+    with pytest.raises(SuiteError, match=r"evaluate = \['coco'\] needs data = 'coco' or 'toy'.*data = 'synthetic'"):
+        load_suite_text('[defaults]\ndetector = "detr_tiny"\nimage_size = "64x64"\nmode = "infer"\n'
+                        'evaluate = ["coco"]\n')
+
+
+def test_fake_enact_without_cluster_size_fails_at_load_with_the_set_form():
+    text = '[defaults]\ndetector = "detr_tiny"\nimage_size = "64x64"\nfake = true\n[matrix]\nenact = [false, true]\n'
+    with pytest.raises(SuiteError, match=r"--set enact_config\.cluster_size=6"):
+        load_suite_text(text)
+    ok = load_suite_text(text, overrides=[("enact_config.cluster_size", [6])])
+    assert [c.enact for c in ok.cases] == [False, True] and ok.cases[1].enact_config == {"cluster_size": 6}
+
+
+def test_unknown_detector_override_fails_at_load():
+    with pytest.raises(SuiteError, match=r"unknown key\(s\) 'nonsense' for detector 'detr_tiny'.*hidden_dim"):
+        load_suite_text('[defaults]\ndetector = "detr_tiny"\nimage_size = "64x64"\noverrides = {nonsense = 1}\n')
+
+
+def test_checkpoint_that_is_not_a_torch_file_fails_at_load(tmp_path):
+    (tmp_path / "w.pth").write_text("hello")
+    with pytest.raises(SuiteError, match="not a PyTorch checkpoint"):
+        load_suite_text('[defaults]\ndetector = "detr_tiny"\nimage_size = "64x64"\ncheckpoint = "w.pth"\n',
+                        base_dir=tmp_path)
+    suite = load_suite_text('[defaults]\ndetector = "detr_tiny"\nimage_size = "64x64"\ntrust_checkpoint = true\n')
+    assert suite.cases[0].trust_checkpoint and suite.cases[0].case_id == "detr_tiny-base-train-b2-64x64"
