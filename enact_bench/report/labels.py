@@ -3,9 +3,12 @@ from __future__ import annotations
 
 DEFORMABLE_FAMILIES = ("deformable_detr", "dino")
 DEFORMABLE_ENACT = "ENACT token clustering (extension beyond the paper)"
-# EnactConfig's defaults (docs/CONTRACTS.md); a variant is labelled by what differs from them.
+# EnactConfig()'s defaults, kept here because report/ never imports torch (or enact);
+# tests/report/test_report_labels.py holds this equal to dataclasses.asdict(EnactConfig()).
+# A variant is labelled by what differs from them.
 ENACT_DEFAULTS = {"sigma": 3.0, "cluster_scope": "batch", "scale": "reference",
-                  "mask_padding": False, "backend": "math", "cluster_size": None}
+                  "mask_padding": False, "backend": "sdpa", "cluster_size": None}
+FAKE_ESTIMATE = "FakeTensorMode estimate"
 
 # metric -> (label, unit, how the change is given: "pct" relative or "pts" AP points)
 METRICS = {
@@ -14,6 +17,7 @@ METRICS = {
     "nvml_process_used_peak_mib": ("peak NVML process", "MiB", "pct"),
     "nvml_device_used_peak_mib": ("peak NVML device", "MiB", "pct"),
     "cpu_tracked_peak_mib": ("peak CPU tracked tensors", "MiB", "pct"),
+    "fake_tracked_peak_mib": (f"peak tensors, {FAKE_ESTIMATE}", "MiB", "pct"),
     "rss_peak_mib": ("peak RSS", "MiB", "pct"),
     "step_ms_p50": ("step time median", "ms", "pct"),
     "images_per_s": ("throughput", "images/s", "pct"),
@@ -26,10 +30,11 @@ METRICS = {
 }
 # memory metrics in the order a plot prefers them: what was measured on that device
 MEMORY_PREFERENCE = ("mem_peak_alloc_mib", "cpu_tracked_peak_mib", "nvml_process_used_peak_mib",
-                     "mem_peak_reserved_mib", "nvml_device_used_peak_mib", "rss_peak_mib")
+                     "mem_peak_reserved_mib", "nvml_device_used_peak_mib", "rss_peak_mib",
+                     "fake_tracked_peak_mib")
 # table order; RSS stays in the cases CSV only: it is not a tensor peak
 MEMORY_TABLE = ("mem_peak_alloc_mib", "mem_peak_reserved_mib", "nvml_process_used_peak_mib",
-                "nvml_device_used_peak_mib", "cpu_tracked_peak_mib")
+                "nvml_device_used_peak_mib", "cpu_tracked_peak_mib", "fake_tracked_peak_mib")
 DEVICE_ORDER = {"cuda": 0, "cpu": 1}
 DEVICE_MEMORY = {"cuda": "mem_peak_alloc_mib", "cpu": "cpu_tracked_peak_mib"}   # the reading that matters
 # case keys that do not define the setting a baseline and its ENACT variant share
