@@ -8,7 +8,9 @@ Unknown keys, bad values and unknown detectors raise SuiteError naming the key a
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import os
 import re
 import tomllib
@@ -68,7 +70,14 @@ class Case:
 
     @property
     def case_id(self) -> str:
-        size = "x".join(map(str, self.image_size)) if self.image_size else (self.image_size_dist or "nosize")
+        """Short, readable and stable: detector, variant, mode, batch, size (or the data source
+        when the images keep their own sizes), then the fields that differ from their defaults.
+        data_options, often long, appear as `opts=` and 8 hex digits of their sha256 (the record's
+        case holds them in full). Synthetic cases read as before: detr_tiny-enact-train-b2-96x128."""
+        if self.image_size:
+            size = "x".join(map(str, self.image_size))
+        else:
+            size = self.image_size_dist or (self.data if self.data != "synthetic" else "nosize")
         parts = [self.detector, "enact" if self.enact else "base", self.mode,
                  f"b{self.batch_size}", size]
         default = Case(detector=self.detector)
@@ -76,9 +85,12 @@ class Case:
             if f.name in NOT_IN_ID or f.name in ("detector", "enact", "mode", "batch_size",
                                                   "image_size", "image_size_dist"):
                 continue
+            if f.name == "data" and size == self.data:
+                continue  # already named by the size part
             value = getattr(self, f.name)
             if value != getattr(default, f.name) and value not in (None, {}, ()):
-                parts.append(f"{f.name}={_slug(value)}")
+                parts.append(f"opts={options_hash(value)}" if f.name == "data_options"
+                             else f"{f.name}={_slug(value)}")
         return "-".join(parts)
 
     def to_dict(self) -> dict:
@@ -95,6 +107,13 @@ class Case:
             d["image_size"] = tuple(d["image_size"])
         d["evaluate"] = tuple(d.get("evaluate") or ())
         return cls(**d)
+
+
+def options_hash(options: dict) -> str:
+    """8 hex digits of the sha256 of the options as sorted, compact JSON: the same options give
+    the same digits on every machine and run."""
+    text = json.dumps(options, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _slug(value: Any) -> str:

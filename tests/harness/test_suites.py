@@ -165,3 +165,26 @@ def test_checkpoint_that_is_not_a_torch_file_fails_at_load(tmp_path):
                         base_dir=tmp_path)
     suite = load_suite_text('[defaults]\ndetector = "detr_tiny"\nimage_size = "64x64"\ntrust_checkpoint = true\n')
     assert suite.cases[0].trust_checkpoint and suite.cases[0].case_id == "detr_tiny-base-train-b2-64x64"
+
+
+def test_case_ids_are_short_readable_and_stable():
+    toy = load_suite("toy-detr").cases
+    assert max(len(c.case_id) for c in toy) <= 90
+    # the same options give the same id in every run (a resume and the baseline key on it)
+    assert toy[0].case_id == "detr_tiny-base-infer-b1-toy-opts=f0014e2f-num_classes=2-evaluate=coco"
+    assert load_suite("toy-detr").cases[0].case_id == toy[0].case_id
+    other = Case(detector="detr_tiny", data="toy", data_options={**toy[0].data_options, "images": 33})
+    assert other.case_id != Case(detector="detr_tiny", data="toy", data_options=toy[0].data_options).case_id
+    # key order in the suite file does not matter
+    a = Case(detector="detr_tiny", data="toy", data_options={"images": 8, "categories": 1})
+    b = Case(detector="detr_tiny", data="toy", data_options={"categories": 1, "images": 8})
+    assert a.case_id == b.case_id
+
+
+def test_ci_case_ids_are_the_baseline_keys():
+    import json
+
+    from enact_bench.suites import find_baseline
+
+    baseline = json.loads(find_baseline("ci-cpu").read_text())
+    assert [c.case_id for c in load_suite("ci").cases] == list(baseline["cases"])
