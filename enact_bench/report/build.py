@@ -142,7 +142,11 @@ def build_report(run_dirs, out_dir=None) -> dict[str, Path]:
         if summary:
             blocks.append(Bullets(tuple(summary)))
         blocks.append(Table(s["memory"], "Peak memory."))
-        blocks.append(Table(s["speed"], "Time and compute (step time: median [IQR])."))
+        if s["memory_more"] is not None:
+            blocks.append(Table(s["memory_more"], "Peak memory as the driver saw it (NVML)."))
+        blocks.append(Table(s["speed"], "Time (step time: median [IQR])."))
+        if s["compute"] is not None:
+            blocks.append(Table(s["compute"], "Compute and encoder key length."))
         if s["accuracy"] is not None:
             blocks.append(Table(s["accuracy"], "COCO accuracy (AP in percent, change in AP points)."))
     if plots:

@@ -22,7 +22,7 @@ METRICS = {
     "step_ms_p50": ("step time median", "ms", "pct"),
     "images_per_s": ("throughput", "images/s", "pct"),
     "gflops_fwd": ("forward", "GFLOPs", "pct"),
-    "gflops_fwd_bwd": ("forward+backward", "GFLOPs", "pct"),
+    "gflops_fwd_bwd": ("forward + backward", "GFLOPs", "pct"),
     "key_len": ("encoder key length, mean over layers", "tokens", "pct"),
     "coco_map": ("AP", "%", "pts"),
     "coco_map_50": ("AP50", "%", "pts"),
