@@ -20,7 +20,7 @@ The state_dict layout is the release's, including its aliases: without box refin
 with box refinement the heads are also reachable as `transformer.decoder.bbox_embed.i` (and, for
 two-stage, `transformer.decoder.class_embed.i`), so those keys appear twice as in the release.
 
-ENACT (enact=True / EnactConfig) clusters the encoder's query tokens (enact.tokens, DESIGN 4.3):
+ENACT (enact=True / EnactConfig) clusters the encoder's query tokens (enact.tokens; docs/detectors-deformable.md):
 an *extension beyond the ENACT paper*. Extra keys: `transformer.encoder.enact_clustering.<i>.W_prob.*`.
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ Module names, parameter names and initialisation follow fundamentalvision/Deform
     reference_points                Linear(C, 2)            (single-stage only)
     enc_output, enc_output_norm, pos_trans, pos_trans_norm  (two-stage only)
 
-ENACT (DESIGN 4.3, an extension beyond the paper): when the encoder is built with an
+ENACT (docs/detectors-deformable.md; an extension beyond the paper): when the encoder is built with an
 `EnactConfig`, each selected layer gets a `enact.tokens.TokenClustering` in
 `encoder.enact_clustering[str(i)]` (its learned `W_prob` is `encoder.enact_clustering.<i>.W_prob`).
 The layer then runs on cluster tokens against the full-resolution value map and every token gets

@@ -23,8 +23,8 @@ Denoising needs `targets` in forward (training only, as the release). Difference
 release: training without targets runs without denoising (the release would fail) and the
 criterion then reports zero `_dn` losses, as the release does in eval.
 
-ENACT (enact=True / EnactConfig): token clustering of the encoder queries (enact.tokens, DESIGN
-4.3), an *extension beyond the ENACT paper*. Extra keys: `transformer.encoder.enact_clustering.<i>.W_prob.*`.
+ENACT (enact=True / EnactConfig): token clustering of the encoder queries (enact.tokens;
+docs/detectors-deformable.md), an *extension beyond the ENACT paper*. Extra keys: `transformer.encoder.enact_clustering.<i>.W_prob.*`.
 """
 from __future__ import annotations
 

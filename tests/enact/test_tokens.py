@@ -1,4 +1,4 @@
-"""ENACT token clustering for deformable encoders (enact/tokens.py, DESIGN 4.3)."""
+"""ENACT token clustering for deformable encoders (enact/tokens.py; docs/detectors-deformable.md)."""
 from __future__ import annotations
 
 import pytest
