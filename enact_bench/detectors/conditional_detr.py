@@ -26,6 +26,7 @@ from .conditional_transformer import ConditionalDecoder, ConditionalDecoderLayer
 from .common.criterion import FocalSetCriterion, detr_weight_dict
 from .detr_transformer import ATTENTION_MODES, Encoder, EncoderLayer
 from .common.matcher import FocalClassCost, HungarianMatcher
+from .common.enact_layers import enact_layers as enact_layer_indices
 from .common.inverse_sigmoid import inverse_sigmoid
 from .common.mlp import MLP
 from .common.nested import batch_images
@@ -87,7 +88,7 @@ class ConditionalTransformer(nn.Module):
     def __init__(self, cfg: ConditionalDetrConfig, enact_config=None):
         super().__init__()
         d, need_weights = cfg.hidden_dim, cfg.attention == "mha"
-        enact_set = set(range(cfg.enc_layers) if cfg.enact_layers is None else cfg.enact_layers)
+        enact_set = set(enact_layer_indices(cfg.enc_layers, cfg.enact_layers))
         plain = EncoderLayer(nn.MultiheadAttention(d, cfg.nheads, dropout=cfg.dropout), d, cfg.dim_feedforward,
                              cfg.dropout, need_weights=need_weights)
         enact = None

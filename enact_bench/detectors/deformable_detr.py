@@ -36,7 +36,8 @@ from torch import Tensor, nn
 from .common.backbone import Backbone, backbone_weights_path, Joiner
 from .base import Detector
 from .common.criterion import FocalSetCriterion, detr_weight_dict
-from .deformable_transformer import DeformableTransformer, inverse_sigmoid
+from .common.inverse_sigmoid import inverse_sigmoid
+from .deformable_transformer import DeformableTransformer
 from .common.matcher import FocalClassCost, HungarianMatcher
 from .common.mlp import MLP
 from .common.nested import batch_images, downsample_mask

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from .common.backbone import Backbone, backbone_weights_path, Joiner
 from .base import Detector
 from .common.criterion import SetCriterion, detr_weight_dict
-from .detr_transformer import ACTIVATIONS, ATTENTION_MODES, Transformer
+from .common.activation import ACTIVATIONS
+from .detr_transformer import ATTENTION_MODES, Transformer
 from .common.matcher import HungarianMatcher
 from .common.mlp import MLP
 from .common.nested import batch_images

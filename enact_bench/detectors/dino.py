@@ -42,7 +42,7 @@ from .common.criterion import FocalSetCriterion, _num_boxes
 from .deformable_detr import DeformableDETR
 from .dino_denoising import DenoisingMeta, dn_matching_indices, prepare_cdn
 from .dino_transformer import DINO_EPS, DinoTransformer
-from .deformable_transformer import inverse_sigmoid
+from .common.inverse_sigmoid import inverse_sigmoid
 from .common.matcher import FocalClassCost, HungarianMatcher
 from .common.mlp import MLP
 from .common.nested import batch_images

@@ -10,8 +10,7 @@ from enact_bench.detectors.detr_transformer import EncoderLayer
 
 from detector_helpers import TINY, TINY_DETR, images
 
-enact = pytest.importorskip("enact.attention")
-from enact import EnactAttention, EnactConfig  # noqa: E402
+from enact import EnactAttention, EnactConfig
 
 ENC_ATTN = re.compile(r"^transformer\.encoder\.layers\.(\d+)\.self_attn(\.|$)")
 
