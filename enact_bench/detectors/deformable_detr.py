@@ -43,49 +43,33 @@ from .common.mlp import MLP
 from .common.nested import batch_images, downsample_mask
 from .common.position import PositionEmbeddingSine
 from .common.postprocess import postprocess_topk_sigmoid
-from .common.config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
+from .common.config import DetectorConfig
+from .common.config_checks import check_positive_ints
 from .registry import register_detector, preset_factory
 
 
 @dataclass(frozen=True)
-class DeformableDetrConfig:
-    backbone: str = "resnet50"
-    dilation: bool = False
-    backbone_weights: str | None = None  # local torchvision ResNet .pth, with pretrained_backbone=True
-    hidden_dim: int = 256
-    nheads: int = 8
-    enc_layers: int = 6
-    dec_layers: int = 6
+class DeformableDetrConfig(DetectorConfig):
     dim_feedforward: int = 1024
-    dropout: float = 0.1
     num_feature_levels: int = 4
     enc_n_points: int = 4
     dec_n_points: int = 4
     num_queries: int = 300
-    aux_loss: bool = True
     with_box_refine: bool = False
     two_stage: bool = False
-    enact_layers: tuple[int, ...] | None = None  # encoder layers that cluster tokens; None = all
     # matcher costs, loss weights, focal loss
     set_cost_class: float = 2.0
-    set_cost_bbox: float = 5.0
-    set_cost_giou: float = 2.0
     cls_loss_coef: float = 2.0
-    bbox_loss_coef: float = 5.0
-    giou_loss_coef: float = 2.0
     focal_alpha: float = 0.25
     num_select: int = 100  # detections kept per image by postprocess
     # optimiser (AdamW)
     lr: float = 2e-4
     lr_backbone: float = 2e-5  # <= 0 freezes the whole backbone, as the original
     lr_linear_proj_mult: float = 0.1  # for sampling_offsets and reference_points
-    weight_decay: float = 1e-4
-    clip_max_norm: float = 0.1
 
     def __post_init__(self):
-        check_backbone(self)
-        check_positive_ints(self, ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "num_feature_levels",
-                                  "enc_n_points", "dec_n_points", "num_queries", "num_select"))
+        super().__post_init__()
+        check_positive_ints(self, ("num_feature_levels", "enc_n_points", "dec_n_points", "num_queries", "num_select"))
         if self.hidden_dim % 32:
             raise ValueError(f"hidden_dim must be a multiple of 32 (input_proj uses GroupNorm(32)); got {self.hidden_dim}")
         if self.hidden_dim % self.nheads:
@@ -94,8 +78,6 @@ class DeformableDetrConfig:
             raise ValueError(f"num_feature_levels must be >= 3 (C3-C5 plus extra levels); got {self.num_feature_levels}")
         if self.two_stage and not self.with_box_refine:
             raise ValueError("two_stage=True needs with_box_refine=True (the release's two-stage configuration)")
-        check_dropout(self)
-        normalise_enact_layers(self)
 
 
 class DeformableCriterion(FocalSetCriterion):

@@ -42,3 +42,28 @@ def test_each_shared_function_is_defined_once():
                 defs.setdefault(node.name, []).append(str(path.relative_to(DETECTORS)))
     for name in ("inverse_sigmoid", "activation_fn", "enact_layers"):
         assert len(defs.get(name, [])) == 1 and defs[name][0].startswith("common/"), (name, defs.get(name))
+
+
+def test_family_configs_share_one_base_and_its_checks():
+    import dataclasses
+
+    from enact_bench.detectors.anchor_detr import AnchorDetrConfig
+    from enact_bench.detectors.common.config import DetectorConfig
+    from enact_bench.detectors.conditional_detr import ConditionalDetrConfig
+    from enact_bench.detectors.deformable_detr import DeformableDetrConfig
+    from enact_bench.detectors.detr import DetrConfig
+    from enact_bench.detectors.dino import DinoConfig
+
+    shared = [f.name for f in dataclasses.fields(DetectorConfig)]
+    for cls in (DetrConfig, ConditionalDetrConfig, AnchorDetrConfig, DeformableDetrConfig, DinoConfig):
+        assert issubclass(cls, DetectorConfig)
+        assert [f.name for f in dataclasses.fields(cls)][:len(shared)] == shared
+        with pytest.raises(ValueError, match="dropout must be in"):
+            cls(dropout=1.5)
+        with pytest.raises(ValueError, match="backbone must be one of"):
+            cls(backbone="vgg16")
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            cls().hidden_dim = 1
+    # the families' own defaults survive (from their releases)
+    assert (AnchorDetrConfig().dilation, AnchorDetrConfig().dropout, DeformableDetrConfig().lr, DinoConfig().lr) == \
+        (True, 0.0, 2e-4, 1e-4)
