@@ -13,13 +13,9 @@ def load_run_records(run_dir: str | Path):
     """Plain body: the records of RUN_DIR (or of a records.jsonl path)."""
     from enact_bench.records import read_records
 
-    p = Path(run_dir)
-    path = p / "records.jsonl" if p.is_dir() else p
-    if not path.is_file():
-        raise UserInputError(f"no records found at {path} (expected a run folder with records.jsonl)")
-    records = read_records(path)
+    records = read_records(run_dir)
     if not records:
-        raise UserInputError(f"no records in {path} (expected a run folder written by `enact-bench run`, "
+        raise UserInputError(f"no records in {run_dir} (expected a run folder written by `enact-bench run`, "
                              "or its records.jsonl, with at least one finished case)")
     return records
 
