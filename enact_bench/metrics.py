@@ -130,6 +130,8 @@ SCHEMA: tuple[Metric, ...] = (
        gate_cpu=EXACT, gate_gpu=EXACT),
     _m("attention_paths", "names", "OpRecorder", "attention kernels the step ran (math, sdpa_flash_cpu, ...)",
        fake=True, gate_cpu=SET, gate_gpu=SET),
+    _m("msda_impl", "text", "msda_impl_metric",
+       "deformable attention that ran: cuda_ext, pytorch_op, pytorch_reference or fake (+-joined)", fake=True),
     # ENACT statistics of the memory step, one entry per ENACT encoder layer
     _m("enact_cluster_size", "count", "enact_stats", "cluster size L per ENACT layer", fake=True),
     _m("enact_key_len_before", "tokens", "enact_stats", "keys per layer before ENACT (dense encoders)", fake=True),

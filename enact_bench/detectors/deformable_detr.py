@@ -40,6 +40,7 @@ from .common.inverse_sigmoid import inverse_sigmoid
 from .deformable_transformer import DeformableTransformer
 from .common.matcher import FocalClassCost, HungarianMatcher
 from .common.mlp import MLP
+from .common.ms_deform_attn import check_msda, msda_attention_label, set_msda
 from .common.nested import batch_images, downsample_mask
 from .common.position import PositionEmbeddingSine
 from .common.postprocess import postprocess_topk_sigmoid
@@ -57,6 +58,8 @@ class DeformableDetrConfig(DetectorConfig):
     num_queries: int = 300
     with_box_refine: bool = False
     two_stage: bool = False
+    # deformable-attention core: "op" (registered op, the compiled kernel's memory) | "pytorch" (autograd reference)
+    msda: str = "op"
     # matcher costs, loss weights, focal loss
     set_cost_class: float = 2.0
     cls_loss_coef: float = 2.0
@@ -78,6 +81,7 @@ class DeformableDetrConfig(DetectorConfig):
             raise ValueError(f"num_feature_levels must be >= 3 (C3-C5 plus extra levels); got {self.num_feature_levels}")
         if self.two_stage and not self.with_box_refine:
             raise ValueError("two_stage=True needs with_box_refine=True (the release's two-stage configuration)")
+        check_msda(self.msda)
 
 
 class DeformableCriterion(FocalSetCriterion):
@@ -107,7 +111,6 @@ def _num_boxes(targets, device):
 
 class DeformableDETR(Detector):
     family = "deformable_detr"
-    attention = "ms_deform_attn_pytorch"
 
     def __init__(self, cfg: DeformableDetrConfig, num_classes: int = 91, enact_config=None,
                  pretrained_backbone: bool = False):
@@ -169,6 +172,8 @@ class DeformableDETR(Detector):
             self.transformer.decoder.class_embed = self.class_embed
             for box_embed in self.bbox_embed:
                 nn.init.constant_(box_embed.layers[-1].bias[2:], 0.0)
+        set_msda(self, cfg.msda)  # every MSDeformAttn, the clustered encoder layers' included
+        self.attention = msda_attention_label(cfg.msda)
 
     # -- features ----------------------------------------------------------------------------------
     def multiscale_features(self, images: Tensor, mask: Tensor):

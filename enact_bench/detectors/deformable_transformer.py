@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from enact_bench.detectors.common.activation import activation_fn
 from enact_bench.detectors.common.enact_layers import enact_layers as enact_layer_indices
 from enact_bench.detectors.common.inverse_sigmoid import inverse_sigmoid  # noqa: F401 -- used below and re-exported
-from enact_bench.detectors.common.ms_deform_attn import MSDeformAttn, level_start_index_of, shapes_as_list
+from enact_bench.detectors.common.ms_deform_attn import LevelShapes, MSDeformAttn, level_start_index_of, shapes_as_list
 
 
 def clones(module: nn.Module, n: int) -> nn.ModuleList:
@@ -320,6 +320,7 @@ class DeformableTransformer(nn.Module):
             raise ValueError("single-stage DeformableTransformer needs query_embed (num_queries, 2 * d_model)")
         src_flatten, mask_flatten, lvl_pos_embed_flatten, shapes, valid_ratios = \
             self.flatten_levels(srcs, masks, pos_embeds)
+        shapes = LevelShapes(shapes)  # + the op's (L, 2) / (L,) index tensors, made once per forward when used
         level_start_index = level_start_index_of(shapes)
 
         memory = self.encoder(src_flatten, shapes, level_start_index, valid_ratios,

@@ -82,6 +82,7 @@ def measure_case(case: Case, metrics: dict, reasons: dict, record_case: dict) ->
     from enact_bench.measure.memory import CpuPeakMemory, CudaPeakMemory, NvmlSampler, rss_peak_mib
     from enact_bench.measure.step_probe import OpRecorder, SavedTensorCounter, attention_paths
     from enact_bench.measure.timing import StepTimer, summarize_ms, time_steps
+    from enact_bench.detectors.common.ms_deform_attn_op import msda_impl_metric, reset_msda_impls
 
     device = torch.device(case.device)
     torch.manual_seed(case.seed)
@@ -119,9 +120,11 @@ def measure_case(case: Case, metrics: dict, reasons: dict, record_case: dict) ->
         cuda_mem = CudaPeakMemory(device)
         cpu_mem = CpuPeakMemory() if device.type == "cpu" else None
         ops = OpRecorder()
+        reset_msda_impls()
         with cuda_mem, (cpu_mem or contextlib.nullcontext()), hooks, ops:
             steps.step()
         metrics["attention_paths"] = attention_paths(ops.ops)
+        msda_impl_metric(metrics, reasons)
     finally:
         sampler.stop()
     metrics.update(cuda_mem.fields)
@@ -170,6 +173,7 @@ def measure_case_fake(case: Case, metrics: dict, reasons: dict, record_case: dic
     real-memory fields are null with the reason."""
     import torch
 
+    from enact_bench.detectors.common.ms_deform_attn_op import msda_impl_metric, reset_msda_impls
     from enact_bench.measure.estimate import estimate_train_step
 
     if case.mode != "train":
@@ -183,9 +187,11 @@ def measure_case_fake(case: Case, metrics: dict, reasons: dict, record_case: dic
     model = case_steps_mod.build_model(case)
     _model_fields(model, record_case)
     clip = case_steps_mod.clip_norm_of(case, model, default=0.1)
+    reset_msda_impls()
     m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
                             num_classes=case.num_classes, clip_max_norm=clip or 0.0)
     metrics.update(m.metrics())
+    msda_impl_metric(metrics, reasons)
     _enact_metrics(model, metrics, reasons, convert=_plain)
     for k in FAKE_NOT_MEASURED:
         reasons.setdefault(k, "fake = true: shapes only (FakeTensorMode), nothing real was run or timed")
