@@ -1,4 +1,4 @@
-"""EnactAttention: multi-head attention over entropy-clustered keys/values (DESIGN 4.1, 4.2).
+"""EnactAttention: multi-head attention over entropy-clustered keys/values (docs/enact.md: the steps and the options).
 
 A drop-in for nn.MultiheadAttention at DETR's encoder call site: queries keep their full length,
 keys and values are pooled into n = S // L windows of L consecutive positions.

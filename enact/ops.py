@@ -1,4 +1,4 @@
-"""Pure tensor functions of ENACT (DESIGN 4.1): entropy, smoothing, boundaries, cluster size, pooling.
+"""Pure tensor functions of ENACT (docs/enact.md, steps 1-8): entropy, smoothing, boundaries, cluster size, pooling.
 
 Everything is batched: no Python loop over images or heads. Statistics are float32 whatever the
 input dtype. Sequences are (B, S) for per-position scalars and (S, B, C) for features, as DETR

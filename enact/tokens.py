@@ -1,4 +1,5 @@
-"""ENACT token clustering for encoders without dense self-attention (DESIGN 4.3).
+"""ENACT token clustering for encoders without dense self-attention (an extension beyond the
+paper; docs/detectors-deformable.md).
 
 *An extension beyond the ENACT paper*, which covers only encoders with dense self-attention
 (DETR, Conditional DETR, Anchor DETR). Multi-scale deformable attention (Deformable DETR, DINO)
@@ -9,10 +10,10 @@ are consecutive in the flattened sequence and row-major inside it):
 
 1. p = softmax over the level's S_l positions of W_prob(src + pos), per image, + 1e-8;
    e = -p log2 p; e smoothed by the Gaussian of `config.sigma` (the same steps as the dense
-   ENACT, DESIGN 4.1 steps 1-3).
+   ENACT, docs/enact.md steps 1-3).
 2. Cluster size L_l: `config.cluster_size` if set, else from the data: second derivative of the
    smoothed e, step = (d > 0), mean run length per image, L = round(mean over the batch)
-   (DESIGN 4.1 steps 4-6), clamped to [1, S_l].
+   (docs/enact.md steps 4-6), clamped to [1, S_l].
 3. r = S_l mod L_l; the first r // 2 and last r - r // 2 tokens stay single (clusters of one, so
    nothing is dropped); the n_l = S_l // L_l windows of L_l consecutive tokens in between become
    cluster tokens, each the weighted sum of its window with weights softmax(smoothed e) inside the
@@ -56,12 +57,12 @@ LayerFn = Callable[[Tensor, Tensor | None, Tensor], Tensor]
 
 
 def level_smoothed_entropy(logits: Tensor, sigma: float) -> Tensor:
-    """(B, S_l) W_prob logits of one level -> (B, S_l) smoothed information (float32), DESIGN 4.1 steps 1-3."""
+    """(B, S_l) W_prob logits of one level -> (B, S_l) smoothed information (float32), docs/enact.md steps 1-3."""
     return ops.smooth(ops.entropy_bits(logits), sigma)
 
 
 def level_cluster_size_from_data(smoothed: Tensor) -> int:
-    """DESIGN 4.1 steps 4-6: mean run length of (d > 0) per image, averaged over the batch, rounded.
+    """docs/enact.md steps 4-6: mean run length of (d > 0) per image, averaged over the batch, rounded.
     One device->host transfer."""
     steps = ops.step(ops.second_derivative(smoothed.detach()))
     return ops.cluster_size(ops.mean_run_length(steps).tolist())

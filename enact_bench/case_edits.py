@@ -42,6 +42,8 @@ class CheckpointSpec:
         p = Path(path).expanduser()
         if not p.is_file():
             raise UserInputError(f"--checkpoint {text!r}: file not found: {p}")
+        from enact_bench.suites import check_checkpoint_file
+        check_checkpoint_file(p, f"--checkpoint {text!r}")
         return cls(detector, variant == "enact", str(p.resolve()))
 
     def label(self) -> str:

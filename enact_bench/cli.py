@@ -27,6 +27,31 @@ def _register_all() -> None:
             register(app)
 
 
+def package_version() -> str:
+    """The installed distribution's version (importlib.metadata), else enact_bench.__version__
+    (a checkout run with PYTHONPATH, not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("enact-bench")
+    except PackageNotFoundError:
+        import enact_bench
+
+        return enact_bench.__version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"enact-bench {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """Memory, time, FLOPs and mAP of detection transformers with and without ENACT."""
+
+
 _register_all()
 
 

@@ -103,7 +103,8 @@ SCHEMA: tuple[Metric, ...] = (
        "estimated peak of live tensor bytes of the second training step", real=False, fake=True, modes=TRAIN,
        gate_cpu=EXACT, gate_gpu=EXACT),
     _m("fake_tracked_peak_mib", "MiB", "estimate_train_step", "fake_tracked_peak_bytes / 2^20",
-       real=False, fake=True, modes=TRAIN),
+       real=False, fake=True, modes=TRAIN, label="peak tensors, FakeTensorMode estimate", memory_table=True,
+       plot_rank=6),
     _m("fake_tracked_start_bytes", "bytes", "estimate_train_step",
        "estimated live tensor bytes before that step", real=False, fake=True, modes=TRAIN, gate_cpu=EXACT),
     # the CUDA-target estimate's predictions (fake = true, target = "cuda"; measure/estimate.py
@@ -143,7 +144,7 @@ SCHEMA: tuple[Metric, ...] = (
     _m("gflops_fwd", "GFLOPs", "count_flops", "one forward", fake=True, label="forward",
        gate_cpu=EXACT, gate_gpu=EXACT),
     _m("gflops_fwd_bwd", "GFLOPs", "count_flops", "forward + loss + backward", fake=True, modes=TRAIN,
-       label="forward+backward", gate_cpu=EXACT, gate_gpu=EXACT),
+       label="forward + backward", gate_cpu=EXACT, gate_gpu=EXACT),
     _m("gmacs_fwd", "GMACs", "count_flops", "gflops_fwd / 2 (papers' convention)", fake=True),
     _m("gmacs_fwd_bwd", "GMACs", "count_flops", "gflops_fwd_bwd / 2", modes=TRAIN),
     _m("flops_uncounted_ops", "names", "count_flops", "contraction-like ops without a FLOP formula"),

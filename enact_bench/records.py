@@ -34,7 +34,8 @@ TORN_SUFFIX = ".torn"
 # case fields that do not define the setting a baseline and its ENACT variant share: the
 # variant itself, what the built model reports about it, and its weights (a baseline and an
 # ENACT model are trained separately, so their checkpoints always differ)
-NOT_PAIRING = ("enact", "enact_config", "attention", "family", "checkpoint", "checkpoint_sha256")
+NOT_PAIRING = ("enact", "enact_config", "attention", "family", "checkpoint", "checkpoint_sha256",
+               "trust_checkpoint")
 
 
 class RecordsError(UserInputError):

@@ -8,7 +8,9 @@ Unknown keys, bad values and unknown detectors raise SuiteError naming the key a
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import os
 import re
 import tomllib
@@ -16,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from enact_bench.errors import SuiteError
+from enact_bench.errors import SuiteError, UserInputError
 
 MODES = ("train", "infer")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -26,7 +28,8 @@ TOP_KEYS = ("name", "description", "defaults", "matrix", "plan")
 TARGETS = ("cpu", "cuda")
 PLAN_KEYS = ("detectors", "gpu", "image_size", "variants", "enact_cluster_size")
 # Case keys that do not change what is measured, only how long or where: not in the case_id.
-NOT_IN_ID = ("iters", "warmup", "device", "flops", "cpu_threads", "node_rank", "rdzv_endpoint")
+NOT_IN_ID = ("iters", "warmup", "device", "flops", "cpu_threads", "node_rank", "rdzv_endpoint",
+             "trust_checkpoint")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Case:
     seed: int = 0
     overrides: dict = field(default_factory=dict)  # extra create_detector(**overrides)
     checkpoint: str | None = None
+    trust_checkpoint: bool = False  # read the checkpoint with the full unpickler (can run code)
     num_classes: int = 91
     clip_max_norm: float | None = None  # gradient clipping; None: the detector's own, 0: off
     tf32: bool = False
@@ -99,7 +103,14 @@ class Case:
 
     @property
     def case_id(self) -> str:
-        size = "x".join(map(str, self.image_size)) if self.image_size else (self.image_size_dist or "nosize")
+        """Short, readable and stable: detector, variant, mode, batch, size (or the data source
+        when the images keep their own sizes), then the fields that differ from their defaults.
+        data_options, often long, appear as `opts=` and 8 hex digits of their sha256 (the record's
+        case holds them in full). Synthetic cases read as before: detr_tiny-enact-train-b2-96x128."""
+        if self.image_size:
+            size = "x".join(map(str, self.image_size))
+        else:
+            size = self.image_size_dist or (self.data if self.data != "synthetic" else "nosize")
         parts = [self.detector, "enact" if self.enact else "base", self.mode,
                  f"b{self.batch_size}", size]
         default = Case(detector=self.detector)
@@ -107,9 +118,12 @@ class Case:
             if f.name in NOT_IN_ID or f.name in ("detector", "enact", "mode", "batch_size",
                                                   "image_size", "image_size_dist"):
                 continue
+            if f.name == "data" and size == self.data:
+                continue  # already named by the size part
             value = getattr(self, f.name)
             if value != getattr(default, f.name) and value not in (None, {}, ()):
-                parts.append(f"{f.name}={_slug(value)}")
+                parts.append(f"opts={options_hash(value)}" if f.name == "data_options"
+                             else f"{f.name}={_slug(value)}")
         return "-".join(parts)
 
     def to_dict(self) -> dict:
@@ -126,6 +140,13 @@ class Case:
             d["image_size"] = tuple(d["image_size"])
         d["evaluate"] = tuple(d.get("evaluate") or ())
         return cls(**d)
+
+
+def options_hash(options: dict) -> str:
+    """8 hex digits of the sha256 of the options as sorted, compact JSON: the same options give
+    the same digits on every machine and run."""
+    text = json.dumps(options, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _slug(value: Any) -> str:
@@ -153,15 +174,18 @@ class Suite:
 # ---------------------------------------------------------------------------------------
 # where shipped suites live
 # ---------------------------------------------------------------------------------------
+SUITES_PACKAGE_DIR = "suite_files"  # suites/ as installed inside the package (setup.py)
+
+
 def suite_dirs() -> list[Path]:
     """Folders searched for `--suite NAME`: $ENACT_BENCH_SUITES (os.pathsep-separated), the
-    package's own suites/ (an installed wheel) and the repository's suites/ (a checkout or an
-    editable `pip install -e .`)."""
+    package's own suite_files/ (a wheel or `pip install .`) and the repository's suites/ (a
+    checkout or an editable `pip install -e .`)."""
     import enact_bench
 
     pkg = Path(enact_bench.__file__).resolve().parent
     dirs = [Path(p) for p in os.environ.get("ENACT_BENCH_SUITES", "").split(os.pathsep) if p]
-    dirs += [pkg / "suites", pkg.parent / "suites"]
+    dirs += [pkg / SUITES_PACKAGE_DIR, pkg.parent / "suites"]
     return [d for d in dirs if d.is_dir()]
 
 
@@ -171,6 +195,32 @@ def list_suites() -> dict[str, Path]:
         for p in sorted(d.glob("*.toml")):
             found.setdefault(p.stem, p)
     return found
+
+
+def list_baselines() -> dict[str, Path]:
+    """Shipped baselines by name (file stem): <suite folder>/baselines/*.json."""
+    found: dict[str, Path] = {}
+    for d in suite_dirs():
+        for p in sorted((d / "baselines").glob("*.json")):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def find_baseline(name_or_path: str | os.PathLike) -> Path:
+    """`--baseline ci-cpu` (a shipped baseline's name) or a path. A path is returned as given
+    (it need not exist: `check --update` writes it); a bare name must be shipped."""
+    text = str(name_or_path)
+    p = Path(text).expanduser()
+    if p.suffix == ".json" or os.sep in text or "/" in text or p.exists():
+        if p.is_dir():
+            raise UserInputError(f"--baseline {text}: is a folder; expected a baseline .json file "
+                                 f"(e.g. suites/baselines/ci-cpu.json) or a shipped baseline name")
+        return p
+    shipped = list_baselines()
+    if text in shipped:
+        return shipped[text]
+    raise UserInputError(f"unknown baseline {text!r}: expected a path to a .json file or a shipped "
+                         f"baseline name ({', '.join(sorted(shipped)) or 'none shipped'})")
 
 
 def find_suite(name_or_path: str) -> Path:
@@ -191,11 +241,10 @@ def find_suite(name_or_path: str) -> Path:
 # ---------------------------------------------------------------------------------------
 # value checks: each returns the normalised value or raises SuiteError naming key and file
 # ---------------------------------------------------------------------------------------
-def _known_detectors() -> list[str] | None:
-    try:
-        from enact_bench.detectors import list_detectors
-    except ImportError:
-        return None
+def _known_detectors() -> list[str]:
+    """The registered detectors. A registry that fails to import is an error, never "any name"."""
+    from enact_bench.detectors import list_detectors
+
     return list(list_detectors())
 
 
@@ -231,10 +280,10 @@ def _check(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise bad("a detector name (string)")
         known = _known_detectors()
-        if known is not None and value not in known:
+        if value not in known:
             raise bad("one of " + ", ".join(sorted(known)))
         return value
-    if key in ("enact", "tf32", "cudnn_benchmark", "flops", "fake", "ddp"):
+    if key in ("enact", "tf32", "cudnn_benchmark", "flops", "fake", "ddp", "trust_checkpoint"):
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
@@ -291,10 +340,8 @@ def _check(key: str, value: Any, where: str) -> Any:
     if key == "enact_config":
         if not isinstance(value, dict):
             raise bad("a table of EnactConfig fields, e.g. {sigma = 3.0, backend = \"sdpa\"}")
-        try:
-            from enact import EnactConfig
-        except ImportError:
-            return dict(value)
+        from enact import EnactConfig
+
         try:
             EnactConfig(**value)
         except (TypeError, ValueError) as e:
@@ -379,8 +426,8 @@ def _build_case(raw: dict, where: str, base_dir: Path | None) -> Case:
         kw["enact_config"] = None  # a baseline has no ENACT config (keeps pairs' ids aligned)
     if kw.get("checkpoint") and base_dir is not None and not Path(kw["checkpoint"]).is_absolute():
         kw["checkpoint"] = str((base_dir / kw["checkpoint"]).resolve())
-    if kw.get("checkpoint") and not Path(kw["checkpoint"]).expanduser().is_file():
-        raise SuiteError(f"{where}: checkpoint = {raw['checkpoint']!r}: file not found")
+    if kw.get("checkpoint"):
+        check_checkpoint_file(kw["checkpoint"], f"{where}: checkpoint = {raw['checkpoint']!r}")
     from enact_bench.data.sources import get_data_source
     spec = get_data_source(kw.get("data", "synthetic"))
     for opt in kw.get("data_options", {}):
@@ -389,10 +436,49 @@ def _build_case(raw: dict, where: str, base_dir: Path | None) -> Case:
                              f"valid keys: {', '.join(spec.options) or '(none)'}")
     if spec.name == "synthetic" and "image_size" not in kw:
         raise SuiteError(f'{where}: synthetic data needs image_size ("HxW", [H, W] or "coco")')
+    _check_overrides(kw["detector"], kw.get("overrides", {}), where)
+    _check_evaluations(kw.get("evaluate", ()), spec.name, where)
+    if kw.get("fake") and kw.get("enact") and (kw.get("enact_config") or {}).get("cluster_size") is None:
+        raise SuiteError(f"{where}: fake = true with ENACT needs a fixed cluster size (data-dependent shapes "
+                         f"cannot be faked): set enact_config = {{cluster_size = 6}} in the suite, or pass "
+                         f"--set enact_config.cluster_size=6")
     try:
         return Case(**kw)
     except ValueError as e:
         raise SuiteError(f"{where}: {e}") from None
+
+
+def check_checkpoint_file(path: str | os.PathLike, what: str) -> None:
+    """A checkpoint that is missing or is not a torch file fails at load, not in the case."""
+    from enact_bench.detectors.checkpoint import looks_like_torch_file
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise SuiteError(f"{what}: file not found")
+    if not looks_like_torch_file(p):
+        raise SuiteError(f"{what}: not a PyTorch checkpoint: {p} (expected a file written by torch.save)")
+
+
+def _check_overrides(detector: str, overrides: dict, where: str) -> None:
+    """Overrides the detector does not take are errors now, not after the suite started."""
+    from enact_bench.detectors import get_spec
+
+    valid = get_spec(detector).overrides
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise SuiteError(f"{where}: overrides: unknown key(s) {', '.join(map(repr, unknown))} for detector "
+                         f"{detector!r}; valid keys: {', '.join(valid)}")
+
+
+def _check_evaluations(names: tuple[str, ...], data: str, where: str) -> None:
+    """An evaluation that needs other data (EvaluationSpec.data) fails at load, not after measuring."""
+    from enact_bench.measure.evaluation import get_evaluation
+
+    for name in names:
+        needs = get_evaluation(name).data
+        if needs is not None and data not in needs:
+            raise SuiteError(f"{where}: evaluate = [{name!r}] needs data = {' or '.join(map(repr, needs))}; "
+                             f"this case has data = {data!r} (drop the evaluation or change data)")
 
 
 def expand(doc: dict, where: str, overrides: list[tuple[str, list]] | None = None,

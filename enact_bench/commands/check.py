@@ -52,15 +52,17 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def check(
         run_dirs: list[Path] = typer.Argument(..., help="reports/<run_id> folder(s); several = repeats (for --update)"),
-        baseline: Path = typer.Option(..., "--baseline", "-b", help="baseline JSON, e.g. suites/baselines/ci-cpu.json"),
+        baseline: str = typer.Option(..., "--baseline", "-b", help="baseline JSON path, or a shipped baseline's "
+                                      "name (e.g. ci-cpu; see `enact-bench list`)"),
         update: bool = typer.Option(False, "--update", help="write the run(s) as the new baseline instead of checking"),
         show_all: bool = typer.Option(False, "--all", help="also list the metrics that match exactly"),
     ) -> None:
         """Compare a run with a baseline: exit 0 ok, 1 regression, 2 not comparable."""
         from enact_bench.console import console, err_console
         from enact_bench.regress import run_check
+        from enact_bench.suites import find_baseline
 
-        result = run_check(run_dirs, baseline, update=update)
+        result = run_check(run_dirs, find_baseline(baseline), update=update)
         if result.comparison is not None:
             console.print(check_table(result.comparison, show_all=show_all))
         colour = {0: "green", 1: "red", 2: "yellow"}[result.exit_code]

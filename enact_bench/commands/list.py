@@ -12,7 +12,7 @@ def list_everything() -> dict:
     from enact_bench.detectors import get_spec, list_detectors
     from enact_bench.errors import UserInputError
     from enact_bench.measure.evaluation import list_evaluations
-    from enact_bench.suites import list_suites, load_suite
+    from enact_bench.suites import list_baselines, list_suites, load_suite
 
     suites = []
     for name, path in list_suites().items():
@@ -23,7 +23,8 @@ def list_everything() -> dict:
             suites.append((name, str(path), None, f"invalid: {e}"))
     detectors = [(n, get_spec(n).family, get_spec(n).tiny, get_spec(n).description) for n in list_detectors()]
     sources = [(n, get_data_source(n).description) for n in list_data_sources()]
-    return {"suites": suites, "detectors": detectors, "data": sources, "evaluations": list_evaluations()}
+    return {"suites": suites, "detectors": detectors, "data": sources, "evaluations": list_evaluations(),
+            "baselines": [(n, str(p)) for n, p in list_baselines().items()]}
 
 
 def register(app: typer.Typer) -> None:
@@ -49,4 +50,6 @@ def register(app: typer.Typer) -> None:
             t.add_row(name, family, "yes" if tiny else "", desc)
         console.print(t)
         console.print("data sources: " + ", ".join(n for n, _ in info["data"]))
+        console.print("baselines (check --baseline NAME): "
+                      + (", ".join(n for n, _ in info["baselines"]) or "(none shipped)"), highlight=False)
         console.print("evaluations: " + (", ".join(info["evaluations"]) or "(none registered)"))

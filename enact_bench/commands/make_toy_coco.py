@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from enact_bench.commands import user_errors
+from enact_bench.commands import output_folder, user_errors
 from enact_bench.errors import UserInputError
 
 
@@ -18,7 +18,12 @@ def make_toy_coco_command(out_dir: str | Path, *, images: int = 48, seed: int = 
                             max_side_px=max_side)
     except ValueError as e:
         raise UserInputError(str(e)) from None
-    return make_toy_coco(out_dir, cfg)
+    out = output_folder(out_dir, "make-toy-coco")
+    try:
+        return make_toy_coco(out, cfg)
+    except OSError as e:
+        raise UserInputError(f"make-toy-coco {out_dir}: cannot write there ({e.strerror or e}); "
+                             "expected a folder you can write to") from None
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from enact_bench.commands import user_errors
+from enact_bench.commands import output_folder, user_errors
 from enact_bench.errors import UserInputError
 
 
@@ -17,6 +17,8 @@ def report_command(run_dirs: list[str | Path], out: str | Path | None = None) ->
 
     if not run_dirs:
         raise UserInputError("give at least one run folder (reports/<run_id>) or records.jsonl file")
+    if out is not None:
+        out = output_folder(out, "--out")
     try:
         return build_report(list(run_dirs), out)
     except (FileNotFoundError, ValueError) as e:

@@ -7,7 +7,7 @@ from typing import Any, Optional
 import typer
 
 from enact_bench.case_edits import CaseEdits
-from enact_bench.commands import user_errors
+from enact_bench.commands import output_folder, user_errors
 from enact_bench.errors import UserInputError
 from enact_bench.run.run_dir import edit_suite, load_run_suite, prepare_run
 from enact_bench.run.suite_run import RunResult, run_suite
@@ -47,15 +47,28 @@ def prepare_command(suite: str | None, *, out: str | Path = "reports", overrides
         return s, Path(resume), meta["run_id"]
     if not suite:
         raise UserInputError("give --suite NAME|PATH (see `enact-bench list`) or --resume RUN_DIR")
+    out = output_folder(out, "--out")
+    if run_id is not None and (not run_id or run_id in (".", "..") or "/" in run_id or "\\" in run_id):
+        raise UserInputError(f"--run-id {run_id!r}: expected a folder name (no path separators); "
+                             "use --out for the parent folder")
     s = edit_suite(load_suite(suite, overrides), edits)
-    run_dir, rid = prepare_run(s, out, overrides, run_id, case_edits=edits.to_json())
+    try:
+        run_dir, rid = prepare_run(s, out, overrides, run_id, case_edits=edits.to_json())
+    except OSError as e:
+        raise UserInputError(f"--out {out}: cannot create the run folder there ({e.strerror or e})") from None
     return s, run_dir, rid
+
+
+def check_case_timeout(case_timeout_s: float | None) -> None:
+    if case_timeout_s is not None and not case_timeout_s > 0:
+        raise UserInputError(f"--case-timeout {case_timeout_s}: expected seconds > 0")
 
 
 def run_command(suite: str | None, *, out: str | Path = "reports", overrides=None, inline: bool = False,
                 resume: str | Path | None = None, run_id: str | None = None, case_timeout_s: float | None = None,
                 on_start=None, on_end=None, edits: CaseEdits | None = None) -> RunResult:
     """Plain body of `enact-bench run` (no printing). Returns the run's result."""
+    check_case_timeout(case_timeout_s)
     s, run_dir, rid = prepare_command(suite, out=out, overrides=overrides, resume=resume, run_id=run_id,
                                       edits=edits)
     return run_suite(s, run_dir, rid, inline=inline, on_start=on_start, on_end=on_end, timeout_s=case_timeout_s)
@@ -89,6 +102,10 @@ def register(app: typer.Typer) -> None:
         coco_root: Optional[Path] = typer.Option(None, help="COCO 2017 folder (annotations/, train2017/, "
                                                  "val2017/); default $ENACT_BENCH_COCO"),
         max_images: Optional[int] = typer.Option(None, help="coco/toy data: the first N images of each split"),
+        trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint",
+                                              help="read checkpoints with the full unpickler, which can run code: "
+                                              "only for files from a source you trust (default: "
+                                              "torch.load(weights_only=True), enough for the originals' files)"),
     ) -> None:
         """Run a suite: one record per case in OUT/<run_id>/records.jsonl, then the summary."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -98,7 +115,13 @@ def register(app: typer.Typer) -> None:
 
         overrides = cli_overrides(detector=detector, device=device, batch_size=batch_size, image_size=image_size,
                                   iters=iters, warmup=warmup, sets=set_, launcher=launcher, nproc=nproc)
+        if trust_checkpoint:
+            overrides.append(("trust_checkpoint", [True]))
+        if coco_root is not None and not coco_root.expanduser().is_dir():
+            raise UserInputError(f"--coco-root {coco_root}: not a folder; expected the COCO 2017 folder "
+                                 "(annotations/, train2017/, val2017/)")
         edits = CaseEdits.from_options(checkpoint, coco_root, max_images)
+        check_case_timeout(case_timeout)
         s, run_dir, rid = prepare_command(suite, out=out, overrides=overrides, resume=resume, run_id=run_id,
                                           edits=edits)
         console.print(f"suite [bold]{s.name}[/]: {len(s.cases)} case(s) -> {run_dir}", highlight=False)

@@ -6,13 +6,18 @@ from pathlib import Path
 import typer
 
 from enact_bench.commands import user_errors
+from enact_bench.errors import UserInputError
 
 
 def load_run_records(run_dir: str | Path):
     """Plain body: the records of RUN_DIR (or of a records.jsonl path)."""
     from enact_bench.records import read_records
 
-    return read_records(run_dir)
+    records = read_records(run_dir)
+    if not records:
+        raise UserInputError(f"no records in {run_dir} (expected a run folder written by `enact-bench run`, "
+                             "or its records.jsonl, with at least one finished case)")
+    return records
 
 
 def register(app: typer.Typer) -> None:

@@ -28,7 +28,8 @@ from .common.criterion import FocalSetCriterion, detr_weight_dict
 from .common.matcher import FocalClassCost, HungarianMatcher
 from .common.nested import batch_images
 from .common.postprocess import postprocess_topk_sigmoid
-from .common.config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
+from .common.config import DetectorConfig
+from .common.config_checks import check_positive_ints
 from .registry import register_detector, preset_factory
 
 ANCHOR_LR = 1e-4   # megvii-research/AnchorDETR main.py
@@ -36,47 +37,28 @@ ENACT_LR = 5e-5    # GSavathrakis/ENACT Anchor-DETR-ENACT main.py
 
 
 @dataclass(frozen=True)
-class AnchorDetrConfig:
-    backbone: str = "resnet50"
+class AnchorDetrConfig(DetectorConfig):
     dilation: bool = True  # DC5, the original's default
-    backbone_weights: str | None = None  # local torchvision ResNet .pth, with pretrained_backbone=True
-    hidden_dim: int = 256
-    nheads: int = 8
-    enc_layers: int = 6
-    dec_layers: int = 6
     dim_feedforward: int = 1024
     dropout: float = 0.0
     num_query_position: int = 300
     num_query_pattern: int = 3
-    aux_loss: bool = True
-    enact_layers: tuple[int, ...] | None = None  # encoder layers that get ENACT; None = all
     enact_sigma: float | None = None  # None: the config's sigma, or 5.0 for the reference preset
     # matcher costs, loss weights, focal loss
     set_cost_class: float = 2.0
-    set_cost_bbox: float = 5.0
-    set_cost_giou: float = 2.0
     cls_loss_coef: float = 2.0
-    bbox_loss_coef: float = 5.0
-    giou_loss_coef: float = 2.0
     focal_alpha: float = 0.25
     num_select: int = 100
-    # optimiser (AdamW): lr None = the release's default (1e-4 Anchor DETR, 5e-5 with ENACT)
-    lr: float | None = None
-    lr_backbone: float = 1e-5
-    weight_decay: float = 1e-4
-    clip_max_norm: float = 0.1
+    # lr (a DetectorConfig field) None = the release's default (1e-4 Anchor DETR, 5e-5 with ENACT)
 
     def __post_init__(self):
-        check_backbone(self)
-        check_positive_ints(self, ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward",
-                                  "num_query_position", "num_query_pattern", "num_select"))
+        super().__post_init__()
+        check_positive_ints(self, ("num_query_position", "num_query_pattern", "num_select"))
         if self.hidden_dim % self.nheads or self.hidden_dim % 32:
             raise ValueError(f"hidden_dim ({self.hidden_dim}) must be divisible by nheads ({self.nheads}) and by "
                              "32 (GroupNorm(32) after the input projection)")
-        check_dropout(self)
         if self.enact_sigma is not None and not self.enact_sigma > 0:
             raise ValueError(f"enact_sigma must be a positive number or None; got {self.enact_sigma!r}")
-        normalise_enact_layers(self)
 
 
 def anchor_enact_config(enact_config, sigma: float | None):

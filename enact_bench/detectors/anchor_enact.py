@@ -1,7 +1,7 @@
 """ENACT for Anchor DETR's encoder, as the ENACT release (Anchor-DETR-ENACT) does it.
 
 Per encoder layer a `W_prob` (C -> 1) scores the row keys (features + row position embedding,
-flattened row-major to S = H*W positions); the entropy/run procedure of DESIGN 4.1 (steps 1-8)
+flattened row-major to S = H*W positions); the entropy/run procedure of docs/enact.md (steps 1-8)
 picks one cluster size L for the batch and softmax window weights; the *same* windows and
 weights pool the row keys, the column keys and the values into n = S // L tokens. RCDA then runs
 over those tokens (`MultiheadRCDA.forward_enact`).

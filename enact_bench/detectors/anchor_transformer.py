@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .anchor_enact import AnchorEnactPooling
+from .common.enact_layers import enact_layers as enact_layer_indices
 from .common.inverse_sigmoid import inverse_sigmoid
 from .common.mlp import MLP
 from .rcda import MultiheadRCDA, mask_to_positions, pos2posemb1d, pos2posemb2d
@@ -104,9 +105,9 @@ class AnchorTransformer(nn.Module):
         super().__init__()
         self.d_model = d_model
         self.nhead = nhead
-        layers = []
+        layers, chosen = [], set(enact_layer_indices(num_encoder_layers, enact_layers))
         for i in range(num_encoder_layers):
-            cfg = enact_config if (enact_layers is None or i in enact_layers) else None
+            cfg = enact_config if i in chosen else None
             layers.append(AnchorEncoderLayer(d_model, dim_feedforward, dropout, nhead, cfg))
         self.encoder_layers = nn.ModuleList(layers)
         self.encoder_layers_level = nn.ModuleList()   # one feature level: none (as the original)

@@ -1,11 +1,23 @@
 """load_checkpoint: original-release checkpoints ({"model": state_dict}) or bare state_dicts.
 
-Strict loading raises a CheckpointMismatchError that lists the missing keys, the unexpected
-keys and any shape mismatches (first few of each, with counts), so a wrong variant or family is
-obvious. Non-strict loading returns the same information as a LoadReport.
+Files are read with `torch.load(weights_only=True)`: tensors, plain containers and numbers, plus
+exactly what the originals' training scripts pickle beyond that (SAFE_GLOBALS). The `main.py` of
+facebookresearch/detr, fundamentalvision/Deformable-DETR, IDEA-Research/DINO and the three
+models of GSavathrakis/ENACT save {"model", "optimizer", "lr_scheduler", "epoch", "args"} (DINO
+adds "ema_model" when it trains with EMA), where `optimizer` and `lr_scheduler` are state_dicts
+(StepLR, MultiStepLR with its collections.Counter of milestones, or OneCycleLR; all loadable
+with weights_only) and `args` is an argparse.Namespace (DINO's also carries its config file's
+values: numbers, strings, lists, dicts, None). Anything else in the pickle is refused unless the
+caller passes trust=True (`--trust-checkpoint`), because the full unpickler can run code.
+
+Strict loading raises a CheckpointMismatchError whose first line names the first few missing
+and unexpected keys and shape mismatches (with counts), so a wrong variant or family is obvious
+on the console; the following lines list more. Non-strict loading returns a LoadReport.
 """
 from __future__ import annotations
 
+import argparse
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -13,11 +25,61 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-SHOWN = 12
+SHOWN = 12  # keys listed per kind in the full description
+SHOWN_FIRST_LINE = 3  # keys per kind on the first (console) line
+# Classes the originals' checkpoints pickle besides tensors and plain containers (see above).
+SAFE_GLOBALS = (argparse.Namespace,)
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save since 1.6
+_PICKLE_PROTOCOLS = range(2, 6)  # the legacy format (torch < 1.6) is a pickle, protocol 2
+
+
+class CheckpointError(ValueError):
+    """The file cannot be read as a checkpoint (not a torch file, or refused by weights_only)."""
+
+
+class NotACheckpointError(CheckpointError):
+    pass
+
+
+class UntrustedCheckpointError(CheckpointError):
+    pass
 
 
 class CheckpointMismatchError(RuntimeError):
     pass
+
+
+def looks_like_torch_file(path: str | Path) -> bool:
+    """True if the file starts like something torch.save writes (a zip archive or a pickle)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head == _ZIP_MAGIC or (len(head) >= 2 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS)
+
+
+def load_torch_file(path: str | Path, trust: bool = False):
+    """torch.load on the CPU with weights_only=True and SAFE_GLOBALS; the full unpickler only
+    with trust=True. Raises NotACheckpointError / UntrustedCheckpointError with one-line reasons."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not looks_like_torch_file(path):
+        raise NotACheckpointError(f"not a PyTorch checkpoint: {path} (expected a file written by torch.save)")
+    try:
+        if trust:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not trust and "Weights only load failed" in str(e):
+            refused = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln
+                            or "Unsupported operand" in ln), "it holds objects other than tensors and training state")
+            raise UntrustedCheckpointError(
+                f"{path}: refused by torch.load(weights_only=True): {refused}. Pass --trust-checkpoint "
+                f"(suite key trust_checkpoint = true) only if you trust its source: unpickling can run code") from None
+        raise NotACheckpointError(f"not a PyTorch checkpoint: {path} ({type(e).__name__}: {e})") from None
+    except (EOFError, RuntimeError, ValueError, OSError) as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise NotACheckpointError(f"not a PyTorch checkpoint: {path} ({type(e).__name__}: {first})") from None
 
 
 @dataclass
@@ -29,6 +91,21 @@ class LoadReport:
     @property
     def ok(self) -> bool:
         return not (self.missing_keys or self.unexpected_keys or self.shape_mismatches)
+
+    def summary(self) -> str:
+        """One line: counts and the first few keys of each kind."""
+        parts = []
+        for label, items in (("missing", self.missing_keys), ("unexpected", self.unexpected_keys)):
+            if items:
+                more = ", ..." if len(items) > SHOWN_FIRST_LINE else ""
+                parts.append(f"{len(items)} {label} key{'s' if len(items) != 1 else ''} "
+                             f"({', '.join(items[:SHOWN_FIRST_LINE])}{more})")
+        if self.shape_mismatches:
+            k, a, b = self.shape_mismatches[0]
+            more = ", ..." if len(self.shape_mismatches) > 1 else ""
+            parts.append(f"{len(self.shape_mismatches)} shape mismatch{'es' if len(self.shape_mismatches) != 1 else ''}"
+                         f" ({k}: checkpoint {tuple(a)} vs model {tuple(b)}{more})")
+        return "; ".join(parts) if parts else "all keys match"
 
     def describe(self) -> str:
         parts = []
@@ -43,14 +120,12 @@ class LoadReport:
         return "\n".join(parts) if parts else "all keys match"
 
 
-def read_state_dict(path_or_state_dict: str | Path | Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """A path to a torch file or a mapping -> the bare state_dict (unwrapping {"model": ...})."""
+def read_state_dict(path_or_state_dict: str | Path | Mapping[str, Tensor], trust: bool = False) -> dict[str, Tensor]:
+    """A path to a torch file or a mapping -> the bare state_dict (unwrapping {"model": ...}).
+    trust: allow the full unpickler (see the module docstring)."""
     obj = path_or_state_dict
     if isinstance(obj, (str, Path)):
-        path = Path(obj)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = load_torch_file(obj, trust=trust)
     if not isinstance(obj, Mapping):
         raise TypeError(f"a checkpoint must be a state_dict or a dict with a 'model' entry; got {type(obj).__name__}")
     if "model" in obj and isinstance(obj["model"], Mapping):
@@ -74,13 +149,14 @@ def compare_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> LoadRep
 
 
 def load_checkpoint(model: nn.Module, path_or_state_dict: str | Path | Mapping[str, Tensor],
-                    strict: bool = True) -> LoadReport:
-    """Load weights into `model`. strict: every key and shape must match, else CheckpointMismatchError."""
-    state = read_state_dict(path_or_state_dict)
+                    strict: bool = True, trust: bool = False) -> LoadReport:
+    """Load weights into `model`. strict: every key and shape must match, else CheckpointMismatchError.
+    trust: read the file with the full unpickler (only for files from a source you trust)."""
+    state = read_state_dict(path_or_state_dict, trust=trust)
     report = compare_state_dict(model, state)
     name = getattr(model, "name", "") or type(model).__name__
     if strict and not report.ok:
-        raise CheckpointMismatchError(f"checkpoint does not fit {name}:\n{report.describe()}")
+        raise CheckpointMismatchError(f"checkpoint does not fit {name}: {report.summary()}\n{report.describe()}")
     if report.shape_mismatches:
         bad = {k for k, _, _ in report.shape_mismatches}
         state = {k: v for k, v in state.items() if k not in bad}

@@ -26,12 +26,14 @@ from .conditional_transformer import ConditionalDecoder, ConditionalDecoderLayer
 from .common.criterion import FocalSetCriterion, detr_weight_dict
 from .detr_transformer import ATTENTION_MODES, Encoder, EncoderLayer
 from .common.matcher import FocalClassCost, HungarianMatcher
+from .common.enact_layers import enact_layers as enact_layer_indices
 from .common.inverse_sigmoid import inverse_sigmoid
 from .common.mlp import MLP
 from .common.nested import batch_images
 from .common.position import PositionEmbeddingSine
 from .common.postprocess import postprocess_topk_sigmoid
-from .common.config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
+from .common.config import DetectorConfig
+from .common.config_checks import check_positive_ints
 from .registry import register_detector, preset_factory
 
 CONDITIONAL_LR = 1e-4   # Atten4Vis/ConditionalDETR main.py
@@ -39,46 +41,24 @@ ENACT_LR = 5e-5         # GSavathrakis/ENACT Conditional-DETR-ENACT main.py
 
 
 @dataclass(frozen=True)
-class ConditionalDetrConfig:
-    backbone: str = "resnet50"
-    dilation: bool = False  # DC5
-    backbone_weights: str | None = None  # local torchvision ResNet .pth, with pretrained_backbone=True
-    hidden_dim: int = 256
-    nheads: int = 8
-    enc_layers: int = 6
-    dec_layers: int = 6
-    dim_feedforward: int = 2048
-    dropout: float = 0.1
+class ConditionalDetrConfig(DetectorConfig):
     num_queries: int = 300
-    aux_loss: bool = True
     attention: str = "mha"  # encoder self-attention: "mha" (original: weights stored) | "sdpa"
-    enact_layers: tuple[int, ...] | None = None  # encoder layers that get ENACT; None = all
     # matcher costs, loss weights, focal loss
     set_cost_class: float = 2.0
-    set_cost_bbox: float = 5.0
-    set_cost_giou: float = 2.0
     cls_loss_coef: float = 2.0
-    bbox_loss_coef: float = 5.0
-    giou_loss_coef: float = 2.0
     focal_alpha: float = 0.25
     num_select: int = 100  # post-processing: top-k over queries x classes
-    # optimiser (AdamW): lr None = the release's default (1e-4 Conditional DETR, 5e-5 with ENACT)
-    lr: float | None = None
-    lr_backbone: float = 1e-5
-    weight_decay: float = 1e-4
-    clip_max_norm: float = 0.1
+    # lr (a DetectorConfig field) None = the release's default (1e-4 Conditional DETR, 5e-5 with ENACT)
 
     def __post_init__(self):
-        check_backbone(self)
+        super().__post_init__()
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}; got {self.attention!r}")
-        check_positive_ints(self, ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "num_queries",
-                                  "num_select"))
+        check_positive_ints(self, ("num_queries", "num_select"))
         if self.hidden_dim % (2 * self.nheads):
             raise ValueError(f"hidden_dim ({self.hidden_dim}) must be divisible by 2 * nheads ({2 * self.nheads}): "
                              "the sine embeddings split it into x/y halves and heads")
-        check_dropout(self)
-        normalise_enact_layers(self)
 
 
 class ConditionalTransformer(nn.Module):
@@ -87,7 +67,7 @@ class ConditionalTransformer(nn.Module):
     def __init__(self, cfg: ConditionalDetrConfig, enact_config=None):
         super().__init__()
         d, need_weights = cfg.hidden_dim, cfg.attention == "mha"
-        enact_set = set(range(cfg.enc_layers) if cfg.enact_layers is None else cfg.enact_layers)
+        enact_set = set(enact_layer_indices(cfg.enc_layers, cfg.enact_layers))
         plain = EncoderLayer(nn.MultiheadAttention(d, cfg.nheads, dropout=cfg.dropout), d, cfg.dim_feedforward,
                              cfg.dropout, need_weights=need_weights)
         enact = None

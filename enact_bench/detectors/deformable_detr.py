@@ -20,7 +20,7 @@ The state_dict layout is the release's, including its aliases: without box refin
 with box refinement the heads are also reachable as `transformer.decoder.bbox_embed.i` (and, for
 two-stage, `transformer.decoder.class_embed.i`), so those keys appear twice as in the release.
 
-ENACT (enact=True / EnactConfig) clusters the encoder's query tokens (enact.tokens, DESIGN 4.3):
+ENACT (enact=True / EnactConfig) clusters the encoder's query tokens (enact.tokens; docs/detectors-deformable.md):
 an *extension beyond the ENACT paper*. Extra keys: `transformer.encoder.enact_clustering.<i>.W_prob.*`.
 """
 from __future__ import annotations
@@ -36,58 +36,43 @@ from torch import Tensor, nn
 from .common.backbone import Backbone, backbone_weights_path, Joiner
 from .base import Detector
 from .common.criterion import FocalSetCriterion, detr_weight_dict
-from .deformable_transformer import DeformableTransformer, inverse_sigmoid
+from .common.inverse_sigmoid import inverse_sigmoid
+from .deformable_transformer import DeformableTransformer
 from .common.matcher import FocalClassCost, HungarianMatcher
 from .common.mlp import MLP
 from .common.ms_deform_attn import check_msda, msda_attention_label, set_msda
 from .common.nested import batch_images, downsample_mask
 from .common.position import PositionEmbeddingSine
 from .common.postprocess import postprocess_topk_sigmoid
-from .common.config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
+from .common.config import DetectorConfig
+from .common.config_checks import check_positive_ints
 from .registry import register_detector, preset_factory
 
 
 @dataclass(frozen=True)
-class DeformableDetrConfig:
-    backbone: str = "resnet50"
-    dilation: bool = False
-    backbone_weights: str | None = None  # local torchvision ResNet .pth, with pretrained_backbone=True
-    hidden_dim: int = 256
-    nheads: int = 8
-    enc_layers: int = 6
-    dec_layers: int = 6
+class DeformableDetrConfig(DetectorConfig):
     dim_feedforward: int = 1024
-    dropout: float = 0.1
     num_feature_levels: int = 4
     enc_n_points: int = 4
     dec_n_points: int = 4
     num_queries: int = 300
-    aux_loss: bool = True
     with_box_refine: bool = False
     two_stage: bool = False
-    enact_layers: tuple[int, ...] | None = None  # encoder layers that cluster tokens; None = all
     # deformable-attention core: "op" (registered op, the compiled kernel's memory) | "pytorch" (autograd reference)
     msda: str = "op"
     # matcher costs, loss weights, focal loss
     set_cost_class: float = 2.0
-    set_cost_bbox: float = 5.0
-    set_cost_giou: float = 2.0
     cls_loss_coef: float = 2.0
-    bbox_loss_coef: float = 5.0
-    giou_loss_coef: float = 2.0
     focal_alpha: float = 0.25
     num_select: int = 100  # detections kept per image by postprocess
     # optimiser (AdamW)
     lr: float = 2e-4
     lr_backbone: float = 2e-5  # <= 0 freezes the whole backbone, as the original
     lr_linear_proj_mult: float = 0.1  # for sampling_offsets and reference_points
-    weight_decay: float = 1e-4
-    clip_max_norm: float = 0.1
 
     def __post_init__(self):
-        check_backbone(self)
-        check_positive_ints(self, ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "num_feature_levels",
-                                  "enc_n_points", "dec_n_points", "num_queries", "num_select"))
+        super().__post_init__()
+        check_positive_ints(self, ("num_feature_levels", "enc_n_points", "dec_n_points", "num_queries", "num_select"))
         if self.hidden_dim % 32:
             raise ValueError(f"hidden_dim must be a multiple of 32 (input_proj uses GroupNorm(32)); got {self.hidden_dim}")
         if self.hidden_dim % self.nheads:
@@ -96,9 +81,7 @@ class DeformableDetrConfig:
             raise ValueError(f"num_feature_levels must be >= 3 (C3-C5 plus extra levels); got {self.num_feature_levels}")
         if self.two_stage and not self.with_box_refine:
             raise ValueError("two_stage=True needs with_box_refine=True (the release's two-stage configuration)")
-        check_dropout(self)
         check_msda(self.msda)
-        normalise_enact_layers(self)
 
 
 class DeformableCriterion(FocalSetCriterion):

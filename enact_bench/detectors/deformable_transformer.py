@@ -10,7 +10,7 @@ Module names, parameter names and initialisation follow fundamentalvision/Deform
     reference_points                Linear(C, 2)            (single-stage only)
     enc_output, enc_output_norm, pos_trans, pos_trans_norm  (two-stage only)
 
-ENACT (DESIGN 4.3, an extension beyond the paper): when the encoder is built with an
+ENACT (docs/detectors-deformable.md; an extension beyond the paper): when the encoder is built with an
 `EnactConfig`, each selected layer gets a `enact.tokens.TokenClustering` in
 `encoder.enact_clustering[str(i)]` (its learned `W_prob` is `encoder.enact_clustering.<i>.W_prob`).
 The layer then runs on cluster tokens against the full-resolution value map and every token gets
@@ -29,20 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from enact_bench.detectors.common.activation import activation_fn
+from enact_bench.detectors.common.enact_layers import enact_layers as enact_layer_indices
+from enact_bench.detectors.common.inverse_sigmoid import inverse_sigmoid  # noqa: F401 -- used below and re-exported
 from enact_bench.detectors.common.ms_deform_attn import LevelShapes, MSDeformAttn, level_start_index_of, shapes_as_list
-
-
-def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """log(x / (1 - x)) with x clamped to [0, 1] and both terms to >= eps (the original's)."""
-    x = x.clamp(min=0, max=1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
-
-
-def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
-    table = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
-    if name not in table:
-        raise ValueError(f"activation must be one of {sorted(table)}, got {name!r}")
-    return table[name]
 
 
 def clones(module: nn.Module, n: int) -> nn.ModuleList:
@@ -125,10 +115,7 @@ class DeformableEncoder(nn.Module):
         from enact.tokens import TokenClustering  # the plug-in; imports torch only
 
         d_model = d_model if d_model is not None else self.layers[0].norm1.normalized_shape[0]
-        chosen = list(range(self.num_layers)) if layers is None else sorted(set(int(i) for i in layers))
-        for i in chosen:
-            if not 0 <= i < self.num_layers:
-                raise ValueError(f"enact_layers must be layer indices in [0, {self.num_layers}), got {i}")
+        chosen = enact_layer_indices(self.num_layers, layers)
         self.enact_clustering = nn.ModuleDict({str(i): TokenClustering(d_model, config) for i in chosen})
 
     @staticmethod

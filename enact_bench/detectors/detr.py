@@ -16,13 +16,15 @@ from torch import Tensor, nn
 from .common.backbone import Backbone, backbone_weights_path, Joiner
 from .base import Detector
 from .common.criterion import SetCriterion, detr_weight_dict
-from .detr_transformer import ACTIVATIONS, ATTENTION_MODES, Transformer
+from .common.activation import ACTIVATIONS
+from .detr_transformer import ATTENTION_MODES, Transformer
 from .common.matcher import HungarianMatcher
 from .common.mlp import MLP
 from .common.nested import batch_images
 from .common.position import PositionEmbeddingSine
 from .common.postprocess import postprocess_softmax
-from .common.config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
+from .common.config import DetectorConfig
+from .common.config_checks import check_positive_ints
 from .registry import register_detector, preset_factory
 
 DETR_LR = 1e-4  # facebookresearch/detr main.py
@@ -30,49 +32,27 @@ ENACT_LR = 5e-5  # GSavathrakis/ENACT DETR-ENACT main.py
 
 
 @dataclass(frozen=True)
-class DetrConfig:
-    backbone: str = "resnet50"
-    dilation: bool = False  # DC5
-    backbone_weights: str | None = None  # local torchvision ResNet .pth, with pretrained_backbone=True
-    hidden_dim: int = 256
-    nheads: int = 8
-    enc_layers: int = 6
-    dec_layers: int = 6
-    dim_feedforward: int = 2048
-    dropout: float = 0.1
+class DetrConfig(DetectorConfig):
     activation: str = "relu"
     pre_norm: bool = False
     num_queries: int = 100
-    aux_loss: bool = True
     attention: str = "mha"  # "mha" (as the original: weights computed and stored) | "sdpa" (fused)
-    enact_layers: tuple[int, ...] | None = None  # encoder layers that get ENACT; None = all
     # matcher costs and loss weights
-    set_cost_class: float = 1.0
-    set_cost_bbox: float = 5.0
-    set_cost_giou: float = 2.0
     ce_loss_coef: float = 1.0
-    bbox_loss_coef: float = 5.0
-    giou_loss_coef: float = 2.0
     eos_coef: float = 0.1
-    # optimiser (AdamW): lr None = the release's default (1e-4 DETR, 5e-5 DETR-ENACT)
-    lr: float | None = None
-    lr_backbone: float = 1e-5  # <= 0 freezes the whole backbone, as the originals
-    weight_decay: float = 1e-4
-    clip_max_norm: float = 0.1
+    # lr (a DetectorConfig field) None = the release's default (1e-4 DETR, 5e-5 DETR-ENACT)
 
     def __post_init__(self):
-        check_backbone(self)
+        super().__post_init__()
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}; got {self.attention!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}; got {self.activation!r}")
-        check_positive_ints(self, ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "num_queries"))
+        check_positive_ints(self, ("num_queries",))
         if self.hidden_dim % self.nheads:
             raise ValueError(f"hidden_dim ({self.hidden_dim}) must be divisible by nheads ({self.nheads})")
         if self.hidden_dim % 2:
             raise ValueError(f"hidden_dim must be even (half of it encodes y, half x); got {self.hidden_dim}")
-        check_dropout(self)
-        normalise_enact_layers(self)
 
 
 class DETR(Detector):

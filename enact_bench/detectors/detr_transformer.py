@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .common.activation import activation_fn
+from .common.enact_layers import enact_layers as enact_layer_indices
+
 ATTENTION_MODES = ("mha", "sdpa")
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
 
 
 def with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
@@ -55,7 +57,7 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
-        self.activation = ACTIVATIONS[activation]
+        self.activation = activation_fn(activation)
         self.normalize_before = normalize_before
         self.need_weights = need_weights
         self.use_padding_mask = use_padding_mask
@@ -92,7 +94,7 @@ class DecoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
-        self.activation = ACTIVATIONS[activation]
+        self.activation = activation_fn(activation)
         self.normalize_before = normalize_before
         self.need_weights = need_weights
 
@@ -156,10 +158,9 @@ class Transformer(nn.Module):
         super().__init__()
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}; got {attention!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}; got {activation!r}")
+        activation_fn(activation)  # a bad name fails here, naming the valid ones
         need_weights = attention == "mha"
-        enact_set = set(range(num_encoder_layers) if enact_layers is None else enact_layers)
+        enact_set = set(enact_layer_indices(num_encoder_layers, enact_layers))
 
         def encoder_layer(self_attn: nn.Module, is_enact: bool) -> EncoderLayer:
             use_mask = not is_enact or bool(getattr(enact_config, "mask_padding", False))

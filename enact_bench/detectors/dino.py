@@ -23,8 +23,8 @@ Denoising needs `targets` in forward (training only, as the release). Difference
 release: training without targets runs without denoising (the release would fail) and the
 criterion then reports zero `_dn` losses, as the release does in eval.
 
-ENACT (enact=True / EnactConfig): token clustering of the encoder queries (enact.tokens, DESIGN
-4.3), an *extension beyond the ENACT paper*. Extra keys: `transformer.encoder.enact_clustering.<i>.W_prob.*`.
+ENACT (enact=True / EnactConfig): token clustering of the encoder queries (enact.tokens;
+docs/detectors-deformable.md), an *extension beyond the ENACT paper*. Extra keys: `transformer.encoder.enact_clustering.<i>.W_prob.*`.
 """
 from __future__ import annotations
 
@@ -42,35 +42,26 @@ from .common.criterion import FocalSetCriterion, _num_boxes
 from .deformable_detr import DeformableDETR
 from .dino_denoising import DenoisingMeta, dn_matching_indices, prepare_cdn
 from .dino_transformer import DINO_EPS, DinoTransformer
-from .deformable_transformer import inverse_sigmoid
+from .common.inverse_sigmoid import inverse_sigmoid
 from .common.matcher import FocalClassCost, HungarianMatcher
 from .common.mlp import MLP
 from .common.ms_deform_attn import check_msda, msda_attention_label, set_msda
 from .common.nested import batch_images
 from .common.position import PositionEmbeddingSine
 from .common.postprocess import postprocess_topk_sigmoid
-from .common.config_checks import check_backbone, check_dropout, check_positive_ints, normalise_enact_layers
+from .common.config import DetectorConfig
+from .common.config_checks import check_positive_ints
 from .registry import register_detector, preset_factory
 
 
 @dataclass(frozen=True)
-class DinoConfig:
-    backbone: str = "resnet50"
-    dilation: bool = False
-    backbone_weights: str | None = None  # local torchvision ResNet .pth, with pretrained_backbone=True
-    hidden_dim: int = 256
-    nheads: int = 8
-    enc_layers: int = 6
-    dec_layers: int = 6
-    dim_feedforward: int = 2048
+class DinoConfig(DetectorConfig):
     dropout: float = 0.0
     num_feature_levels: int = 4
     enc_n_points: int = 4
     dec_n_points: int = 4
     num_queries: int = 900
     pe_temperature: float = 20.0
-    aux_loss: bool = True
-    enact_layers: tuple[int, ...] | None = None  # encoder layers that cluster tokens; None = all
     # deformable-attention core: "op" (registered op, the compiled kernel's memory) | "pytorch" (autograd reference)
     msda: str = "op"
     # denoising
@@ -80,24 +71,16 @@ class DinoConfig:
     dn_labelbook_size: int | None = None  # None: num_classes (91 for COCO, as the release)
     # matcher costs, loss weights, focal loss
     set_cost_class: float = 2.0
-    set_cost_bbox: float = 5.0
-    set_cost_giou: float = 2.0
     cls_loss_coef: float = 1.0
-    bbox_loss_coef: float = 5.0
-    giou_loss_coef: float = 2.0
     interm_loss_coef: float = 1.0
     focal_alpha: float = 0.25
     num_select: int = 300
     # optimiser (AdamW)
     lr: float = 1e-4
-    lr_backbone: float = 1e-5  # <= 0 freezes the whole backbone
-    weight_decay: float = 1e-4
-    clip_max_norm: float = 0.1
 
     def __post_init__(self):
-        check_backbone(self)
-        check_positive_ints(self, ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "num_feature_levels",
-                                  "enc_n_points", "dec_n_points", "num_queries", "num_select"))
+        super().__post_init__()
+        check_positive_ints(self, ("num_feature_levels", "enc_n_points", "dec_n_points", "num_queries", "num_select"))
         if self.hidden_dim % 32:
             raise ValueError(f"hidden_dim must be a multiple of 32 (input_proj uses GroupNorm(32)); got {self.hidden_dim}")
         if self.hidden_dim % self.nheads:
@@ -110,9 +93,7 @@ class DinoConfig:
             raise ValueError(f"dn_label_noise_ratio must be in [0, 1]; got {self.dn_label_noise_ratio}")
         if self.dn_box_noise_scale < 0:
             raise ValueError(f"dn_box_noise_scale must be >= 0; got {self.dn_box_noise_scale}")
-        check_dropout(self)
         check_msda(self.msda)
-        normalise_enact_layers(self)
 
 
 def dino_weight_dict(cfg: DinoConfig, use_dn: bool) -> dict[str, float]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .deformable_transformer import inverse_sigmoid
+from .common.inverse_sigmoid import inverse_sigmoid
 
 
 @dataclass

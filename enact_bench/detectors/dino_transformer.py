@@ -18,7 +18,7 @@ Mixed query selection: the top-Q encoder tokens by their best class logit give t
 refines anchors layer by layer; the boxes it returns are not detached (look forward twice), the
 anchors it feeds the next layer are. Denoising queries are put in front of the matching queries.
 
-ENACT (DESIGN 4.3, an extension beyond the paper): the encoder is the Deformable DETR encoder,
+ENACT (docs/detectors-deformable.md; an extension beyond the paper): the encoder is the Deformable DETR encoder,
 with token clustering via enact.tokens when built with an EnactConfig; memory keeps full length.
 Layout: batch-first (B, S, C) throughout (the release runs its decoder sequence-first; same math).
 """

@@ -92,7 +92,7 @@ def make_batch(batch_size: int, image_size: tuple[int, int], num_targets: int = 
     """Deterministic synthetic batch (works under FakeTensorMode too: then only shapes matter).
 
     Boxes are valid normalised cxcywh strictly inside the image; every image has `num_targets`.
-    padded=False gives a list of images (the runner's and the DESIGN figure's convention: the
+    padded=False gives a list of images (the harness's convention, and the original DETR's: the
     list and the model's padded copy are both alive); True a padded tensor + mask (one copy).
     """
     if batch_size < 1 or num_targets < 1:

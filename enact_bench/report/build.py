@@ -74,7 +74,11 @@ NOTES = [
     "Memory: `peak CUDA allocated/reserved` are torch's max_memory_allocated/reserved over the "
     "measured step; `peak NVML process/device` come from the driver (sampled every 10 ms); "
     "`peak CPU tracked tensors` is the exact peak of live tensor storage bytes on CPU, counting "
-    "parameters, gradients, optimizer state and inputs alive at the peak, like CUDA allocated.",
+    "parameters, gradients, optimizer state and inputs alive at the peak, like CUDA allocated. "
+    "`peak tensors, FakeTensorMode estimate` (cases with `fake = true`) is an estimate, not a "
+    "measurement: the same live-tensor tracking over one training step run on fake tensors "
+    "(shapes only, nothing allocated), with a fixed Hungarian assignment and a fixed ENACT "
+    "cluster size; no time is measured for these cases.",
     "Step time: median over the timed iterations after warm-up, with its interquartile range "
     "[IQR]; images/s from the median.",
     "Encoder key length: for ENACT the keys left after clustering, averaged over the ENACT layers; "
@@ -82,7 +86,8 @@ NOTES = [
     "baseline record does not carry it).",
     f"On deformable encoders (Deformable DETR, DINO) ENACT is labelled \"{DEFORMABLE_ENACT}\": "
     "their self-attention is deformable, so the variant clusters the query tokens instead of the "
-    "keys (DESIGN.md section 4.3); the paper does not evaluate it.",
+    "keys, pools them in windows of neighbouring tokens by the same entropy procedure, and adds "
+    "each cluster's update back to its tokens; the paper does not evaluate it.",
     "Cells: OOM = ran out of memory, error / skipped = the case did not produce readings, "
     "not run = no such case in the run, n/m = not measured (the record's null_reasons says why).",
 ]
@@ -165,7 +170,11 @@ def build_report(run_dirs, out_dir=None) -> dict[str, Path]:
         if summary:
             blocks.append(Bullets(tuple(summary)))
         blocks.append(Table(s["memory"], "Peak memory."))
-        blocks.append(Table(s["speed"], "Time and compute (step time: median [IQR])."))
+        if s["memory_more"] is not None:
+            blocks.append(Table(s["memory_more"], "Peak memory as the driver saw it (NVML)."))
+        blocks.append(Table(s["speed"], "Time (step time: median [IQR])."))
+        if s["compute"] is not None:
+            blocks.append(Table(s["compute"], "Compute and encoder key length."))
         if s["accuracy"] is not None:
             blocks.append(Table(s["accuracy"], "COCO accuracy (AP in percent, change in AP points)."))
     if plots:

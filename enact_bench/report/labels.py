@@ -5,9 +5,11 @@ from enact_bench import metrics as metrics_schema
 
 DEFORMABLE_FAMILIES = ("deformable_detr", "dino")
 DEFORMABLE_ENACT = "ENACT token clustering (extension beyond the paper)"
-# EnactConfig's defaults (docs/CONTRACTS.md); a variant is labelled by what differs from them.
+# EnactConfig()'s defaults, kept here because report/ never imports torch (or enact);
+# tests/report/test_report_labels.py holds this equal to dataclasses.asdict(EnactConfig()).
+# A variant is labelled by what differs from them.
 ENACT_DEFAULTS = {"sigma": 3.0, "cluster_scope": "batch", "scale": "reference",
-                  "mask_padding": False, "backend": "math", "cluster_size": None}
+                  "mask_padding": False, "backend": "sdpa", "cluster_size": None}
 
 # metric -> (label, unit, how the change is given: "pct" relative or "pts" AP points): the
 # record metrics' from enact_bench/metrics.py, then the columns the report derives itself

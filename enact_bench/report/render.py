@@ -70,7 +70,10 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans
 h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; } h3 { margin-top: 1.5em; }
 .tablewrap { overflow-x: auto; margin: 0.5em 0 1.5em 0; }
 table { border-collapse: collapse; font-size: 0.82em; }
-th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; white-space: nowrap; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
+th { min-width: 4.5em; max-width: 11em; vertical-align: bottom; }
+/* cells wrap at spaces only when the table would not fit otherwise, so no table needs sideways
+   scrolling at 1400 px; the change columns come right after each row's identity */
 th { background: #f2f2f2; position: sticky; top: 0; }
 td:first-child, th:first-child { text-align: left; }
 tbody tr:nth-child(even) { background: #fafafa; }

@@ -120,10 +120,20 @@ def _delta_cell(sb: str, se: str, d: float, kind: str) -> str:
     return f"{'ENACT' if sb == 'ok' else 'baseline'} {STATUS_TEXT.get(se if sb == 'ok' else sb, '?')}"
 
 
+IDENT_FIRST = ("detector", "mode", "batch", "image (px)", "ENACT variant")  # then the changes
+IDENT_LAST = ("data",)  # after the values: it rarely differs within a section
+# Paired tables are split so that none needs sideways scrolling at 1400 px: the memory reading
+# that matters on the device (and the estimate) first, the driver's readings apart; time apart
+# from compute. Within a table the change columns come right after the row's identity.
+MEMORY_MAIN = ("mem_peak_alloc_mib", "mem_peak_reserved_mib", "cpu_tracked_peak_mib", "fake_tracked_peak_mib")
+TIME_METRICS = ("step_ms_p50", "images_per_s")
+COMPUTE_METRICS = ("gflops_fwd", "gflops_fwd_bwd", "key_len")
+
+
 def _ident(p: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "detector": p["detector"], "mode": p["mode"], "batch": p["batch_size"].astype("string"),
-        "image (px)": p["image_size"], "data": p["data"], "ENACT variant": p["variant"]})
+        "image (px)": p["image_size"], "ENACT variant": p["variant"]})
 
 
 def _measured(p: pd.DataFrame, metrics) -> list[str]:
@@ -131,11 +141,15 @@ def _measured(p: pd.DataFrame, metrics) -> list[str]:
 
 
 def display_paired(p: pd.DataFrame, metrics) -> pd.DataFrame:
-    """Text table: per metric `<label> base (unit)`, `<label> ENACT (unit)`, `Δ <label> (%)`.
+    """Text table: the row's identity, `Δ <label> (%)` for every metric, then per metric
+    `<label> baseline (unit)` and `<label> ENACT (unit)`, then the data source.
     Failed sides read OOM / error / skipped / not run; unmeasured values read n/m."""
     out = _ident(p)
+    for m in metrics:  # the changes first: what a reader compares across rows
+        out[delta_header(m)] = [_delta_cell(sb, se, d, METRICS[m][2]) for sb, se, d in
+                                zip(p["status_base"], p["status_enact"], p[f"{m}_delta"])]
     for m in metrics:
-        unit, kind = METRICS[m][1], METRICS[m][2]
+        unit = METRICS[m][1]
         for side in ("base", "enact"):
             vals = [_side_cell(s, v, unit) for s, v in zip(p[f"status_{side}"], p[f"{m}_{side}"])]
             if m == "step_ms_p50":   # median [IQR]
@@ -145,8 +159,7 @@ def display_paired(p: pd.DataFrame, metrics) -> pd.DataFrame:
             if m == "step_ms_p50":
                 name = name.replace("median", "median [IQR]")
             out[name] = vals
-        out[delta_header(m)] = [_delta_cell(sb, se, d, kind) for sb, se, d in
-                                zip(p["status_base"], p["status_enact"], p[f"{m}_delta"])]
+    out["data"] = p["data"].to_numpy()
     return out
 
 
@@ -158,13 +171,18 @@ def paired_sections(p: pd.DataFrame) -> list[dict]:
                   key=lambda k: (k[0], device_rank(k[1])))
     for run, device in keys:
         g = p[(p["run"] == run) & (p["device"] == device)].reset_index(drop=True)
-        mem = _measured(g, MEMORY_TABLE) or [DEVICE_MEMORY.get(device_type(device), "mem_peak_alloc_mib")]
-        speed = _measured(g, SPEED_METRICS) or ["step_ms_p50"]
+        mem_all = _measured(g, MEMORY_TABLE) or [DEVICE_MEMORY.get(device_type(device), "mem_peak_alloc_mib")]
+        mem = [m for m in mem_all if m in MEMORY_MAIN] or mem_all[:1]
+        mem_more = [m for m in mem_all if m not in mem]
+        time = _measured(g, TIME_METRICS) or ["step_ms_p50"]
+        compute = _measured(g, COMPUTE_METRICS)
         ap_rows = g[g[[f"{m}_{s}" for m in AP_METRICS for s in ("base", "enact")]].notna().any(axis=1)]
         sections.append({
             "run": run, "run_label": g["run_label"].iloc[0], "device": device,
             "device_name": g["device_name"].iloc[0],
-            "memory": display_paired(g, mem), "speed": display_paired(g, speed),
+            "memory": display_paired(g, mem), "speed": display_paired(g, time),
+            "memory_more": display_paired(g, mem_more) if mem_more else None,
+            "compute": display_paired(g, compute) if compute else None,
             "accuracy": display_paired(ap_rows.reset_index(drop=True), _measured(ap_rows, AP_METRICS))
             if len(ap_rows) else None,
         })

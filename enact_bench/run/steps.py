@@ -27,7 +27,7 @@ def build_model(case: Case):
         enact = EnactConfig(**case.enact_config)
     model = create_detector(case.detector, enact=enact, num_classes=case.num_classes, **case.overrides)
     if case.checkpoint:
-        load_checkpoint(model, case.checkpoint)
+        load_checkpoint(model, case.checkpoint, trust=case.trust_checkpoint)
     return model
 
 

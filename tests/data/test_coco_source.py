@@ -84,6 +84,10 @@ def test_bad_checkpoint_and_coco_options_are_one_line_errors(tmp_path, monkeypat
         CheckpointSpec.parse(f"detr_r50={tmp_path / 'none.pth'}")
     f = tmp_path / "w.pth"
     f.write_bytes(b"x")
+    with pytest.raises(UserInputError, match="not a PyTorch checkpoint"):
+        CheckpointSpec.parse(f"detr_r50={f}")
+    import torch
+    torch.save({"model": {}}, f)
     with pytest.raises(UserInputError, match="variants: detr_tiny, detr_tiny\\+enact"):
         CaseEdits.from_options([f"detr_r50={f}"]).apply(load_suite("toy-detr"))
     monkeypatch.delenv("ENACT_BENCH_COCO", raising=False)

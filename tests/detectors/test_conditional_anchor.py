@@ -26,8 +26,6 @@ ORIGINAL_LAYOUT = {
 @pytest.mark.parametrize("key", sorted(ORIGINAL_LAYOUT, key=str), ids=lambda k: f"{k[0]}-{'enact' if k[1] else 'base'}")
 def test_full_size_counts_and_keys_match_the_originals(key):
     name, enact = key
-    if enact:
-        pytest.importorskip("enact.attention")
     with torch.device("meta"):
         model = create_detector(name, enact=enact)
     params, entries, digest = ORIGINAL_LAYOUT[key]
@@ -75,7 +73,6 @@ def test_full_size_variant_details():
 
 @pytest.mark.parametrize("name", ["conditional_detr_tiny", "anchor_detr_tiny"])
 def test_enact_changes_only_the_encoder_self_attention(name):
-    pytest.importorskip("enact.attention")
     base = create_detector(name).state_dict()
     enact = create_detector(name, enact=True).state_dict()
     only_base = set(base) - set(enact)
@@ -90,7 +87,6 @@ def test_enact_changes_only_the_encoder_self_attention(name):
 
 
 def test_anchor_enact_defaults_to_the_release_sigma():
-    pytest.importorskip("enact.attention")
     from enact import EnactConfig
 
     assert create_detector("anchor_detr_tiny", enact=True).enact_config.sigma == 5.0
@@ -105,7 +101,6 @@ def test_anchor_enact_defaults_to_the_release_sigma():
 def test_anchor_enact_keeps_images_apart():
     """With a fixed cluster size an image's output must not depend on its batch neighbour. The
     ENACT release's reshape (transpose before reshape) mixes the images of a batch: we do not."""
-    pytest.importorskip("enact.attention")
     from enact import EnactConfig
 
     torch.manual_seed(0)
@@ -222,7 +217,6 @@ def test_conditional_encoder_sdpa_mode_gives_the_same_numbers():
 
 
 def test_anchor_enact_layers_selects_a_subset():
-    pytest.importorskip("enact.attention")
     model = create_detector("anchor_detr_tiny", enact=True, enact_layers=[1]).eval()
     assert [hasattr(layer, "ENACT") for layer in model.transformer.encoder_layers] == [False, True]
     with torch.no_grad():
@@ -236,9 +230,8 @@ def test_anchor_enact_layers_selects_a_subset():
 def test_conditional_padding_mask_hides_padded_features(variant):
     """Baseline and ENACT with mask_padding ignore features at padded positions; the release's
     ENACT (reference preset) does not use the mask, so there they change."""
-    if variant != "base":
-        pytest.importorskip("enact.attention")
-        from enact import EnactConfig
+    from enact import EnactConfig
+
     enact = {"base": False, "enact": True}.get(variant) if variant != "enact_masked" else EnactConfig(mask_padding=True)
     torch.manual_seed(0)
     model = create_detector("conditional_detr_tiny", enact=enact).eval()

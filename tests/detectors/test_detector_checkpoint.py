@@ -55,7 +55,6 @@ def test_mismatch_lists_missing_unexpected_and_shapes(name):
 
 
 def test_baseline_checkpoint_into_enact_model_names_the_attention_keys():
-    pytest.importorskip("enact.attention")
     base = create_detector("detr_tiny")
     enact = create_detector("detr_tiny", enact=True)
     with pytest.raises(CheckpointMismatchError, match=r"self_attn\.W_prob\.weight[\s\S]*self_attn\.in_proj_weight"):

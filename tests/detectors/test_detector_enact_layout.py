@@ -10,8 +10,7 @@ from enact_bench.detectors.detr_transformer import EncoderLayer
 
 from detector_helpers import TINY, TINY_DETR, images
 
-enact = pytest.importorskip("enact.attention")
-from enact import EnactAttention, EnactConfig  # noqa: E402
+from enact import EnactAttention, EnactConfig
 
 ENC_ATTN = re.compile(r"^transformer\.encoder\.layers\.(\d+)\.self_attn(\.|$)")
 
@@ -58,8 +57,9 @@ def test_enact_layer_reproduces_the_release(oracle_case):
     case = oracle_case
     c, heads, ff = case["meta"]["layer_ctor"]["d_model"], case["meta"]["layer_ctor"]["nhead"], \
         case["meta"]["layer_ctor"]["dim_feedforward"]
+    sigma = case["meta"]["layer_ctor"]["sigma"]
     for backend in ("sdpa", "math"):
-        attn = EnactAttention(c, heads, config=EnactConfig.reference().replace(backend=backend))
+        attn = EnactAttention(c, heads, config=EnactConfig.reference(sigma).replace(backend=backend))
         layer = EncoderLayer(attn, c, ff, 0.1, use_padding_mask=False, need_weights=False,
                              release_key_order="enact").eval()
         layer.load_state_dict(case["layer"]["state_dict"], strict=True)

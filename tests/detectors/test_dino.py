@@ -8,7 +8,7 @@ import torch
 from enact_bench.detectors import create_detector, load_checkpoint
 from enact_bench.detectors.dino_denoising import dn_attention_mask, dn_matching_indices, num_dn_groups, prepare_cdn
 
-from detector_helpers import ENACT_PARAM, HAS_ENACT, VARIANTS
+from detector_helpers import ENACT_PARAM, VARIANTS
 
 RELEASE_PARAMS = 46_893_182  # sum of p.numel() over the release's model.parameters(), DINO_4scale defaults
 
@@ -210,7 +210,6 @@ def test_eval_outputs_postprocess_and_checkpoint_round_trip(enact, tmp_path):
     assert torch.equal(again["pred_logits"], out["pred_logits"]) and torch.equal(again["pred_boxes"], out["pred_boxes"])
 
 
-@pytest.mark.skipif(not HAS_ENACT, reason="enact plug-in not present")
 def test_cluster_size_one_equals_the_baseline():
     torch.manual_seed(0)
     base = create_detector("dino_tiny", num_classes=5).eval()

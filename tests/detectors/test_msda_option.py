@@ -10,11 +10,9 @@ from enact_bench.detectors import create_detector
 from enact_bench.detectors.common import ms_deform_attn_op as op
 from enact_bench.detectors.common.ms_deform_attn import MSDeformAttn
 
-from detector_helpers import HAS_ENACT
-
 NAMES = ["deformable_detr_tiny", "deformable_detr_tiny_box_refine", "deformable_detr_tiny_two_stage", "dino_tiny"]
 ENACT = [pytest.param(False, id="base"),
-         pytest.param(True, id="enact", marks=pytest.mark.skipif(not HAS_ENACT, reason="enact plug-in not present"))]
+         pytest.param(True, id="enact")]
 
 
 def _images():
@@ -82,7 +80,7 @@ def test_op_and_pytorch_paths_agree(name, enact):
 @pytest.mark.parametrize("name", ["deformable_detr_tiny", "dino_tiny"])
 def test_the_option_reaches_every_deformable_layer_and_no_state(name):
     base = create_detector(name)
-    ref = create_detector(name, msda="pytorch", enact=HAS_ENACT)
+    ref = create_detector(name, msda="pytorch", enact=True)
     layers = [m for m in ref.modules() if isinstance(m, MSDeformAttn)]
     assert len(layers) == base.cfg.enc_layers + base.cfg.dec_layers
     assert {m.msda for m in layers} == {"pytorch"}

@@ -1,4 +1,4 @@
-"""Each option of EnactConfig tested for the property it promises (DESIGN 4.2)."""
+"""Each option of EnactConfig tested for the property it promises (docs/enact.md, Options)."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""ENACT token clustering for deformable encoders (enact/tokens.py, DESIGN 4.3)."""
+"""ENACT token clustering for deformable encoders (enact/tokens.py; docs/detectors-deformable.md)."""
 from __future__ import annotations
 
 import pytest
@@ -10,17 +10,18 @@ from enact_bench.detectors import create_detector
 
 
 def test_level_statistics_and_windows_match_the_released_enact(oracle_case):
-    """One level of 25 x 34 tokens = the oracle's sequence: same smoothed entropy, same L (6), same
-    trimming (2 front, 2 back) and the same pooled windows as the released DETR-ENACT code."""
+    """One level of H x W tokens = the oracle's sequence: same smoothed entropy, same L, same
+    trimming and the same pooled windows as the released DETR-ENACT code."""
     k = oracle_case["inputs"]["k"].transpose(0, 1)  # (S, B, C) -> (B, S, C)
-    inter = oracle_case["intermediates"]
-    clustering = TokenClustering(256, EnactConfig.reference())
+    inter, meta = oracle_case["intermediates"], oracle_case["meta"]
+    B, C, H, W, sigma = meta["B"], meta["C"], meta["H"], meta["W"], meta["ctor"]["sigma"]
+    clustering = TokenClustering(C, EnactConfig.reference(sigma))
     clustering.W_prob.load_state_dict({"weight": oracle_case["state_dict"]["W_prob.weight"],
                                        "bias": oracle_case["state_dict"]["W_prob.bias"]})
     with torch.no_grad():
-        smoothed = level_smoothed_entropy(clustering.W_prob(k).squeeze(-1), 3.0)
+        smoothed = level_smoothed_entropy(clustering.W_prob(k).squeeze(-1), sigma)
         torch.testing.assert_close(smoothed, inter["entropy_smoothed"], rtol=1e-5, atol=1e-7)
-        assert level_cluster_size_from_data(smoothed) == inter["clst_sh"] == 6
+        assert level_cluster_size_from_data(smoothed) == inter["clst_sh"]
 
         seen = {}
 
@@ -28,14 +29,15 @@ def test_level_statistics_and_windows_match_the_released_enact(oracle_case):
             seen["q_src"], seen["q_ref"] = q_src, q_ref
             return q_src
 
-        out = clustering(layer_fn, k, None, torch.zeros(2, 850, 1, 2), [(25, 34)])
+        out = clustering(layer_fn, k, None, torch.zeros(B, H * W, 1, 2), [(H, W)])
     front, n = inter["trim_front"], inter["n_clusters"]
     q_src = seen["q_src"]
-    assert q_src.shape == (2, front + n + inter["trim_back"], 256)
+    assert q_src.shape == (B, front + n + inter["trim_back"], C)
     torch.testing.assert_close(q_src[:, front:front + n], inter["k_clustered_pre_proj"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(q_src[:, :front], k[:, :front])  # trimmed tokens stay single
     torch.testing.assert_close(out, k)  # a layer that changes nothing changes no token
-    assert clustering.last_stats["cluster_size"] == [6] and clustering.last_stats["tokens_after"] == [145]
+    assert clustering.last_stats["cluster_size"] == [inter["clst_sh"]]
+    assert clustering.last_stats["tokens_after"] == [front + n + inter["trim_back"]]
 
 
 def test_cluster_updates_are_broadcast_and_pos_ref_pooled_alike():

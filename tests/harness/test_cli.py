@@ -66,6 +66,57 @@ def test_list_and_env():
     assert env.exit_code == 0 and "torchvision" in env.output and "device_kind" in env.output
 
 
+def _one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_paths_that_are_files_are_one_line_errors(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    _one_line_error(cli.invoke(app, ["make-toy-coco", str(f)]), "is a file", "expected a folder")
+    _one_line_error(cli.invoke(app, ["make-toy-coco", str(f / "sub")]), "is a file", "expected a folder")
+    _one_line_error(cli.invoke(app, ["run", "--suite", "smoke", "--out", str(f), "--inline"]),
+                    "--out", "is a file", "expected a folder")
+    _one_line_error(cli.invoke(app, ["run", "--suite", "smoke", "--out", str(f / "deeper"), "--inline"]),
+                    "--out", "is a file")
+    _one_line_error(cli.invoke(app, ["run", "--suite", "smoke", "--coco-root", str(f)]), "--coco-root", "not a folder")
+    _one_line_error(cli.invoke(app, ["report", str(f), "--out", str(f)]), "--out", "is a file")
+    _one_line_error(cli.invoke(app, ["show", str(f)]), "no records in")
+    _one_line_error(cli.invoke(app, ["check", str(tmp_path), "--baseline", str(tmp_path)]), "--baseline", "is a folder")
+    _one_line_error(cli.invoke(app, ["check", str(tmp_path), "--baseline", "no-such-baseline"]), "unknown baseline")
+
+
+def test_bad_options_are_one_line_errors(tmp_path):
+    suite = tmp_path / "s.toml"
+    suite.write_text('name = "s"\n[defaults]\ndetector = "detr_tiny"\nimage_size = "64x64"\n')
+    text = tmp_path / "weights.pth"
+    text.write_text("not a checkpoint\n")
+    out = str(tmp_path / "o")
+    cases = [
+        (["--set", "foo"], "expected key=value"),
+        (["--set", "iters=abc"], "expected an integer"),
+        (["--image-size", "0x5"], "image sides must be >= 1"),
+        (["--case-timeout", "-1"], "expected seconds > 0"),
+        (["--run-id", "a/b"], "no path separators"),
+        (["--set", "overrides.nonsense=1"], "unknown key(s) 'nonsense' for detector 'detr_tiny'"),
+        (["--checkpoint", f"detr_tiny={text}"], "not a PyTorch checkpoint"),
+        (["--set", "evaluate=coco"], "needs data = 'coco' or 'toy'"),
+        (["--set", "fake=true", "--set", "enact=true"], "--set enact_config.cluster_size=6"),
+    ]
+    for extra, needle in cases:
+        _one_line_error(cli.invoke(app, ["run", "--suite", str(suite), "--out", out, "--inline", *extra]), needle)
+    # a message that names TOML tables keeps its brackets (rich markup would eat them)
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    _one_line_error(cli.invoke(app, ["run", "--suite", str(empty), "--out", out]), "[defaults] or [matrix]")
+    _one_line_error(cli.invoke(app, ["run", "--suite", "no-such-suite"]), "unknown suite 'no-such-suite'", "smoke")
+
+
 def test_piped_output_has_a_line_when_each_case_starts_and_ends(smoke_run):
     # fault 10: in CI logs (not a TTY) a long case used to run in silence until it ended
     _, result = smoke_run

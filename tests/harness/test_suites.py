@@ -117,3 +117,74 @@ def test_set_option_parses_toml_values():
     assert parse_set_option('image_size="64x96"') == ("image_size", "64x96")
     with pytest.raises(SuiteError, match="key=value"):
         parse_set_option("iters")
+
+
+def test_shipped_baseline_is_found_by_name_or_path(tmp_path):
+    from enact_bench.errors import UserInputError
+    from enact_bench.suites import find_baseline, list_baselines
+
+    assert find_baseline("ci-cpu") == list_baselines()["ci-cpu"]
+    assert find_baseline("ci-cpu").name == "ci-cpu.json" and find_baseline("ci-cpu").is_file()
+    assert find_baseline(str(tmp_path / "new.json")) == tmp_path / "new.json"  # --update may create it
+    with pytest.raises(UserInputError, match="unknown baseline 'nope'.*ci-cpu"):
+        find_baseline("nope")
+
+
+def test_registry_import_failure_is_loud(monkeypatch):
+    """A registry that cannot be imported must not turn detector validation off."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "enact_bench.detectors", None)  # import -> ImportError
+    with pytest.raises(ImportError):
+        load_suite_text('[defaults]\ndetector = "no_such_detector"\nimage_size = "64x64"\n')
+
+
+def test_evaluation_data_requirement_is_checked_at_load():
+    with pytest.raises(SuiteError, match=r"evaluate = \['coco'\] needs data = 'coco' or 'toy'.*data = 'synthetic'"):
+        load_suite_text('[defaults]\ndetector = "detr_tiny"\nimage_size = "64x64"\nmode = "infer"\n'
+                        'evaluate = ["coco"]\n')
+
+
+def test_fake_enact_without_cluster_size_fails_at_load_with_the_set_form():
+    text = '[defaults]\ndetector = "detr_tiny"\nimage_size = "64x64"\nfake = true\n[matrix]\nenact = [false, true]\n'
+    with pytest.raises(SuiteError, match=r"--set enact_config\.cluster_size=6"):
+        load_suite_text(text)
+    ok = load_suite_text(text, overrides=[("enact_config.cluster_size", [6])])
+    assert [c.enact for c in ok.cases] == [False, True] and ok.cases[1].enact_config == {"cluster_size": 6}
+
+
+def test_unknown_detector_override_fails_at_load():
+    with pytest.raises(SuiteError, match=r"unknown key\(s\) 'nonsense' for detector 'detr_tiny'.*hidden_dim"):
+        load_suite_text('[defaults]\ndetector = "detr_tiny"\nimage_size = "64x64"\noverrides = {nonsense = 1}\n')
+
+
+def test_checkpoint_that_is_not_a_torch_file_fails_at_load(tmp_path):
+    (tmp_path / "w.pth").write_text("hello")
+    with pytest.raises(SuiteError, match="not a PyTorch checkpoint"):
+        load_suite_text('[defaults]\ndetector = "detr_tiny"\nimage_size = "64x64"\ncheckpoint = "w.pth"\n',
+                        base_dir=tmp_path)
+    suite = load_suite_text('[defaults]\ndetector = "detr_tiny"\nimage_size = "64x64"\ntrust_checkpoint = true\n')
+    assert suite.cases[0].trust_checkpoint and suite.cases[0].case_id == "detr_tiny-base-train-b2-64x64"
+
+
+def test_case_ids_are_short_readable_and_stable():
+    toy = load_suite("toy-detr").cases
+    assert max(len(c.case_id) for c in toy) <= 90
+    # the same options give the same id in every run (a resume and the baseline key on it)
+    assert toy[0].case_id == "detr_tiny-base-infer-b1-toy-opts=f0014e2f-num_classes=2-evaluate=coco"
+    assert load_suite("toy-detr").cases[0].case_id == toy[0].case_id
+    other = Case(detector="detr_tiny", data="toy", data_options={**toy[0].data_options, "images": 33})
+    assert other.case_id != Case(detector="detr_tiny", data="toy", data_options=toy[0].data_options).case_id
+    # key order in the suite file does not matter
+    a = Case(detector="detr_tiny", data="toy", data_options={"images": 8, "categories": 1})
+    b = Case(detector="detr_tiny", data="toy", data_options={"categories": 1, "images": 8})
+    assert a.case_id == b.case_id
+
+
+def test_ci_case_ids_are_the_baseline_keys():
+    import json
+
+    from enact_bench.suites import find_baseline
+
+    baseline = json.loads(find_baseline("ci-cpu").read_text())
+    assert [c.case_id for c in load_suite("ci").cases] == list(baseline["cases"])

@@ -136,3 +136,37 @@ def test_resumed_run_keeps_the_last_attempt_and_device_index_is_understood(tmp_p
     row = df[df.case_id == first["case_id"]].iloc[0]
     assert row.status == "ok" and row.device_type == "cpu" and df.index[df.case_id == first["case_id"]][0] == 0
     assert row.cpu_tracked_peak_mib == pytest.approx(first["metrics"]["cpu_tracked_peak_bytes"] / 2**20)
+
+
+def _paired_html_tables(html: str) -> list[tuple[list[str], list[list[str]]]]:
+    """(headers, rows) of each table between the 'Baseline vs ENACT' heading and the next h2."""
+    start = html.index("Baseline vs ENACT")
+    end = html.find("<h2", start)
+    part = html[start:end if end > 0 else None]
+    out = []
+    for t in re.findall(r"<table.*?</table>", part, flags=re.S):
+        heads = [re.sub(r"<.*?>", "", h).strip() for h in re.findall(r"<th.*?</th>", t, flags=re.S)]
+        rows = [[re.sub(r"<.*?>", "", c).strip() for c in re.findall(r"<td.*?</td>", r, flags=re.S)]
+                for r in re.findall(r"<tr>.*?</tr>", t.split("</thead>")[-1], flags=re.S)]
+        out.append((heads, [r for r in rows if r]))
+    return out
+
+
+def test_paired_tables_fit_1400_px_with_the_change_columns_first(built):
+    """At the HTML's 13 px table font a character is about 7.5 px wide and a cell adds 16 px of
+    padding and border; headers and cells wrap at spaces when the table would not fit (CSS: no
+    nowrap), so a column can shrink to its longest word. Every paired table must fit the page's
+    1400 px that way, without sideways scrolling, and its first change column must come right
+    after the row's identity."""
+    out, paths = built
+    tables = _paired_html_tables(paths["report.html"].read_text())
+    assert len(tables) >= 4
+    for heads, rows in tables:
+        width = 0.0
+        for i, h in enumerate(heads):
+            longest = max(len(w) for cell in [h] + [r[i] for r in rows if i < len(r)] for w in cell.split() or [""])
+            width += longest * 7.5 + 16
+        assert width <= 1400, (round(width), heads)
+        deltas = [i for i, h in enumerate(heads) if h.startswith("Δ")]
+        assert deltas and deltas[0] == 5, heads  # detector, mode, batch, image, ENACT variant, then Δ
+    assert "white-space: nowrap" not in paths["report.html"].read_text().split("</style>")[0]

@@ -74,7 +74,7 @@ def test_paired_memory_time_flops_keylen_deltas(paired):
 
 def test_second_variant_is_paired_with_the_same_baseline(paired):
     r = row(paired, run=1, detector="detr_r50", mode="train", batch_size=2, image_size="800x1066",
-            variant="ENACT (backend=sdpa, scale=standard)")
+            variant="ENACT (backend=math, scale=standard)")
     assert r.case_id_base == "detr_r50-base-train-b2-800x1066"
     assert r.mem_peak_alloc_mib_delta == pytest.approx((1985.0 - 2905.0) / 2905.0 * 100)
 

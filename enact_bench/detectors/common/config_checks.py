@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .backbone import RESNETS
+from .enact_layers import enact_layers
 
 
 def check_backbone(cfg) -> None:
@@ -23,10 +24,5 @@ def check_dropout(cfg) -> None:
 
 def normalise_enact_layers(cfg) -> None:
     """`enact_layers` (None = every encoder layer) -> a sorted tuple of valid layer indices."""
-    if cfg.enact_layers is None:
-        return
-    layers = tuple(cfg.enact_layers)
-    if not layers or any(not isinstance(i, int) or not 0 <= i < cfg.enc_layers for i in layers):
-        raise ValueError(f"enact_layers must be a non-empty tuple of encoder layer indices in "
-                         f"[0, {cfg.enc_layers}); got {cfg.enact_layers!r}")
-    object.__setattr__(cfg, "enact_layers", tuple(sorted(set(layers))))
+    if cfg.enact_layers is not None:
+        object.__setattr__(cfg, "enact_layers", enact_layers(cfg.enc_layers, cfg.enact_layers))
