@@ -3,7 +3,7 @@ sizes, beside the plan's predictions.
 
 Per variant and planned batch size: build the detector on the GPU (random weights, the same
 variant as the plan), one warm-up step (gradients and AdamW state appear), then the measured
-step under DESIGN's protocol (gc, synchronize, empty_cache, reset_peak_memory_stats; then
+step under the harness's memory protocol (docs/harness.md: gc, synchronize, empty_cache, reset_peak_memory_stats; then
 max_memory_allocated / max_memory_reserved; an NVML sampler every 10 ms for the device's and
 this process's used memory). The step is the plan's: the same synthetic batch (make_batch), the
 same clipping and AdamW (torch's CUDA default: foreach), the original's Hungarian matcher.
