@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 TRAIN_INFER = ("train", "infer")
 TRAIN = ("train",)
-UNITS = ("count", "MiB", "bytes", "ms", "images/s", "GFLOPs", "GMACs", "tokens", "names", "text")
+UNITS = ("count", "MiB", "bytes", "ms", "images/s", "GFLOPs", "GMACs", "tokens", "names", "text", "flag")
 CHANGES = ("pct", "pts")
 GATE_KINDS = ("exact", "noisy", "set")
 
@@ -107,6 +107,26 @@ SCHEMA: tuple[Metric, ...] = (
        plot_rank=6),
     _m("fake_tracked_start_bytes", "bytes", "estimate_train_step",
        "estimated live tensor bytes before that step", real=False, fake=True, modes=TRAIN, gate_cpu=EXACT),
+    # the CUDA-target estimate's predictions (fake = true, target = "cuda"; measure/estimate.py
+    # predicted_gpu_fields): estimates, labelled so in the report
+    _m("predicted_tensor_peak_mib", "MiB", "predicted_gpu_fields",
+       "ESTIMATE: live tensor peak of the step under CUDA's kernel choices", real=False, fake=True, modes=TRAIN),
+    _m("predicted_alloc_peak_mib", "MiB", "predicted_gpu_fields",
+       "ESTIMATE: max_memory_allocated (caching-allocator model)", real=False, fake=True, modes=TRAIN),
+    _m("predicted_reserved_peak_mib", "MiB", "predicted_gpu_fields",
+       "ESTIMATE: max_memory_reserved (caching-allocator model)", real=False, fake=True, modes=TRAIN),
+    _m("predicted_device_used_mib", "MiB", "predicted_gpu_fields",
+       "ESTIMATE: NVML used (reserved + cuBLAS workspaces + CUDA context of the case's gpu)", real=False,
+       fake=True, modes=TRAIN),
+    _m("predicted_fits", "flag", "predicted_gpu_fields", "ESTIMATE: device memory within the gpu's usable memory",
+       real=False, fake=True, modes=TRAIN),
+    _m("predicted_gpu", "text", "predicted_gpu_fields", "the GPU the device memory was predicted for",
+       real=False, fake=True, modes=TRAIN),
+    _m("predicted_breakdown_mib", "MiB", "predicted_gpu_fields",
+       "ESTIMATE: the peak by category (measure/breakdown.py)", real=False, fake=True, modes=TRAIN),
+    _m("predicted_sdpa_kernels", "names", "predicted_gpu_fields",
+       "SDPA calls per CUDA kernel the estimate modelled (flash, efficient, cudnn, math)", real=False, fake=True,
+       modes=TRAIN),
     # step time (timed iterations after the warm-up)
     _m("step_ms_p50", "ms", "time_steps", "median step time", label="step time median",
        gate_gpu={"kind": "noisy", "rel": 0.25, "abs": 1.0, "spread_k": 3.0}, spread_from="step_ms_iqr"),

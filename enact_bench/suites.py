@@ -24,7 +24,9 @@ MODES = ("train", "infer")
 DTYPES = ("float32", "bfloat16", "float16")
 SIZE_DISTS = ("coco",)
 LAUNCHERS = ("process", "torchrun")
-TOP_KEYS = ("name", "description", "defaults", "matrix")
+TOP_KEYS = ("name", "description", "defaults", "matrix", "plan")
+TARGETS = ("cpu", "cuda")
+PLAN_KEYS = ("detectors", "gpu", "image_size", "variants", "enact_cluster_size")
 # Case keys that do not change what is measured, only how long or where: not in the case_id.
 NOT_IN_ID = ("iters", "warmup", "device", "flops", "cpu_threads", "node_rank", "rdzv_endpoint",
              "trust_checkpoint")
@@ -66,6 +68,8 @@ class Case:
     nnodes: int = 1  # torchrun: nodes taking part (the same suite runs on each)
     node_rank: int = 0  # torchrun, nnodes > 1: this node's index (0 hosts rank 0 and the record)
     rdzv_endpoint: str | None = None  # torchrun, nnodes > 1: "host:port" of node 0
+    target: str = "cpu"  # fake cases: whose kernels the estimate follows, "cpu" (exact CPU) | "cuda"
+    gpu: str | None = None  # fake cases: GPU (measure/gpus.py) for the predicted allocator/device memory
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -92,6 +96,10 @@ class Case:
                 raise ValueError('nnodes > 1 needs rdzv_endpoint = "host:port" (node 0, reachable from all nodes)')
         if self.ddp and not self.fake:
             raise ValueError('ddp = true belongs to fake = true estimates; to measure DDP say launcher = "torchrun"')
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if (self.target != "cpu" or self.gpu is not None) and not self.fake:
+            raise ValueError("target and gpu apply to fake = true cases (the estimate); set fake = true")
 
     @property
     def case_id(self) -> str:
@@ -160,6 +168,7 @@ class Suite:
     path: Path | None
     text: str  # the TOML as read (copied into reports/<run_id>/suite.toml)
     cases: tuple[Case, ...]
+    plan: dict | None = None  # [plan]: full-size estimates `run` prints first (enact_bench.plan)
 
 
 # ---------------------------------------------------------------------------------------
@@ -338,6 +347,16 @@ def _check(key: str, value: Any, where: str) -> Any:
         except (TypeError, ValueError) as e:
             raise SuiteError(f"{where}: enact_config = {value!r}: {e}") from None
         return dict(value)
+    if key == "target":
+        if value not in TARGETS:
+            raise bad("one of " + ", ".join(TARGETS))
+        return value
+    if key == "gpu":
+        from enact_bench.measure.gpus import get_gpu
+        try:
+            return get_gpu(value).name if isinstance(value, str) else get_gpu(str(value)).name
+        except ValueError as e:
+            raise SuiteError(f"{where}: gpu = {value!r}: {e}") from None
     if key == "checkpoint":
         if not isinstance(value, str) or not value:
             raise bad("a path to a checkpoint file (string)")
@@ -544,4 +563,26 @@ def load_suite_text(text: str, path: Path | None = None,
     cases = expand(doc, where, overrides, base_dir=base_dir or (path.parent if path else None))
     if not cases:
         raise SuiteError(f"{where}: the suite expands to no cases")
-    return Suite(name=name, description=description, path=path, text=text, cases=tuple(cases))
+    return Suite(name=name, description=description, path=path, text=text, cases=tuple(cases),
+                 plan=_check_plan(doc.get("plan"), where))
+
+
+def _check_plan(plan: Any, where: str) -> dict | None:
+    """[plan]: detectors (list), gpu, image_size ("HxW"), variants (list), enact_cluster_size."""
+    if plan is None:
+        return None
+    if not isinstance(plan, dict):
+        raise SuiteError(f"{where}: [plan] must be a table with keys {', '.join(PLAN_KEYS)}")
+    for k in plan:
+        if k not in PLAN_KEYS:
+            raise SuiteError(f"{where}: [plan]: unknown key {k!r}; valid keys: {', '.join(PLAN_KEYS)}")
+    dets = plan.get("detectors")
+    if not isinstance(dets, list) or not dets or not all(isinstance(d, str) for d in dets):
+        raise SuiteError(f"{where}: [plan]: detectors must be a list of detector names")
+    out = {"detectors": dets, "gpu": _check("gpu", plan.get("gpu", "h100-80gb"), where + " [plan]"),
+           "image_size": list(_check("image_size", plan.get("image_size", "800x1333"), where + " [plan]")[0]),
+           "variants": list(plan.get("variants", ["original", "fused", "enact"])),
+           "enact_cluster_size": plan.get("enact_cluster_size", 6)}
+    if not _is_int(out["enact_cluster_size"]) or out["enact_cluster_size"] < 1:
+        raise SuiteError(f"{where}: [plan]: enact_cluster_size must be an integer >= 1")
+    return out

@@ -15,6 +15,11 @@ flow. Fake tensors cannot carry data-dependent shapes, so ENACT needs a fixed cl
 the same size (query i <-> target i): the loss's share of memory is tiny and the sizes of all
 matched tensors are unchanged.
 
+`target` says whose kernels the step follows. "cpu" (the default, the CI gate's exact figures):
+what the CPU runs, AdamW per tensor, SDPA as the CPU dispatches it. "cuda": what a CUDA GPU
+runs (measure/cuda_target.py): AdamW and gradient clipping with foreach, and SDPA through the
+fused kernel CUDA would pick (output + logsumexp kept, dropout inside the kernel).
+
 `ddp=True` predicts one DistributedDataParallel rank: DDP's gradient buckets (measure/ddp.py:
 the bytes of the trainable parameters, in the layout DDP rebuilds them to) are alive through the
 whole step, so they are counted in with the parameters. The rank's batch is the same size as a
@@ -23,7 +28,7 @@ single process's (the originals' batch size is per GPU).
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -32,8 +37,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from enact_bench.measure.cpu_memory import MIB, LiveTensorTracker
+from enact_bench.measure.cuda_target import TARGETS, CudaArch, cuda_sdpa_policy
 from enact_bench.measure.step_probe import OpRecorder, SavedTensorCounter, attention_paths
-from enact_bench.measure.steps import train_step
+from enact_bench.measure.steps import loss_of, train_step
 
 
 class FixedAssignmentMatcher(nn.Module):
@@ -68,7 +74,7 @@ def use_fixed_assignment(criterion: nn.Module) -> nn.Module:
 @dataclass
 class Batch:
     """A batch as the detectors take it: a list of (3, H, W) images (mask None; the model pads
-    them into a new (B, 3, H, W) tensor, as the harness feeds them) or a padded
+    them into a new (B, 3, H, W) tensor, as the harness's runner feeds them) or a padded
     (B, 3, H, W) tensor with its (B, H, W) mask; and DETR-style targets."""
 
     images: torch.Tensor | list[torch.Tensor]
@@ -150,10 +156,13 @@ class StepMeasure:
     fake: bool
     seconds: float
     ops: set[str] = field(default_factory=set, repr=False)
+    target: str = "cpu"  # whose kernels the step followed: "cpu" | "cuda" (measure/cuda_target.py)
+    sdpa_kernels: dict = field(default_factory=dict)  # cuda target: SDPA calls per modelled kernel
     # filled when asked for (breakdown=True / record_events=True): measure/breakdown.py's
     # PeakBreakdown, and the ordered ("alloc" | "free", key, nbytes) stream for measure/allocator.replay
-    breakdown: object | None = field(default=None, repr=False)
     events: list | None = field(default=None, repr=False)
+    input_bytes: int = 0  # the batch's share of start_bytes (images, mask, targets)
+    breakdown: object | None = field(default=None, repr=False)
     ddp_bucket_bytes: int | None = None  # ddp=True: DDP's gradient buckets, counted in start_bytes
 
     @property
@@ -191,112 +200,179 @@ def _unique_bytes(tensors) -> int:
     return sum(seen.values())
 
 
-def _live_before_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> list[torch.Tensor]:
+def _live_before_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
+                      target: str = "cpu") -> list[torch.Tensor]:
     live = list(model.parameters()) + list(model.buffers())
     live += [p.grad for p in model.parameters() if p.grad is not None]
     for state in optimizer.state.values():
+        # AdamW's step counters are CPU tensors on CUDA too (not capturable, not fused), but the
+        # in-place step += 1 makes the tracker see them anyway: counted under both targets (4 B each)
         live += [v for v in state.values() if isinstance(v, torch.Tensor)]
     return live + batch.tensors()
 
 
-def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW with the detector's parameter groups when it has them (the original's), else defaults."""
+def check_target(target: str) -> str:
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    return target
+
+
+def make_optimizer(model: nn.Module, foreach: bool | None = None) -> torch.optim.Optimizer:
+    """AdamW with the detector's parameter groups when it has them (the original's), else defaults.
+
+    foreach=None is torch's default (per tensor for CPU and fake tensors; foreach on CUDA)."""
+    extra = {"foreach": True} if foreach else {}
     if hasattr(model, "param_groups"):
         kwargs = dict(getattr(model, "default_optimizer_kwargs", {}))
-        return torch.optim.AdamW(model.param_groups(), **{k: v for k, v in kwargs.items() if k == "weight_decay"})
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
+        return torch.optim.AdamW(model.param_groups(), **{k: v for k, v in kwargs.items() if k == "weight_decay"}, **extra)
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4, **extra)
+
+
+def prime_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Create what a first training step leaves behind, without running it: a zero gradient for
+    every trainable parameter and AdamW's state (step, exp_avg, exp_avg_sq; max_exp_avg_sq with
+    amsgrad) as torch.optim.Adam._init_group creates them. A step after this one sees the same
+    live tensors as after a warm-up step, provided every trainable parameter gets a gradient
+    (tests/measure check it per family)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if not p.requires_grad:
+                continue
+            p.grad = torch.zeros_like(p)
+            state = optimizer.state[p]
+            if state:
+                continue
+            state["step"] = torch.tensor(0.0, dtype=torch.get_default_dtype())
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group.get("amsgrad"):
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, optimizer=None,
-                       clip_max_norm: float = 0.1, fake: bool = False, breakdown: bool = False,
-                       record_events: bool = False, ddp: bool = False) -> StepMeasure:
-    """Warm-up step, then the measured (second) step. Call under FakeTensorMode for fake tensors.
+                       clip_max_norm: float = 0.1, fake: bool = False, target: str = "cpu",
+                       warmup: str = "step", count_flops: bool = True, record_events: bool = False,
+                       arch: CudaArch = CudaArch(), autocast_dtype: str | None = None,
+                       probes: bool = True, breakdown: bool = False, ddp: bool = False) -> StepMeasure:
+    """Warm-up, then the measured step. Call under FakeTensorMode for fake tensors.
 
-    breakdown=True also attributes the peak (measure/breakdown.py) and implies record_events; the
-    figures measured are the same either way. ddp=True: DDP's gradient buckets are alive through
-    the step (one rank's memory)."""
+    warmup: "step" runs a first training step (creates gradients and optimizer state); "prime"
+    creates them directly (prime_optimizer_state; half the work); "none" takes the model and
+    optimizer as they are (a previous measured step already left them in steady state).
+    target: "cpu" or "cuda" (module docstring). record_events keeps the tracker's ordered
+    allocation/free stream (for the caching-allocator model). autocast_dtype ("bfloat16",
+    "float16"): the forward and loss under torch.autocast on the CPU (CPU's autocast op lists;
+    docs/gpu-estimate.md says where CUDA's differ). probes=False skips the saved-for-backward
+    counter and the op recorder (faster; those fields then read 0 / []). breakdown=True also
+    attributes the peak (measure/breakdown.py; implies record_events and the saved-tensor
+    counter); the figures measured are the same either way."""
+    check_target(target)
+    if warmup not in ("step", "prime", "none"):
+        raise ValueError(f"warmup must be 'step', 'prime' or 'none', got {warmup!r}")
     t0 = time.perf_counter()
     model.train()
     criterion.train()
-    optimizer = optimizer or make_optimizer(model)
-    train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
-               clip_max_norm=clip_max_norm)  # creates grads + optimizer state
-    if ddp:
-        from enact_bench.measure.ddp import make_bucket_tensors
-        buckets = make_bucket_tensors(model)  # alive until this function returns
-    else:
-        buckets = []
+    foreach = True if target == "cuda" else None
+    optimizer = optimizer or make_optimizer(model, foreach=foreach)
+    policy = cuda_sdpa_policy(arch) if target == "cuda" else nullcontext(None)
+    amp = (lambda: torch.autocast("cpu", dtype=getattr(torch, autocast_dtype))) if autocast_dtype else nullcontext
+    with policy as sdpa:
+        if warmup == "step":
+            train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
+                       clip_max_norm=clip_max_norm, autocast=amp, foreach=foreach)  # grads + state
+        elif warmup == "prime":
+            prime_optimizer_state(model, optimizer)
+        if sdpa is not None:
+            sdpa.counts.clear()  # count the measured step only
+        if ddp:  # DDP's gradient buckets, alive until this function returns
+            from enact_bench.measure.ddp import make_bucket_tensors
+            buckets = make_bucket_tensors(model)
+        else:
+            buckets = []
 
-    params = list(model.parameters())
-    attribution = None
-    if breakdown:
-        from enact_bench.measure.breakdown import StepAttribution
-        attribution = StepAttribution(model, criterion, optimizer, batch, fake=fake)
-    saved = SavedTensorCounter(exclude=params + list(model.buffers()),
-                               on_save=attribution.note_saved if attribution else None)
-    recorder = OpRecorder()
-    flops_fwd = FlopCounterMode(display=False)
-    flops_bwd = FlopCounterMode(display=False)
+        params = list(model.parameters())
+        attribution = None
+        if breakdown:
+            from enact_bench.measure.breakdown import StepAttribution
+            attribution = StepAttribution(model, criterion, optimizer, batch, fake=fake)
+            record_events = True
+        saved = (SavedTensorCounter(exclude=params + list(model.buffers()),
+                                    on_save=attribution.note_saved if attribution else None)
+                 if probes or attribution else None)
+        recorder = OpRecorder() if probes else None
+        flops_fwd = FlopCounterMode(display=False) if count_flops else nullcontext()
+        flops_bwd = FlopCounterMode(display=False) if count_flops else nullcontext()
 
-    def forward_ctx():
-        stack = ExitStack()
-        stack.enter_context(saved.counting())
-        stack.enter_context(recorder)
-        stack.enter_context(flops_fwd)
-        return stack
+        def forward_ctx():
+            stack = ExitStack()
+            if saved is not None:
+                stack.enter_context(saved.counting())
+            if recorder is not None:
+                stack.enter_context(recorder)
+            stack.enter_context(flops_fwd)
+            stack.enter_context(amp())
+            return stack
 
-    backward_ctx = lambda: flops_bwd  # noqa: E731
-    if attribution is not None:
-        tracker_cm = attribution.tracker
-        fwd_inner, bwd_inner = forward_ctx, backward_ctx
-        forward_ctx = lambda: attribution.forward(fwd_inner)  # noqa: E731
-        backward_ctx = lambda: attribution.backward(bwd_inner)  # noqa: E731
-    else:
-        tracker_cm = LiveTensorTracker(count_existing=False, record_events=record_events)
-    with tracker_cm as tracker:
-        for t in _live_before_step(model, optimizer, batch) + buckets:
-            tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
-        start = tracker.current_bytes
-        tracker.reset_peak()
+        backward_ctx = lambda: flops_bwd  # noqa: E731
         if attribution is not None:
-            attribution.begin()
-        train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
-                   clip_max_norm=clip_max_norm, forward_ctx=forward_ctx, backward_ctx=backward_ctx)
-    fwd = flops_fwd.get_total_flops()
+            tracker = attribution.tracker
+            fwd_inner, bwd_inner = forward_ctx, backward_ctx
+            forward_ctx = lambda: attribution.forward(fwd_inner)  # noqa: E731
+            backward_ctx = lambda: attribution.backward(bwd_inner)  # noqa: E731
+        else:
+            tracker = LiveTensorTracker(count_existing=False, record_events=record_events)
+        with tracker:
+            for t in _live_before_step(model, optimizer, batch, target) + buckets:
+                tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
+            start = tracker.current_bytes
+            tracker.reset_peak()
+            if attribution is not None:
+                attribution.begin()
+            train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
+                       clip_max_norm=clip_max_norm, forward_ctx=forward_ctx, backward_ctx=backward_ctx,
+                       foreach=foreach)
+    fwd = flops_fwd.get_total_flops() if count_flops else 0
+    bwd = flops_bwd.get_total_flops() if count_flops else 0
     return StepMeasure(
         peak_bytes=tracker.peak_bytes, start_bytes=start, end_bytes=tracker.end_bytes,
-        saved_for_backward_bytes=saved.saved_bytes, attention_paths=attention_paths(recorder.ops),
-        gflops_fwd=fwd / 1e9, gflops_fwd_bwd=(fwd + flops_bwd.get_total_flops()) / 1e9,
+        saved_for_backward_bytes=saved.saved_bytes if saved is not None else 0,
+        attention_paths=attention_paths(recorder.ops) if probes else [],
+        gflops_fwd=fwd / 1e9, gflops_fwd_bwd=(fwd + bwd) / 1e9,
         params=sum(p.numel() for p in params),
         params_trainable=sum(p.numel() for p in params if p.requires_grad),
-        fake=fake, seconds=time.perf_counter() - t0, ops=recorder.ops,
-        breakdown=attribution.result() if attribution is not None else None, events=tracker.events,
+        fake=fake, seconds=time.perf_counter() - t0, ops=recorder.ops if probes else set(), target=target,
+        sdpa_kernels=dict(sdpa.counts) if sdpa is not None else {},
+        events=list(tracker.events) if record_events else None, input_bytes=_unique_bytes(batch.tensors()),
+        breakdown=attribution.result() if attribution is not None else None,
         ddp_bucket_bytes=sum(b.untyped_storage().nbytes() for b in buckets) if ddp else None,
     )
 
 
 def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
                         image_size: tuple[int, int], *, num_targets: int = 6, num_classes: int = 91,
-                        clip_max_norm: float = 0.1, breakdown: bool = False,
-                        record_events: bool = False, ddp: bool = False) -> StepMeasure:
+                        clip_max_norm: float = 0.1, target: str = "cpu", warmup: str = "step",
+                        count_flops: bool = True, record_events: bool = False,
+                        arch: CudaArch = CudaArch(), breakdown: bool = False, ddp: bool = False) -> StepMeasure:
     """Full-size peak without allocating: `model` (built on CPU) is made fake in place.
-    ddp=True: the peak of one DistributedDataParallel rank (its gradient buckets added).
 
     The criterion's matcher is replaced by a fixed assignment; ENACT modules must have a fixed
-    cluster size, or the forward fails on a data-dependent shape.
+    cluster size, or the forward fails on a data-dependent shape. target: "cpu" | "cuda".
     """
+    check_target(target)
     use_fixed_assignment(criterion)
     mode = FakeTensorMode(allow_non_fake_inputs=False)
     fake_model(model, mode)
     fake_model(criterion, mode)  # e.g. DETR's empty_weight buffer
     with mode:
         batch = make_batch(batch_size, image_size, num_targets, num_classes)
-        return measure_train_step(model, criterion, batch, clip_max_norm=clip_max_norm, fake=True,
-                                  breakdown=breakdown, record_events=record_events, ddp=ddp)
+        return measure_train_step(model, criterion, batch, clip_max_norm=clip_max_norm, fake=True, target=target,
+                                  warmup=warmup, count_flops=count_flops, record_events=record_events, arch=arch,
+                                  breakdown=breakdown, ddp=ddp)
 
 
 def estimate_detector(name: str, batch_size: int, image_size: tuple[int, int], *, enact=False,
-                      num_targets: int = 6, overrides: dict | None = None, ddp: bool = False) -> StepMeasure:
+                      num_targets: int = 6, overrides: dict | None = None, target: str = "cpu",
+                      warmup: str = "step", count_flops: bool = True, ddp: bool = False) -> StepMeasure:
     """`estimate_train_step` for a registered detector (random weights; ENACT needs cluster_size)."""
     from enact_bench.detectors import create_detector
 
@@ -305,4 +381,100 @@ def estimate_detector(name: str, batch_size: int, image_size: tuple[int, int], *
     clip = getattr(model, "grad_clip_max_norm", None) or 0.0
     return estimate_train_step(model, model.build_criterion(), batch_size, image_size,
                                num_targets=num_targets, num_classes=model.num_classes if hasattr(model, "num_classes") else 91,
-                               clip_max_norm=clip, ddp=ddp)
+                               clip_max_norm=clip, target=target, warmup=warmup, count_flops=count_flops, ddp=ddp)
+
+
+def predicted_gpu_fields(m: StepMeasure, gpu, reasons: dict) -> dict:
+    """The CUDA-target estimate's predicted GPU figures for a record (MiB; all estimates):
+    predicted_tensor_peak_mib (every live tensor), predicted_alloc_peak_mib / _reserved_peak_mib
+    (the caching-allocator model over the step's allocation stream), predicted_device_used_mib
+    (+ CUDA context and cuBLAS workspaces of `gpu`), predicted_fits, and the peak's breakdown."""
+    from enact_bench.measure.allocator import replay
+    from enact_bench.measure.gpus import device_used_bytes, library_workspace_bytes
+
+    out = {"predicted_tensor_peak_mib": round(m.peak_bytes / MIB, 3),
+           "predicted_breakdown_mib": m.breakdown.as_dict() if m.breakdown is not None else None,
+           "predicted_sdpa_kernels": dict(m.sdpa_kernels)}
+    if gpu is None:
+        stats = replay(m.events)
+        for k in ("predicted_device_used_mib", "predicted_fits", "predicted_gpu"):
+            reasons[k] = "no gpu in the case: device memory needs a GPU's context and workspaces"
+    else:
+        stats = replay(m.events, preallocate=library_workspace_bytes(gpu))
+        dev = device_used_bytes(stats, gpu)
+        out.update({"predicted_device_used_mib": round(dev / MIB, 3), "predicted_fits": dev <= gpu.usable_bytes,
+                    "predicted_gpu": gpu.name})
+    out.update({"predicted_alloc_peak_mib": round(stats.alloc_peak_bytes / MIB, 3),
+                "predicted_reserved_peak_mib": round(stats.reserved_peak_bytes / MIB, 3)})
+    return out
+
+
+def fake_params_from(model: nn.Module, mode: FakeTensorMode) -> nn.Module:
+    """Give every parameter and buffer of `model` a fake CPU tensor of the same shape, stride
+    and dtype, in place, without reading its values (so `model` may live on the meta device:
+    nothing real is ever allocated or initialised). Tied parameters stay tied."""
+    memo: dict[int, torch.Tensor] = {}
+
+    def fake_like(t: torch.Tensor) -> torch.Tensor:
+        with mode:
+            return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device="cpu")
+
+    for mod in model.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is not None:
+                if id(p) not in memo:
+                    memo[id(p)] = nn.Parameter(fake_like(p), requires_grad=p.requires_grad)
+                mod._parameters[name] = memo[id(p)]
+        for name, b in list(mod._buffers.items()):
+            if b is not None:
+                if id(b) not in memo:
+                    memo[id(b)] = fake_like(b)
+                mod._buffers[name] = memo[id(b)]
+    return model
+
+
+class FakeTrainer:
+    """One detector, built once as fake tensors, stepped at any number of batch sizes.
+
+    The model is built on the meta device (no weights initialised) and its parameters swapped
+    for fake CPU tensors; the optimizer state is primed without a warm-up step
+    (prime_optimizer_state). Each `step(batch_size)` is a steady-state training step: the previous
+    step's gradients and AdamW state are alive when it starts, as on a GPU in training.
+    If a detector cannot be built on the meta device, it is built for real and then faked.
+    """
+
+    def __init__(self, model_factory, *, target: str = "cuda", image_size: tuple[int, int] = (800, 1333),
+                 num_targets: int = 6, clip_max_norm: float | None = None, arch: CudaArch = CudaArch(),
+                 autocast_dtype: str | None = None):
+        check_target(target)
+        self.autocast_dtype = autocast_dtype
+        self.target, self.image_size, self.num_targets, self.arch = target, tuple(image_size), num_targets, arch
+        self.mode = FakeTensorMode(allow_non_fake_inputs=False)
+        try:
+            with torch.device("meta"):
+                model = model_factory()
+        except Exception:  # noqa: BLE001 -- e.g. an init that reads values: build it for real
+            model = None
+        if model is not None:
+            fake_params_from(model, self.mode)
+        else:
+            model = fake_model(model_factory(), self.mode)
+        self.model = model
+        self.criterion = use_fixed_assignment(fake_params_from(model.build_criterion(), self.mode))
+        self.num_classes = getattr(model, "num_classes", 91)
+        clip = clip_max_norm if clip_max_norm is not None else (getattr(model, "grad_clip_max_norm", None) or 0.0)
+        self.clip_max_norm = clip
+        with self.mode:
+            self.optimizer = make_optimizer(model, foreach=True if target == "cuda" else None)
+        self._primed = False
+
+    def step(self, batch_size: int, *, record_events: bool = True, breakdown: bool = False) -> StepMeasure:
+        with self.mode:
+            batch = make_batch(batch_size, self.image_size, self.num_targets, self.num_classes)
+            m = measure_train_step(self.model, self.criterion, batch, optimizer=self.optimizer,
+                                   clip_max_norm=self.clip_max_norm, fake=True, target=self.target,
+                                   warmup="none" if self._primed else "prime", count_flops=False,
+                                   record_events=record_events, arch=self.arch,
+                                   autocast_dtype=self.autocast_dtype, probes=False, breakdown=breakdown)
+        self._primed = True
+        return m

@@ -36,12 +36,14 @@ def loss_of(criterion: nn.Module, outputs: dict, targets: list[dict]) -> torch.T
 def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, images, targets,
                *, mask: torch.Tensor | None = None, clip_max_norm: float | None = None,
                autocast: Ctx = nullcontext, forward_ctx: Ctx = nullcontext,
-               backward_ctx: Ctx = nullcontext) -> torch.Tensor:
+               backward_ctx: Ctx = nullcontext, foreach: bool | None = None) -> torch.Tensor:
     """One training step; returns the loss, detached (0-dim, on the model's device).
 
     images: a list of (3, H_i, W_i) tensors or a padded (B, 3, H, W) tensor with its (B, H, W)
     `mask`; targets: DETR-style dicts. `autocast` wraps forward and loss (mixed precision);
     `forward_ctx` / `backward_ctx` let a measurement wrap the forward+loss and the backward.
+    `foreach` goes to clip_grad_norm_ (None: torch's default; the CUDA-target estimate passes
+    True, what CUDA tensors get by default).
     """
     with autocast(), forward_ctx():
         outputs = model(images, mask, targets=targets)
@@ -51,7 +53,7 @@ def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Op
     with backward_ctx():
         loss.backward()
     if clip_max_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm, foreach=foreach)
     optimizer.step()
     return loss.detach()
 

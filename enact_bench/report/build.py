@@ -93,6 +93,20 @@ NOTES = [
 ]
 
 
+def _plans(run_dirs) -> list[dict]:
+    """plan.json of each run folder (written by `run` for a suite with a [plan] table)."""
+    import json
+
+    out = []
+    for rd in run_dirs:
+        p = Path(rd)
+        p = p / "plan.json" if p.is_dir() else p.parent / "plan.json"
+        if p.is_file():
+            data = json.loads(p.read_text())
+            out += data if isinstance(data, list) else [data]
+    return out
+
+
 def build_report(run_dirs, out_dir=None) -> dict[str, Path]:
     """Write the report of `run_dirs` (run folders or records.jsonl files) into `out_dir`
     (default: see default_out_dir). Returns {file name: path} of everything written."""
@@ -133,6 +147,20 @@ def build_report(run_dirs, out_dir=None) -> dict[str, Path]:
                          f"report is computed from the records alone (records.jsonl); CSV files: "
                          f"{', '.join(n for n in written if n.endswith('.csv'))}.")]
     blocks += [Heading(2, "Runs"), Table(runs)]
+    for plan in _plans(run_dirs):
+        g, (h, w) = plan.get("gpu", {}), plan.get("image_size", [0, 0])
+        blocks.append(Heading(2, f"Full-size estimates: {plan['detector']} at {h}x{w} on {g.get('name')}"))
+        blocks.append(Para("ESTIMATES, not measurements: one AdamW training step under FakeTensorMode with "
+                           "CUDA's kernel choices, its allocations replayed through a model of the caching "
+                           f"allocator, plus the CUDA context ({g.get('context_mib')} MiB, an estimate) "
+                           f"(`enact-bench plan`; budget {plan.get('budget_mib')} MiB of "
+                           f"{g.get('usable_mib', g.get('memory_mib'))} usable)."))
+        blocks.append(Table(tables.plan_frame(plan)))
+    estimates = tables.estimates_table(df)
+    if estimates is not None:
+        blocks += [Heading(2, "Estimated GPU memory of the fake cases"),
+                   Table(estimates, "Estimates (FakeTensorMode, CUDA target, caching-allocator model), not "
+                                    "measurements; the measured cases are in the tables below.")]
     blocks.append(Heading(2, "Baseline vs ENACT"))
     several = df["run"].nunique() > 1
     for s in sections:

@@ -270,3 +270,43 @@ def csv_frame(df: pd.DataFrame) -> pd.DataFrame:
         if out[c].map(lambda v: isinstance(v, (list, dict))).any():
             out[c] = out[c].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
     return out
+
+
+ESTIMATE_COLUMNS = {"predicted_tensor_peak_mib": "tensor peak MiB (estimate)",
+                    "predicted_alloc_peak_mib": "allocated MiB (estimate)",
+                    "predicted_reserved_peak_mib": "reserved MiB (estimate)",
+                    "predicted_device_used_mib": "device MiB (estimate)", "predicted_fits": "fits (estimate)"}
+
+
+def estimates_table(df: pd.DataFrame) -> pd.DataFrame | None:
+    """fake = true cases with the CUDA target: what the GPU is predicted to use, beside the
+    measured cases (every column here is an estimate: nothing ran on a GPU)."""
+    if "predicted_tensor_peak_mib" not in df.columns:
+        return None
+    rows = df[df["predicted_tensor_peak_mib"].notna()]
+    if rows.empty:
+        return None
+    out = pd.DataFrame({"case": rows["case_id"], "variant": rows["variant"],
+                        "target": rows.get("target", pd.Series(["cuda"] * len(rows), index=rows.index)),
+                        "gpu": rows.get("predicted_gpu", pd.Series([None] * len(rows), index=rows.index))})
+    for k, label in ESTIMATE_COLUMNS.items():
+        if k in rows.columns:
+            out[label] = rows[k].map(lambda v: v if isinstance(v, bool) or v is None else round(float(v), 1))
+    return out.reset_index(drop=True)
+
+
+def plan_frame(plan: dict) -> pd.DataFrame:
+    """One `enact-bench plan` result (its JSON) as a table: a row per variant and batch size."""
+    rows = []
+    for v in plan.get("variants", []):
+        if not v.get("applicable", True) or not v.get("rows"):
+            rows.append({"variant": v["variant"], "batch": None, "tensor peak MiB": None, "allocated MiB": None,
+                         "reserved MiB": None, "device MiB": None, "fits": None,
+                         "note": v.get("error") or f"n/a: {v.get('reason', '')}"})
+            continue
+        for r in v["rows"]:
+            rows.append({"variant": v["variant"], "batch": r["batch_size"], "tensor peak MiB": r["tensor_peak_mib"],
+                         "allocated MiB": r["alloc_peak_mib"], "reserved MiB": r["reserved_peak_mib"],
+                         "device MiB": r["device_used_mib"], "fits": r["fits"],
+                         "note": "largest batch that fits" if r["batch_size"] == v.get("max_batch_size") else ""})
+    return pd.DataFrame(rows)

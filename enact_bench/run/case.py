@@ -193,11 +193,30 @@ def measure_case_fake(case: Case, metrics: dict, reasons: dict, record_case: dic
     model = case_steps_mod.build_model(case)
     _model_fields(model, record_case)
     clip = case_steps_mod.clip_norm_of(case, model, default=0.1)
+    record_case["target"] = case.target
     reset_msda_impls()
-    m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
-                            num_classes=case.num_classes, clip_max_norm=clip or 0.0, ddp=case.ddp)
+    if case.target == "cpu":  # today's figures, byte for byte (the CI gate's baseline)
+        m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
+                                num_classes=case.num_classes, clip_max_norm=clip or 0.0, ddp=case.ddp)
+        for k in metrics_schema.names(tracker="predicted_gpu_fields"):
+            reasons[k] = "target = cpu: the estimate follows the CPU's kernels (set target = \"cuda\" for a GPU)"
+    else:  # what a CUDA GPU would keep (measure/cuda_target.py), and its allocator and device memory
+        from enact_bench.measure.cuda_target import CudaArch
+        from enact_bench.measure.estimate import predicted_gpu_fields
+        from enact_bench.measure.gpus import get_gpu
+
+        gpu = get_gpu(case.gpu) if case.gpu else None
+        m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
+                                num_classes=case.num_classes, clip_max_norm=clip or 0.0, target=case.target,
+                                warmup="prime", count_flops=case.flops, breakdown=True, ddp=case.ddp,
+                                arch=CudaArch(*gpu.compute_capability) if gpu else CudaArch())
+        metrics.update(predicted_gpu_fields(m, gpu, reasons))
     metrics.update(m.metrics())
     msda_impl_metric(metrics, reasons)
+    if not case.flops:
+        for k in ("gflops_fwd", "gflops_fwd_bwd", "gmacs_fwd"):
+            metrics[k] = None
+            reasons[k] = "flops = false in the suite"
     _enact_metrics(model, metrics, reasons, convert=_plain)
     for k in FAKE_NOT_MEASURED:
         reasons.setdefault(k, "fake = true: shapes only (FakeTensorMode), nothing real was run or timed")

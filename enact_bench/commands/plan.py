@@ -1,0 +1,172 @@
+"""`enact-bench plan DETECTOR... --gpu NAME`: predicted GPU memory per variant and batch size, and
+the largest batch that fits, without a GPU (the body is enact_bench.plan; --validate runs the
+real step on a CUDA device: enact_bench.plan_validate)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from enact_bench.commands import user_errors
+
+
+def _mib(b: int | float | None) -> str:
+    return "-" if b is None else f"{b / 2**20:,.0f}"
+
+
+def plan_table(plan):
+    """A rich table: one row per (variant, batch size) fake run."""
+    from rich.table import Table
+
+    req = plan.request
+    title = (f"{req.detector} ({plan.family}) on {req.gpu.name} ({req.gpu.memory_mib:,} MiB, {req.gpu.usable_mib:,} usable, "
+             f"budget {req.budget_bytes / 2**20:,.0f} MiB = {100 - req.margin_pct:g}% of it), {req.image_size[0]}x{req.image_size[1]}, "
+             f"{req.dtype}, one AdamW training step: ESTIMATES (fake tensors, CUDA target)")
+    t = Table(title=title, title_justify="left")
+    for col in ("variant", "batch", "tensor peak MiB", "alloc MiB", "reserved MiB", "device MiB", "fits", "note"):
+        t.add_column(col, justify="right" if "MiB" in col or col == "batch" else "left")
+    from enact_bench.plan import fits_summary
+
+    for v in plan.variants:
+        if not v.applicable or v.error or not v.rows:
+            t.add_row(v.variant, "-", "-", "-", "-", "-", "-", fits_summary(v, req))
+            continue
+        for i, r in enumerate(v.rows):
+            note = ""
+            if r.batch_size == v.max_batch_size:
+                note = fits_summary(v, req)
+            elif i == 0:
+                note = v.reason
+            t.add_row(v.variant if i == 0 else "", str(r.batch_size), _mib(r.tensor_peak_bytes), _mib(r.alloc_peak_bytes),
+                      _mib(r.reserved_peak_bytes), _mib(r.device_used_bytes),
+                      "[green]yes[/]" if r.fits else "[red]no[/]", note)
+        t.add_section()
+    return t
+
+
+def plan_summary_table(d: dict):
+    """One row per variant of a plan's JSON: the largest batch that fits and what it costs."""
+    from rich.table import Table
+
+    g = d["gpu"]
+    h, w = d["image_size"]
+    t = Table(title=f"Full-size ESTIMATE: {d['detector']} at {h}x{w}, one AdamW training step, on {g['name']} "
+                    f"({g.get('usable_mib', g['memory_mib']):,} MiB usable; fake tensors, CUDA target, "
+                    f"caching-allocator model, {d.get('seconds', 0):.0f} s)", title_justify="left")
+    for c in ("variant", "MiB at batch 2", "MiB per image", "largest batch", "device MiB there", "where the peak goes"):
+        t.add_column(c, justify="left" if c in ("variant", "where the peak goes") else "right")
+    for v in d["variants"]:
+        rows = {r["batch_size"]: r for r in v.get("rows", [])}
+        if not v.get("applicable", True) or not rows:
+            t.add_row(v["variant"], "-", "-", "-", "-", v.get("error") or f"n/a: {v.get('reason', '')}")
+            continue
+        r2, top = rows.get(2), rows.get(v.get("max_batch_size"))
+        far = max(rows)
+        per = (rows[far]["tensor_peak_mib"] - r2["tensor_peak_mib"]) / (far - 2) if r2 and far > 2 else None
+        bd = (top or r2 or {}).get("breakdown_mib") or {}
+        top2 = ", ".join(f"{k} {val:,.0f}" for k, val in sorted(bd.items(), key=lambda kv: -kv[1])[:2])
+        t.add_row(v["variant"], f"{r2['device_used_mib']:,.0f}" if r2 else "-", f"{per:,.0f}" if per else "-",
+                  str(v.get("max_batch_size")), f"{top['device_used_mib']:,.0f}" if top else "-", top2)
+    return t
+
+
+def breakdown_table(plan):
+    """The peak's breakdown at each variant's largest fitting batch, when the estimate has one."""
+    from rich.table import Table
+
+    rows = []
+    for v in plan.variants:
+        r = next((r for r in v.rows if r.batch_size == v.max_batch_size and r.breakdown_mib), None)
+        if r is not None:
+            rows.append((v.variant, r))
+    if not rows:
+        return None
+    flat = [(v, r, _flatten(r.breakdown_mib)) for v, r in rows]
+    keys = list(dict.fromkeys(k for _, _, f in flat for k in f))
+    t = Table(title=f"{plan.request.detector}: where the peak goes at the largest batch (MiB, estimate)",
+              title_justify="left")
+    t.add_column("part")
+    for v, r, _ in flat:
+        t.add_column(f"{v} b{r.batch_size}", justify="right")
+    for k in keys:
+        t.add_row(k, *[f"{f.get(k, 0.0):,.1f}" for _, _, f in flat])
+    return t
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("plan")
+    @user_errors
+    def plan(
+        detectors: list[str] = typer.Argument(..., help="registered detector names (enact-bench list)"),
+        gpu: str = typer.Option(None, "--gpu", help="GPU model, e.g. h100-80gb, a100-40gb, v100-16gb, rtx4090-24gb"),
+        gpu_mem: float = typer.Option(None, "--gpu-mem", help="or the GPU's memory in GiB"),
+        image_size: str = typer.Option("800x1333", "--image-size",
+                                       help="HxW of the padded batch, or 'worst' (max_size x max_size of the augmentation)"),
+        batch_size: list[int] = typer.Option(None, "--batch-size", "-b",
+                                             help="batch sizes to estimate (repeatable); default: search the largest that fits"),
+        dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16 (autocast)"),
+        enact_cluster_size: int = typer.Option(6, "--enact-cluster-size", help="ENACT's fixed cluster size L"),
+        variants: str = typer.Option("original,fused,enact", "--variants", help="comma list of original, fused, enact"),
+        margin: float = typer.Option(5.0, "--margin", help="percent of the GPU's memory kept free"),
+        json_out: Path = typer.Option(None, "--json", help="write the plan(s) as JSON to this file"),
+        validate: bool = typer.Option(False, "--validate",
+                                      help="on a CUDA GPU: run the real training step at the planned batch sizes"),
+        jobs: int = typer.Option(None, "--jobs", help="parallel processes for the variants (default: one each)"),
+    ) -> None:
+        """Predict training memory per variant and batch size on a GPU, without one."""
+        from enact_bench.console import console, err_console
+        from enact_bench.errors import UserInputError
+
+        if (gpu is None) == (gpu_mem is None):
+            raise UserInputError("give exactly one of --gpu NAME or --gpu-mem GIB")
+        if validate:
+            from enact_bench.plan_validate import require_cuda
+            require_cuda()
+        from enact_bench.measure.gpus import custom_gpu, get_gpu
+
+        try:
+            spec = get_gpu(gpu) if gpu is not None else custom_gpu(gpu_mem)
+        except ValueError as e:
+            raise UserInputError(str(e)) from None
+        from enact_bench.plan import PlanRequest, detector_family, parse_hw, plan_detector
+
+        requests = []
+        for det in detectors:
+            family = detector_family(det)
+            requests.append(PlanRequest(det, spec, parse_hw(image_size, family), tuple(batch_size or ()), dtype,
+                                        enact_cluster_size, tuple(v.strip() for v in variants.split(",") if v.strip()),
+                                        margin, jobs=jobs))
+        out = []
+        for req in requests:
+            p = plan_detector(req)
+            console.print(plan_table(p))
+            bt = breakdown_table(p)
+            if bt is not None:
+                console.print(bt)
+            for v in p.variants:
+                if v.linear is False:
+                    err_console.print(f"[yellow]{req.detector} {v.variant}: the tensor peak is not linear in the batch "
+                                      f"size here; every row is a fake run of its own[/]")
+            console.print(f"[dim]{req.detector}: {p.seconds:.1f} s[/]")
+            d = p.as_dict()
+            if validate:
+                from enact_bench.plan_validate import device_name, validate_plan, validation_table
+                d["validation"] = validate_plan(p)
+                d["validation_device"] = device_name()
+                console.print(validation_table(d))
+            out.append(d)
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(out[0] if len(out) == 1 else out, indent=1))
+            console.print(f"[dim]wrote {json_out}[/]")

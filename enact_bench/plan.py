@@ -1,0 +1,404 @@
+"""`enact-bench plan`: will this detector train at batch N on that GPU, and what do fused attention
+or ENACT buy? Answered without a GPU, from the CUDA-target fake-tensor estimate.
+
+Per detector and variant (original / fused / enact) the training step (forward, loss, backward,
+gradient clipping, AdamW, as the originals train) runs under FakeTensorMode with CUDA's kernel
+choices (measure/cuda_target.py); its ordered allocation stream goes through the model of
+PyTorch's caching allocator (measure/allocator.py) for `max_memory_allocated` and
+`max_memory_reserved`, and the CUDA context and library workspaces are added for the device
+memory NVML would show (measure/gpus.py). A batch size "fits" when that device memory stays
+under the GPU's memory less the margin.
+
+Search (no --batch-size): two probes (batch 1 and 2) give the device memory's slope in the batch
+size; the largest batch the line allows and the one after it are then run for real (fake) and the
+search walks from there until a fitting batch is followed by one that does not. The probes'
+line is called confirmed when the fake runs at the far batch sizes agree with it (tensor peak
+within LINEAR_TOLERANCE); rows always show real fake runs, never extrapolated figures.
+
+Every model is built once per variant (on the meta device, then faked) and reused across batch
+sizes; the variants run in parallel processes (fork) when there are cores for them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from enact_bench.errors import UserInputError
+
+MIB = 2**20
+VARIANTS = ("original", "fused", "enact")
+DTYPES = ("float32", "bfloat16", "float16")
+LINEAR_TOLERANCE = 0.01  # relative: fake run's tensor peak vs the probes' line
+DEFAULT_MARGIN_PCT = 5.0
+DEFAULT_CLUSTER_SIZE = 6
+MAX_SEARCH_STEPS = 12
+
+# Largest side the originals' multi-scale training augmentation can produce (RandomResize(scales,
+# max_size=1333) in each release's datasets/coco.py; DINO: data_aug_max_size = 1333 in
+# config/DINO/DINO_4scale.py). `--image-size worst` pads a batch to max_size x max_size.
+FAMILY_MAX_SIZE = {"detr": 1333, "conditional_detr": 1333, "anchor_detr": 1333, "deformable_detr": 1333,
+                   "dino": 1333}
+
+# Families whose encoder self-attention is dense (nn.MultiheadAttention): "fused" applies to them.
+FUSED_FAMILIES = {"detr", "conditional_detr"}
+FUSED_SKIP_REASON = {
+    "anchor_detr": "Anchor DETR's encoder uses row-column decoupled attention (RCDA), not "
+                   "nn.MultiheadAttention; there is no fused SDPA variant of it",
+    "deformable_detr": "the encoder's self-attention is multi-scale deformable attention (no dense "
+                       "attention matrix to fuse); its original is already the compiled op's memory",
+    "dino": "the encoder's self-attention is multi-scale deformable attention (no dense attention "
+            "matrix to fuse); its original is already the compiled op's memory",
+}
+
+
+def parse_hw(text: str, family: str | None = None) -> tuple[int, int]:
+    """"HxW" -> (H, W); "worst" -> (max_size, max_size) of the family's augmentation."""
+    t = str(text).strip().lower()
+    if t == "worst":
+        return (FAMILY_MAX_SIZE.get(family or "detr", 1333),) * 2
+    parts = t.split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise UserInputError(f"--image-size {text!r}: expected HxW (e.g. 800x1333) or 'worst'")
+    h, w = (int(p) for p in parts)
+    if h < 32 or w < 32:
+        raise UserInputError(f"--image-size {text!r}: both sides must be >= 32 pixels (the backbone's stride)")
+    return h, w
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """How a variant is built from a detector name: create_detector(name, enact=..., **overrides)."""
+
+    variant: str
+    applicable: bool
+    reason: str = ""
+    enact_cluster_size: int | None = None
+    overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+
+
+# Overrides every variant of a family needs under fake tensors, with the reason shown in the plan.
+# DINO's contrastive denoising picks its queries with nonzero() over the targets: a data-dependent
+# shape, which FakeTensorMode cannot follow; without it DINO trains without the 2 x groups x
+# targets extra decoder queries (dn_number 100, 6 targets per image: 192 beside 900).
+FAKE_OVERRIDES = {"dino": ({"dn_number": 0}, "without denoising queries (dn_number=0: their selection has a "
+                                            "data-dependent shape); the release trains with 100")}
+
+
+def variant_spec(family: str, variant: str, cluster_size: int) -> VariantSpec:
+    extra, why = FAKE_OVERRIDES.get(family, ({}, ""))
+    note = f"; {why}" if why else ""
+    if variant == "original":
+        return VariantSpec("original", True, "the release's attention" + note, overrides=dict(extra))
+    if variant == "fused":
+        if family in FUSED_FAMILIES:
+            return VariantSpec("fused", True, "encoder and decoder attention through SDPA (need_weights=False)" + note,
+                               overrides={"attention": "sdpa", **extra})
+        return VariantSpec("fused", False, FUSED_SKIP_REASON.get(family, f"no fused attention variant for {family}"))
+    return VariantSpec("enact", True, f"ENACT at a fixed cluster size L = {cluster_size}" + note,
+                       enact_cluster_size=cluster_size, overrides=dict(extra))
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    detector: str
+    gpu: object  # measure.gpus.GpuSpec
+    image_size: tuple[int, int] = (800, 1333)
+    batch_sizes: tuple[int, ...] = ()  # empty: search for the limit
+    dtype: str = "float32"
+    enact_cluster_size: int = DEFAULT_CLUSTER_SIZE
+    variants: tuple[str, ...] = VARIANTS
+    margin_pct: float = DEFAULT_MARGIN_PCT
+    target: str = "cuda"
+    jobs: int | None = None  # parallel variant processes (None: min(cores, variants))
+
+    def __post_init__(self):
+        if any((not isinstance(b, int)) or b < 1 for b in self.batch_sizes):
+            raise UserInputError(f"--batch-size must be positive integers, got {list(self.batch_sizes)}")
+        if self.dtype not in DTYPES:
+            raise UserInputError(f"--dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        if self.enact_cluster_size < 1:
+            raise UserInputError(f"--enact-cluster-size must be >= 1, got {self.enact_cluster_size}")
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad or not self.variants:
+            raise UserInputError(f"--variants {','.join(self.variants)!r}: expected a comma list of {', '.join(VARIANTS)}")
+        if not 0 <= self.margin_pct < 100:
+            raise UserInputError(f"--margin {self.margin_pct}: expected a percentage in [0, 100)")
+        if self.target not in ("cuda", "cpu"):
+            raise UserInputError(f"target must be cuda or cpu, got {self.target!r}")
+
+    @property
+    def budget_bytes(self) -> int:
+        """Device memory a plan may use: what a process can hold on the GPU (CUDA's total, see
+        measure/gpus.py usable_mib) less the margin."""
+        return int(self.gpu.usable_bytes * (1 - self.margin_pct / 100))
+
+
+@dataclass
+class PlanRow:
+    batch_size: int
+    tensor_peak_bytes: int  # every live tensor at the peak (the tracker's exact figure)
+    alloc_peak_bytes: int  # predicted max_memory_allocated (caching-allocator model)
+    reserved_peak_bytes: int  # predicted max_memory_reserved
+    device_used_bytes: int  # predicted NVML used: reserved + workspaces + CUDA context
+    fits: bool
+    seconds: float
+    breakdown_mib: dict | None = None
+    sdpa_kernels: dict = field(default_factory=dict)
+    modules_mib: dict | None = None
+    peak_phase: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"batch_size": self.batch_size,
+                "tensor_peak_mib": round(self.tensor_peak_bytes / MIB, 1),
+                "alloc_peak_mib": round(self.alloc_peak_bytes / MIB, 1),
+                "reserved_peak_mib": round(self.reserved_peak_bytes / MIB, 1),
+                "device_used_mib": round(self.device_used_bytes / MIB, 1),
+                "fits": self.fits, "breakdown_mib": self.breakdown_mib, "modules_mib": self.modules_mib,
+                "peak_phase": self.peak_phase,
+                "tensor_peak_bytes": self.tensor_peak_bytes, "alloc_peak_bytes": self.alloc_peak_bytes,
+                "reserved_peak_bytes": self.reserved_peak_bytes, "device_used_bytes": self.device_used_bytes,
+                "sdpa_kernels": self.sdpa_kernels, "estimate_s": round(self.seconds, 2)}
+
+
+@dataclass
+class VariantPlan:
+    variant: str
+    applicable: bool
+    reason: str
+    max_batch_size: int | None = None  # None: not applicable; 0: not even batch 1 fits
+    rows: list[PlanRow] = field(default_factory=list)
+    linear: bool | None = None  # the probes' line agreed with the far fake runs (search only)
+    searched: bool = True
+    seconds: float = 0.0
+    error: str | None = None
+    enact_cluster_size: int | None = None
+    overrides: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"variant": self.variant, "applicable": self.applicable, "reason": self.reason,
+                "max_batch_size": self.max_batch_size, "rows": [r.as_dict() for r in self.rows],
+                "linear_in_batch": self.linear, "searched": self.searched, "seconds": round(self.seconds, 2),
+                "error": self.error, "enact_cluster_size": self.enact_cluster_size, "overrides": self.overrides}
+
+
+@dataclass
+class DetectorPlan:
+    request: PlanRequest
+    family: str
+    variants: list[VariantPlan]
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        r = self.request
+        return {"detector": r.detector, "family": self.family, "target": r.target, "gpu": r.gpu.as_dict(),
+                "usable_mib": r.gpu.usable_mib,
+                "image_size": list(r.image_size), "dtype": r.dtype, "margin_pct": r.margin_pct,
+                "budget_mib": round(r.budget_bytes / MIB, 1), "enact_cluster_size": r.enact_cluster_size,
+                "variants": [v.as_dict() for v in self.variants], "seconds": round(self.seconds, 2),
+                "estimate": "FakeTensorMode training step (AdamW, clip), CUDA kernel policies, caching-allocator model; "
+                            "device memory adds the CUDA context (an estimate per GPU) and cuBLAS workspaces"}
+
+
+# ---------------------------------------------------------------------------------------
+# one variant
+# ---------------------------------------------------------------------------------------
+def _factory(detector: str, spec: VariantSpec):
+    from enact_bench.detectors import create_detector
+
+    def build():
+        enact = False
+        if spec.enact_cluster_size is not None:
+            from enact import EnactConfig
+            enact = EnactConfig(cluster_size=spec.enact_cluster_size)
+        return create_detector(detector, enact=enact, **spec.overrides)
+    return build
+
+
+def _breakdown(measure) -> tuple[dict | None, dict | None, str | None]:
+    """The peak's breakdown (measure/breakdown.py): by category, by top-level module, phase."""
+    b = getattr(measure, "breakdown", None)
+    if b is None:
+        return None, None, None
+    return b.as_dict(), b.modules_mib(), b.phase
+
+
+class _Runner:
+    def __init__(self, req: PlanRequest, spec: VariantSpec):
+        import torch
+
+        from enact_bench.measure.cuda_target import CudaArch
+        from enact_bench.measure.estimate import FakeTrainer
+
+        torch.manual_seed(0)
+        self.req = req
+        arch = CudaArch(*req.gpu.compute_capability)
+        self.trainer = FakeTrainer(_factory(req.detector, spec), target=req.target, image_size=req.image_size,
+                                   arch=arch, autocast_dtype=None if req.dtype == "float32" else req.dtype)
+        self.rows: dict[int, PlanRow] = {}
+        self.fixed_bytes: int | None = None
+
+    def row(self, b: int) -> PlanRow:
+        if b not in self.rows:
+            from enact_bench.measure.allocator import replay
+            from enact_bench.measure.gpus import device_used_bytes, library_workspace_bytes
+
+            t0 = time.perf_counter()
+            m = self.trainer.step(b, record_events=True, breakdown=True)
+            if self.fixed_bytes is None:  # parameters, buffers, gradients, AdamW state
+                self.fixed_bytes = m.start_bytes - m.input_bytes
+            stats = replay(m.events, preallocate=library_workspace_bytes(self.req.gpu))
+            dev = device_used_bytes(stats, self.req.gpu)
+            cats, mods, phase = _breakdown(m)
+            self.rows[b] = PlanRow(b, m.peak_bytes, stats.alloc_peak_bytes, stats.reserved_peak_bytes, dev,
+                                   dev <= self.req.budget_bytes, time.perf_counter() - t0, cats,
+                                   dict(m.sdpa_kernels), mods, phase)
+        return self.rows[b]
+
+
+def _search(run: _Runner) -> tuple[int, bool | None]:
+    """Largest fitting batch size (0 if batch 1 does not fit) and whether the peak was linear.
+
+    One probe at batch 2: its tensor peak less what does not grow with the batch (parameters,
+    buffers, gradients, AdamW state) is the batch's share, so the slope is that share / 2. The
+    first guess is the largest batch that slope allows; later guesses follow the secant through
+    batch 2 and the last fake run's device memory (the allocator's rounding makes device memory
+    only nearly linear). Ends when a fitting batch and the next one, which does not fit, have
+    both been run. `linear`: every far fake run's tensor peak lies within LINEAR_TOLERANCE of
+    the line through batch 2 with the first far run's slope (needs two far runs)."""
+    r2 = run.row(2)
+    if not r2.fits:
+        return (1 if run.row(1).fits else 0), None
+    budget = run.req.budget_bytes
+    fixed = run.fixed_bytes
+    slope = max((r2.tensor_peak_bytes - fixed) // 2, 1)
+    lo, hi = 2, None  # largest batch known to fit, smallest known not to
+    for _ in range(MAX_SEARCH_STEPS):
+        guess = 2 + (budget - r2.device_used_bytes) // slope
+        guess = max(guess, lo + 1) if hi is None else min(max(guess, lo + 1), hi - 1)
+        if hi is not None and guess <= lo:
+            break
+        r = run.row(guess)
+        if r.fits:
+            lo = max(lo, guess)
+        else:
+            hi = guess if hi is None else min(hi, guess)
+        if hi is not None and hi == lo + 1:
+            break
+        slope = max((r.device_used_bytes - r2.device_used_bytes) // (guess - 2), 1)
+        if r.fits and (hi is None or guess + 1 < hi):  # the line says this is the last fitting batch
+            nxt = run.row(guess + 1)
+            if not nxt.fits:
+                hi = guess + 1
+                break
+            lo = guess + 1
+    else:
+        raise RuntimeError(f"batch-size search did not settle in {MAX_SEARCH_STEPS} fake runs")
+    far = sorted(b for b in run.rows if b > 2)
+    linear = None
+    if len(far) >= 2:
+        b0 = far[0]
+        t_slope = (run.rows[b0].tensor_peak_bytes - r2.tensor_peak_bytes) / (b0 - 2)
+        linear = all(abs(run.rows[b].tensor_peak_bytes - (r2.tensor_peak_bytes + t_slope * (b - 2)))
+                     <= LINEAR_TOLERANCE * run.rows[b].tensor_peak_bytes for b in far)
+    return lo, linear
+
+
+def plan_variant(req: PlanRequest, spec: VariantSpec) -> VariantPlan:
+    t0 = time.perf_counter()
+    out = VariantPlan(spec.variant, spec.applicable, spec.reason, enact_cluster_size=spec.enact_cluster_size,
+                      overrides=dict(spec.overrides))
+    if not spec.applicable:
+        return out
+    try:
+        run = _Runner(req, spec)
+        if req.batch_sizes:
+            out.searched = False
+            for b in req.batch_sizes:
+                run.row(b)
+            fitting = [b for b in req.batch_sizes if run.rows[b].fits]
+            out.max_batch_size = max(fitting) if fitting else 0
+        else:
+            out.max_batch_size, out.linear = _search(run)
+        out.rows = [run.rows[b] for b in sorted(run.rows)]
+    except Exception as e:  # noqa: BLE001 -- one variant failing is a result of the plan
+        out.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _plan_variant_job(args) -> VariantPlan:
+    import torch
+    torch.set_num_threads(1)
+    return plan_variant(*args)
+
+
+# ---------------------------------------------------------------------------------------
+# a detector
+# ---------------------------------------------------------------------------------------
+def detector_family(detector: str) -> str:
+    from enact_bench.detectors.registry import get_spec
+
+    try:
+        return get_spec(detector).family
+    except KeyError as e:
+        raise UserInputError(str(e).strip("'\"")) from None
+
+
+def _preload() -> None:
+    import torch  # noqa: F401
+
+    import enact  # noqa: F401
+    import enact_bench.measure.allocator  # noqa: F401
+    import enact_bench.measure.estimate  # noqa: F401
+    from enact_bench.detectors import list_detectors
+
+    list_detectors()  # imports every family module
+
+
+def plan_detector(req: PlanRequest) -> DetectorPlan:
+    t0 = time.perf_counter()
+    family = detector_family(req.detector)
+    specs = [variant_spec(family, v, req.enact_cluster_size) for v in req.variants]
+    jobs = [(req, s) for s in specs if s.applicable]
+    _preload()  # imported once here, shared by the forked workers
+    # one process per variant even on fewer cores: the OS shares them, and the slowest variant
+    # no longer waits for a core behind another one
+    workers = req.jobs if req.jobs is not None else min(len(jobs), 4)
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            results = pool.map(_plan_variant_job, jobs, chunksize=1)
+        # torch refuses autograd in a child forked after the parent ran a backward (its autograd
+        # threads exist): those variants run here instead
+        results = [plan_variant(*j) if r.error and "Autograd-and-Fork" in r.error else r
+                   for j, r in zip(jobs, results)]
+        done = iter(results)
+    else:
+        done = iter([_plan_variant_job(j) for j in jobs])
+    plans = [next(done) if s.applicable else plan_variant(req, s) for s in specs]
+    return DetectorPlan(req, family, plans, time.perf_counter() - t0)
+
+
+def margin_mib(req: PlanRequest) -> float:
+    return req.gpu.memory_mib - req.budget_bytes / MIB
+
+
+def fits_summary(plan: VariantPlan, req: PlanRequest) -> str:
+    """One line: the largest batch and the headroom it leaves."""
+    if not plan.applicable:
+        return f"n/a: {plan.reason}"
+    if plan.error:
+        return f"error: {plan.error}"
+    if plan.max_batch_size == 0:
+        return "batch 1 does not fit"
+    row = next((r for r in plan.rows if r.batch_size == plan.max_batch_size), None)
+    if row is None:
+        return f"max batch {plan.max_batch_size}"
+    free = req.gpu.usable_mib - row.device_used_bytes / MIB
+    return f"max batch {plan.max_batch_size} ({free:,.0f} MiB left of {req.gpu.usable_mib:,} usable)"
+

@@ -1,0 +1,119 @@
+"""`enact-bench plan`: the JSON schema of the issue, the batch-size search's bracket, variants that
+do not apply, and one-line errors (exit 2), including --validate without a GPU."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from enact_bench.cli import app
+from enact_bench.measure.gpus import custom_gpu
+from enact_bench.plan import PlanRequest, parse_hw, plan_detector, variant_spec
+
+cli = CliRunner()
+SIZE = "96x128"
+
+
+def test_plan_json_schema_and_the_largest_batch_bracket(tmp_path):
+    out = tmp_path / "plan.json"
+    r = cli.invoke(app, ["plan", "detr_tiny", "--gpu-mem", "1.5", "--image-size", SIZE,
+                         "--variants", "original,enact", "--enact-cluster-size", "2", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    assert d["detector"] == "detr_tiny" and d["target"] == "cuda" and d["dtype"] == "float32"
+    assert d["image_size"] == [96, 128] and d["gpu"]["memory_mib"] == 1536
+    budget = d["budget_mib"]
+    assert [v["variant"] for v in d["variants"]] == ["original", "enact"]
+    for v in d["variants"]:
+        rows = {row["batch_size"]: row for row in v["rows"]}
+        b = v["max_batch_size"]
+        assert b >= 2 and rows[b]["fits"] and not rows[b + 1]["fits"]  # the rows at max and the next show it
+        for row in v["rows"]:
+            assert set(row) >= {"batch_size", "tensor_peak_mib", "alloc_peak_mib", "reserved_peak_mib",
+                                "device_used_mib", "fits", "breakdown_mib"}
+            assert row["tensor_peak_mib"] <= row["alloc_peak_mib"] <= row["reserved_peak_mib"] < row["device_used_mib"]
+            assert row["fits"] == (row["device_used_bytes"] <= budget * 2**20 + 0.05 * 2**20)
+            # the breakdown's categories add up to the tensor peak it attributes
+            assert sum(row["breakdown_mib"].values()) == pytest.approx(row["tensor_peak_mib"], abs=0.1)
+    assert "max batch" in r.output and "ESTIMATES" in r.output
+
+
+def test_explicit_batch_sizes_are_run_as_given():
+    req = PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), batch_sizes=(1, 3), variants=("original",), jobs=1)
+    v = plan_detector(req).variants[0]
+    assert [r.batch_size for r in v.rows] == [1, 3] and not v.searched
+    assert v.max_batch_size == 3  # both fit in 1.5 GiB at this size
+    # tensor peak grows with the batch; the fake runs are independent of each other's order
+    assert v.rows[1].tensor_peak_bytes > v.rows[0].tensor_peak_bytes
+
+
+def test_parallel_variants_give_the_same_rows_as_one_process():
+    """Forked workers (in a fresh process: torch forbids autograd in a child forked after the
+    parent ran a backward, which pytest's earlier tests did) give the rows one process gives."""
+    import subprocess
+    import sys
+
+    code = ("import json; from enact_bench.plan import PlanRequest, plan_detector; "
+            "from enact_bench.measure.gpus import custom_gpu; "
+            "p = plan_detector(PlanRequest('detr_tiny', custom_gpu(1.5), (96, 128), jobs={jobs}, batch_sizes=(2,), "
+            "variants=('original', 'fused'))); "
+            "print(json.dumps([[r.tensor_peak_bytes, r.alloc_peak_bytes, r.reserved_peak_bytes, r.device_used_bytes] "
+            "for v in p.variants for r in v.rows] + [v.error for v in p.variants]))")
+    outs = [json.loads(subprocess.run([sys.executable, "-c", code.format(jobs=j)], capture_output=True, text=True,
+                                      check=True).stdout.strip().splitlines()[-1]) for j in (1, 2)]
+    assert outs[0] == outs[1] and outs[0][-2:] == [None, None] and len(outs[0]) == 4
+
+
+def test_fused_does_not_apply_to_deformable_encoders_and_says_why():
+    for family in ("deformable_detr", "dino", "anchor_detr"):
+        spec = variant_spec(family, "fused", 6)
+        assert not spec.applicable and spec.reason
+    assert variant_spec("detr", "fused", 6).overrides == {"attention": "sdpa"}
+    plan = plan_detector(PlanRequest("deformable_detr_tiny", custom_gpu(4), (96, 128), batch_sizes=(1,),
+                                     variants=("fused",)))
+    v = plan.variants[0]
+    assert not v.applicable and v.rows == [] and v.max_batch_size is None and "deformable" in v.reason
+
+
+def test_worst_image_size_is_the_augmentations_max_size():
+    assert parse_hw("worst", "detr") == (1333, 1333)
+    assert parse_hw("800x1333") == (800, 1333)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["detr_tiny", "--gpu", "tpu-9000"], "unknown GPU"),
+    (["detr_tiny"], "exactly one of --gpu"),
+    (["detr_tiny", "--gpu", "h100", "--gpu-mem", "80"], "exactly one of --gpu"),
+    (["detr_tiny", "--gpu", "h100", "--image-size", "big"], "--image-size"),
+    (["detr_tiny", "--gpu", "h100", "--variants", "original,turbo"], "--variants"),
+    (["detr_tiny", "--gpu", "h100", "--batch-size", "0"], "--batch-size"),
+    (["detr_tiny", "--gpu", "h100", "--dtype", "int8"], "--dtype"),
+    (["no_such_detector", "--gpu", "h100"], "unknown detector"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    r = cli.invoke(app, ["plan", *args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path; a CUDA device is present")
+def test_validate_without_a_gpu_exits_2_with_one_line():
+    r = cli.invoke(app, ["plan", "detr_tiny", "--gpu", "h100", "--validate"])
+    assert r.exit_code == 2
+    assert "--validate" in r.output and "CUDA" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.gpu
+def test_validate_on_a_gpu_compares_predicted_and_measured(tmp_path):
+    out = tmp_path / "v.json"
+    r = cli.invoke(app, ["plan", "detr_tiny", "--gpu", "h100", "--image-size", "256x320", "-b", "1", "-b", "2",
+                         "--variants", "original,fused", "--validate", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    assert len(d["validation"]) == 4
+    for v in d["validation"]:
+        assert v["measured"]["status"] == "ok"
+        assert 0.8 < v["ratios"]["alloc"] < 1.25  # the allocator model within 25% on a tiny model
