@@ -9,11 +9,18 @@ PyTorch's caching allocator (measure/allocator.py) for `max_memory_allocated` an
 memory NVML would show (measure/gpus.py). A batch size "fits" when that device memory stays
 under the GPU's memory less the margin.
 
-Search (no --batch-size): two probes (batch 1 and 2) give the device memory's slope in the batch
-size; the largest batch the line allows and the one after it are then run for real (fake) and the
-search walks from there until a fitting batch is followed by one that does not. The probes'
-line is called confirmed when the fake runs at the far batch sizes agree with it (tensor peak
-within LINEAR_TOLERANCE); rows always show real fake runs, never extrapolated figures.
+Search (no --batch-size): a fake run at batch 2, then fake runs at 3, 4 and 5. The allocation
+streams at 2, 3 and 4 are aligned op by op and every event's size fitted (quadratic in the
+batch: DETR's loss builds a (targets x targets) box-IoU matrix over the batch), with the per-image
+blocks (inputs, matcher, per-image loss indexing) repeated once per image
+(measure/affine_stream.py); the stream synthesized for batch 5 must equal the fake run at 5
+event by event, or every row stays a fake run of its own (the earlier behaviour). With the
+stream confirmed, the search's rows (the largest batch the secant guesses, the one after it, ...)
+are that stream at the row's batch, replayed through the allocator model (~20 ms each, against
+1-2 s for a fake step); each row says where it came from (`source`: "fake" | "affine"). The
+breakdown hooks run in one probe (batch 3): the synthesized streams inherit its per-event
+categories, and batch 2's row gets its breakdown the same way once the stream reproduces its
+fake run. `--fake-runs` (affine=False) runs a fake step per row, as before.
 
 Every model is built once per variant (on the meta device, then faked) and reused across batch
 sizes; the variants run in parallel processes (fork) when there are cores for them.
