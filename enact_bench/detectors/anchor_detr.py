@@ -65,6 +65,10 @@ class AnchorDetrConfig:
     lr_backbone: float = 1e-5
     weight_decay: float = 1e-4
     clip_max_norm: float = 0.1
+    # ours, not the original's: the same outputs with less training memory (queries share the key
+    # tensors, no repeated position maps, RCDA without the original's weight copy, the decoder
+    # self-attention through SDPA without stored weights). False keeps what the original keeps.
+    lean_memory: bool = False
 
     def __post_init__(self):
         check_backbone(self)
@@ -74,6 +78,8 @@ class AnchorDetrConfig:
             raise ValueError(f"hidden_dim ({self.hidden_dim}) must be divisible by nheads ({self.nheads}) and by "
                              "32 (GroupNorm(32) after the input projection)")
         check_dropout(self)
+        if not isinstance(self.lean_memory, bool):
+            raise ValueError(f"lean_memory must be True or False; got {self.lean_memory!r}")
         if self.enact_sigma is not None and not self.enact_sigma > 0:
             raise ValueError(f"enact_sigma must be a positive number or None; got {self.enact_sigma!r}")
         normalise_enact_layers(self)
@@ -109,6 +115,7 @@ class AnchorDETR(Detector):
         self.transformer = AnchorTransformer(
             cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward, cfg.dropout,
             cfg.num_query_position, cfg.num_query_pattern, num_classes, enact_config, cfg.enact_layers,
+            lean=cfg.lean_memory,
         )
         body = Backbone(cfg.backbone, dilation=cfg.dilation, train_backbone=cfg.lr_backbone > 0,
                         return_layers=("layer4",), weights_path=weights_path)
