@@ -233,9 +233,8 @@ class DINO(Detector):
                 targets, cfg.dn_number, cfg.dn_label_noise_ratio, cfg.dn_box_noise_scale, self.num_queries,
                 self.num_classes, self.hidden_dim, self.label_enc)
         hs, references, hs_enc, ref_enc, init_box_proposal = self.transformer(
-            srcs, masks, pos, dn_anchors, dn_content, attn_mask)  # hs (n_dec, B, pad+Q, C)
-        hs = list(hs.unbind(0))
-        hs[0] = hs[0] + self.label_enc.weight[0, 0] * 0.0  # the release's guard: label_enc always in the graph
+            srcs, masks, pos, dn_anchors, dn_content, attn_mask)  # hs: n_dec x (B, pad+Q, C)
+        hs[0] += self.label_enc.weight[0, 0] * 0.0  # the release's guard (in place): label_enc always in the graph
 
         coords = torch.stack([(box_embed(h) + inverse_sigmoid(ref, DINO_EPS)).sigmoid()
                               for box_embed, h, ref in zip(self.bbox_embed, hs, references[:-1])])

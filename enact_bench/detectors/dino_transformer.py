@@ -82,7 +82,9 @@ class DinoDecoder(nn.Module):
 
     def forward(self, tgt, anchors_unsig, memory, spatial_shapes, level_start_index, valid_ratios,
                 padding_mask=None, self_attn_mask=None):
-        """-> hs (n_dec, B, Q, C) normed, references (n_dec + 1, B, Q, 4) sigmoided (not detached after 0)."""
+        """-> hs: n_dec tensors (B, Q, C) normed, references: n_dec + 1 tensors (B, Q, 4) sigmoided
+        (not detached after 0). Lists, as the release: stacking them would keep a copy of every
+        layer's output for backward besides the layers' own."""
         output = tgt
         reference = anchors_unsig.sigmoid()
         refs, intermediate = [reference], []
@@ -93,11 +95,15 @@ class DinoDecoder(nn.Module):
                            self_attn_mask)
             # look forward twice: the refined box keeps its gradient for this layer's loss (refs),
             # the next layer's anchor is detached
-            new_reference = (self.bbox_embed[lid](output) + inverse_sigmoid(reference, DINO_EPS)).sigmoid()
+            # named steps, as the release: they stay alive until the next layer replaces them
+            reference_unsig = inverse_sigmoid(reference, DINO_EPS)    # (B, Q, 4)
+            delta_unsig = self.bbox_embed[lid](output)
+            outputs_unsig = delta_unsig + reference_unsig
+            new_reference = outputs_unsig.sigmoid()
             reference = new_reference.detach()
             refs.append(new_reference)
             intermediate.append(self.norm(output))
-        return torch.stack(intermediate), torch.stack(refs)
+        return intermediate, refs
 
 
 class DinoTransformer(nn.Module):
@@ -175,7 +181,7 @@ class DinoTransformer(nn.Module):
         return memory, proposals
 
     def forward(self, srcs, masks, pos_embeds, dn_anchors=None, dn_content=None, attn_mask=None):
-        """-> hs (n_dec, B, pad+Q, C), references (n_dec+1, B, pad+Q, 4),
+        """-> hs: n_dec x (B, pad+Q, C), references: (n_dec+1) x (B, pad+Q, 4) (lists),
         hs_enc (1, B, Q, C), ref_enc (1, B, Q, 4) sigmoided, init_box_proposal (B, Q, 4) sigmoided."""
         src, mask, pos, shapes, valid_ratios = self.flatten_levels(srcs, masks, pos_embeds)
         level_start_index = level_start_index_of(shapes)
@@ -191,10 +197,11 @@ class DinoTransformer(nn.Module):
         init_box_proposal = torch.gather(output_proposals, 1, topk.unsqueeze(-1).repeat(1, 1, 4)).sigmoid()
         tgt_undetached = torch.gather(output_memory, 1, topk.unsqueeze(-1).repeat(1, 1, self.d_model))
         anchors = anchors_undetached.detach()
-        tgt = self.tgt_embed.weight.unsqueeze(0).repeat(bs, 1, 1)  # (B, Q, C) learned content queries
-        if dn_anchors is not None:
+        queries = self.tgt_embed.weight.unsqueeze(0).repeat(bs, 1, 1)  # (B, Q, C) learned content queries
+        tgt = queries
+        if dn_anchors is not None:   # `queries` stays alive beside the concatenation, as in the release
             anchors = torch.cat([dn_anchors, anchors], 1)
-            tgt = torch.cat([dn_content, tgt], 1)
+            tgt = torch.cat([dn_content, queries], 1)
 
         hs, references = self.decoder(tgt, anchors, memory, shapes, level_start_index, valid_ratios, mask,
                                       attn_mask)

@@ -194,9 +194,13 @@ def _live_before_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch:
 
 def train_step(model, criterion, optimizer, batch: Batch, clip_max_norm: float = 0.1,
                forward_ctx=nullcontext, backward_ctx=nullcontext) -> None:
-    """One training step in the original DETR engine's order."""
+    """One training step in the original DETR engine's order.
+
+    The targets go into the forward too, as the runner and the originals' engines pass them:
+    DINO builds its denoising queries from them in training (without them it would train, and
+    be measured, without denoising); the other detectors ignore them."""
     with forward_ctx():
-        outputs = model(batch.images, batch.mask)
+        outputs = model(batch.images, batch.mask, targets=batch.targets)
         loss = loss_of(criterion, outputs, batch.targets)
     del outputs
     optimizer.zero_grad()  # set_to_none: the previous step's gradients are freed here
