@@ -5,7 +5,9 @@ and an image limit for the COCO-layout data sources.
     --checkpoint detr_r50+enact=detr_enact.pth           its ENACT variant
     --coco-root /data/coco    --max-images 500
 
-They are saved in the run's run.json, so --resume applies them again.
+They are saved in the run's run.json, so --resume applies them again. `CaseEdits.apply` only
+edits cases; setting the environment and checking the COCO files is the caller's
+(enact_bench.run.run_dir.edit_suite).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from enact_bench.errors import UserInputError
 from enact_bench.suites import Suite
 
 COCO_SOURCES = ("coco", "toy")
+COCO_ENV_VAR = "ENACT_BENCH_COCO"  # enact_bench.data.coco.ENV_VAR (this module does not import data/)
 
 
 @dataclass(frozen=True)
@@ -77,14 +80,14 @@ class CaseEdits:
         d = d or {}
         return cls.from_options(d.get("checkpoints"), d.get("coco_root"), d.get("max_images"))
 
-    def apply(self, suite: Suite) -> Suite:
-        """The suite with its cases edited, and its COCO data checked before any case runs.
+    def environment(self) -> dict[str, str]:
+        """Environment variables the case processes need: --coco-root as $ENACT_BENCH_COCO (so
+        case ids do not change). The caller sets them (enact_bench.run.run_dir.edit_suite)."""
+        return {COCO_ENV_VAR: self.coco_root} if self.coco_root is not None else {}
 
-        An unused --checkpoint is an error naming the suite's variants; --coco-root is passed on
-        as $ENACT_BENCH_COCO (inherited by the case subprocesses), so case ids do not change.
-        """
-        if self.coco_root is not None:
-            os.environ["ENACT_BENCH_COCO"] = self.coco_root
+    def apply(self, suite: Suite) -> Suite:
+        """The suite with its cases edited: a pure function of the suite and these edits (no
+        environment, no files). An unused --checkpoint is an error naming the suite's variants."""
         cases, used = [], set()
         for case in suite.cases:
             changes: dict = {}
@@ -100,12 +103,4 @@ class CaseEdits:
             variants = sorted({f"{c.detector}{'+enact' if c.enact else ''}" for c in suite.cases})
             raise UserInputError(f"--checkpoint {unused[0].label()}: no case of suite {suite.name!r} is that "
                                  f"variant; its variants: {', '.join(variants)}")
-        from enact_bench.data.coco import CocoDataError
-        from enact_bench.data.coco_source import check_case_data
-
-        try:
-            for case in cases:
-                check_case_data(case)
-        except (CocoDataError, ValueError) as e:
-            raise UserInputError(str(e)) from None
         return dataclasses.replace(suite, cases=tuple(cases))

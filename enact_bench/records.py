@@ -1,9 +1,14 @@
-"""Record dataclass (schema 1, docs/CONTRACTS.md), JSONL append/read, environment capture.
+"""Records (schema 1, docs/CONTRACTS.md): the Record dataclass, the one writer and the one
+reader of records.jsonl, the latest record per case, the key that pairs a baseline with its
+ENACT variant, and environment capture. show, report and check all read records through here.
 
-One JSON object per case, appended (flush + fsync) as soon as the case ends, so a crash loses
-at most the case in flight. Reading skips a truncated last line (a run killed mid-write) with a
-warning. This module imports torch only inside capture_env, so reports can read records
-without torch.
+One JSON object per line, appended (flush + fsync) as soon as a case ends, so a crash loses at
+most the case in flight. A process killed mid-write leaves a torn last line (no newline, not
+JSON). Every reader skips a torn last line with a warning; a bad line anywhere else is an error
+naming the line. The writer never glues a record onto a torn line: before appending it moves
+the torn text to `records.jsonl.torn` and says so once on stderr.
+
+This module imports torch only inside capture_env, so reports can read records without torch.
 """
 from __future__ import annotations
 
@@ -18,10 +23,22 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, TypeVar
+
+from enact_bench.errors import UserInputError
 
 SCHEMA = 1
 STATUSES = ("ok", "oom", "error", "skipped")
+RECORDS_FILE = "records.jsonl"
+TORN_SUFFIX = ".torn"
+# case fields that do not define the setting a baseline and its ENACT variant share: the
+# variant itself, what the built model reports about it, and its weights (a baseline and an
+# ENACT model are trained separately, so their checkpoints always differ)
+NOT_PAIRING = ("enact", "enact_config", "attention", "family", "checkpoint", "checkpoint_sha256")
+
+
+class RecordsError(UserInputError):
+    """records.jsonl cannot be read (missing, empty, a bad line that is not the torn last one)."""
 
 
 @dataclass
@@ -77,11 +94,57 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def records_file(path: str | Path) -> Path:
+    """A run folder (reports/<run_id>/) or a records.jsonl file -> the file; one-line error if absent."""
+    p = Path(path)
+    f = p / RECORDS_FILE if p.is_dir() else p
+    if not f.is_file():
+        raise RecordsError(f"no records found at {f} (expected a run folder written by `enact-bench run`, "
+                           f"with {RECORDS_FILE} in it, or the path of a {RECORDS_FILE} file)")
+    return f
+
+
+def _set_aside_torn_tail(path: Path) -> None:
+    """If the file does not end with a newline, its last line was cut off mid-write: move that
+    text to <file>.torn (appended) and truncate the file after its last newline. A last line that
+    is a whole record without its newline only gets the newline."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        cut = data.rfind(b"\n") + 1
+        tail = data[cut:]
+        try:
+            whole = isinstance(json.loads(tail), dict)
+        except ValueError:
+            whole = False
+        if whole:
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+            return
+        torn = path.with_name(path.name + TORN_SUFFIX)
+        with open(torn, "ab") as t:
+            t.write(tail + b"\n")
+        f.truncate(cut)
+        f.flush()
+        os.fsync(f.fileno())
+    print(f"enact-bench: {path}: its last line was cut off mid-write ({len(tail)} bytes, not a record); "
+          f"moved it to {torn.name} before appending", file=sys.stderr)
+
+
 def append_record(path: str | Path, record: Record) -> None:
-    """Append one line and make it durable (flush + fsync) before returning."""
+    """Append one line and make it durable (flush + fsync) before returning. A torn last line
+    (a process killed mid-write) is set aside first, never glued to."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = record.to_json() + "\n"
+    if path.exists():
+        _set_aside_torn_tail(path)
     with open(path, "a", encoding="utf-8") as f:
         f.write(line)
         f.flush()
@@ -89,29 +152,72 @@ def append_record(path: str | Path, record: Record) -> None:
 
 
 def read_records(path: str | Path) -> list[Record]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "records.jsonl"
+    """Every record of a run folder or records.jsonl file, in file order (all attempts).
+
+    Blank lines are skipped; a torn last line is skipped with a warning; any other line that is
+    not a schema-1 record object is a RecordsError naming the line."""
+    path = records_file(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
     out = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            out.append(Record.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TypeError, ValueError) as e:
-            warnings.warn(f"{path}:{i}: skipped an unreadable record ({e})")
+            d = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines):
+                warnings.warn(f"{path}:{i}: skipped an incomplete last record, unreadable (a run killed "
+                              f"mid-write?): {e}", stacklevel=2)
+                continue
+            raise RecordsError(f"{path}:{i}: not valid JSON ({e}); each line must be one record object") from None
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            got = d.get("schema") if isinstance(d, dict) else type(d).__name__
+            raise RecordsError(f"{path}:{i}: record schema {got!r} is not supported; expected a JSON object "
+                               f"with \"schema\": {SCHEMA} (docs/CONTRACTS.md)")
+        try:
+            out.append(Record.from_dict(d))
+        except (TypeError, ValueError) as e:
+            raise RecordsError(f"{path}:{i}: not a record ({e})") from None
     return out
 
 
-def latest_by_case(records: Iterable[Record]) -> dict[str, Record]:
-    """The last record of each case_id (a resumed run appends a new attempt after the old)."""
-    out: dict[str, Record] = {}
+def read_record_dicts(path: str | Path) -> list[dict]:
+    """read_records as plain dicts (Record.to_dict), for code that works on JSON (report, check)."""
+    return [r.to_dict() for r in read_records(path)]
+
+
+R = TypeVar("R", Record, dict)
+
+
+def _case_id(r: Record | dict) -> str:
+    return r.case_id if isinstance(r, Record) else r.get("case_id")
+
+
+def latest_per_case(records: Iterable[R]) -> list[R]:
+    """The last attempt of each case_id (a resumed run appends new attempts after the old), at
+    the place of the case's first attempt (suite order). Records or their dicts."""
+    records = list(records)
+    last = {_case_id(r): r for r in records}
+    out, seen = [], set()
     for r in records:
-        out.pop(r.case_id, None)
-        out[r.case_id] = r
+        cid = _case_id(r)
+        if cid not in seen:
+            seen.add(cid)
+            out.append(last[cid])
     return out
+
+
+def latest_by_case(records: Iterable[R]) -> dict[str, R]:
+    """latest_per_case as {case_id: record}."""
+    return {_case_id(r): r for r in latest_per_case(records)}
+
+
+def pair_key(case: dict) -> str:
+    """What a baseline case and its ENACT variant share: the case minus NOT_PAIRING, as JSON
+    (sorted keys). Equal keys pair; checkpoints never stop a pair."""
+    return json.dumps({k: v for k, v in case.items() if k not in NOT_PAIRING}, sort_keys=True, default=str)
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,37 +21,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from enact_bench import metrics as metrics_schema
 from enact_bench.errors import UserInputError
+from enact_bench.records import latest_per_case, read_record_dicts, records_file
 
 BASELINE_FORMAT = 1
 
 # kind "exact": tolerance `rel` (default 0) on growth; "noisy": tolerance max(rel * base,
-# abs, spread_k * spread). `better` = "lower" (memory, time) or "higher".
-EXACT = {"kind": "exact", "rel": 0.0}
-CPU_TOLERANCES: dict[str, dict] = {
-    "cpu_tracked_peak_bytes": EXACT,
-    "cpu_tracked_start_bytes": EXACT,
-    "fake_tracked_peak_bytes": EXACT,
-    "fake_tracked_start_bytes": EXACT,
-    "saved_for_backward_bytes": EXACT,
-    "gflops_fwd": EXACT,
-    "gflops_fwd_bwd": EXACT,
-    "params": EXACT,
-    "params_trainable": EXACT,
-    "attention_paths": {"kind": "set"},
-}
-GPU_TOLERANCES: dict[str, dict] = {
-    **{k: v for k, v in CPU_TOLERANCES.items() if not k.startswith(("cpu_", "fake_"))},
-    "fake_tracked_peak_bytes": EXACT,
-    # the caching allocator is deterministic for a fixed program, but cuDNN/cuBLAS workspaces
-    # may differ between runs: tight, not zero
-    "mem_peak_alloc_mib": {"kind": "noisy", "rel": 0.01, "abs": 2.0, "spread_k": 2.0},
-    "mem_peak_reserved_mib": {"kind": "noisy", "rel": 0.10, "abs": 64.0, "spread_k": 3.0},
-    "nvml_process_used_peak_mib": {"kind": "noisy", "rel": 0.10, "abs": 128.0, "spread_k": 3.0},
-    "nvml_device_used_peak_mib": {"kind": "noisy", "rel": 0.15, "abs": 256.0, "spread_k": 3.0},
-    "step_ms_p50": {"kind": "noisy", "rel": 0.25, "abs": 1.0, "spread_k": 3.0},
-}
-SPREAD_FROM = {"step_ms_p50": "step_ms_iqr"}  # a record's own spread for a metric, if it has one
+# abs, spread_k * spread); "set": the set of names. `better` = "lower" (memory, time) or
+# "higher". The rules per metric are in enact_bench/metrics.py (gate_cpu, gate_gpu).
+CPU_TOLERANCES: dict[str, dict] = metrics_schema.tolerances("cpu")
+GPU_TOLERANCES: dict[str, dict] = metrics_schema.tolerances("cuda")
+SPREAD_FROM = metrics_schema.spread_from()  # a record's own spread for a metric, if it has one
 
 
 def default_tolerances(device_kind: str) -> dict[str, dict]:
@@ -75,21 +56,11 @@ class NotComparable(Exception):
 # ---------------------------------------------------------------------------------------
 def load_run(run_dir: str | Path) -> list[dict]:
     """The latest record of each case in RUN_DIR/records.jsonl, as plain dicts."""
-    p = Path(run_dir)
-    path = p / "records.jsonl" if p.is_dir() else p
-    if not path.is_file():
-        raise UserInputError(f"no records found at {path} (expected a run folder with records.jsonl)")
-    latest: dict[str, dict] = {}
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a truncated last line of a killed run
-            latest[rec["case_id"]] = rec
+    path = records_file(run_dir)
+    latest = latest_per_case(read_record_dicts(path))
     if not latest:
         raise UserInputError(f"{path} holds no records")
-    return list(latest.values())
+    return latest
 
 
 def load_baseline(path: str | Path) -> dict:

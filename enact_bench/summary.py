@@ -1,7 +1,7 @@
 """Summary rows from records (no torch): one row per case, and baseline/ENACT pairs.
 
-A pair is a baseline case and an ENACT case that agree on every case field except `enact`,
-`enact_config` and `attention`. Memory is the CUDA allocator peak where there is one, else the
+A pair is a baseline case and an ENACT case with the same enact_bench.records.pair_key: every
+case field but the variant (`enact`, `enact_config`, `attention`, `family`) and its checkpoint. Memory is the CUDA allocator peak where there is one, else the
 CPU live-tensor peak (the `memory_kind` column says which); time is the median step.
 """
 from __future__ import annotations
@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from enact_bench.records import Record, latest_by_case
-
-PAIR_FREE = ("enact", "enact_config", "attention")
+from enact_bench.records import Record, latest_per_case, pair_key
 
 
 def memory_of(rec: Record) -> tuple[float | None, str]:
@@ -43,7 +41,7 @@ def change_pct(base: float | None, new: float | None) -> float | None:
 
 def case_rows(records: Iterable[Record]) -> list[dict]:
     rows = []
-    for rec in latest_by_case(records).values():
+    for rec in latest_per_case(records):
         mem, kind = memory_of(rec)
         m = rec.metrics
         rows.append({"case_id": rec.case_id, "status": rec.status, "memory_mib": mem, "memory_kind": kind,
@@ -75,12 +73,7 @@ class Pair:
                 "status": f"{self.base.status}/{self.enact.status}"}
 
 
-def _pair_key(rec: Record) -> str:
-    import json
-    return json.dumps({k: v for k, v in rec.case.items() if k not in PAIR_FREE}, sort_keys=True)
-
-
 def pairs(records: Iterable[Record]) -> list[Pair]:
-    latest = list(latest_by_case(records).values())
-    bases = {_pair_key(r): r for r in latest if not r.case.get("enact")}
-    return [Pair(bases[_pair_key(r)], r) for r in latest if r.case.get("enact") and _pair_key(r) in bases]
+    latest = latest_per_case(records)
+    bases = {pair_key(r.case): r for r in latest if not r.case.get("enact")}
+    return [Pair(bases[pair_key(r.case)], r) for r in latest if r.case.get("enact") and pair_key(r.case) in bases]

@@ -9,7 +9,8 @@ import typer
 from enact_bench.case_edits import CaseEdits
 from enact_bench.commands import user_errors
 from enact_bench.errors import UserInputError
-from enact_bench.runner import RunResult, load_run_suite, prepare_run, run_suite
+from enact_bench.run.run_dir import edit_suite, load_run_suite, prepare_run
+from enact_bench.run.suite_run import RunResult, run_suite
 from enact_bench.suites import load_suite, parse_set_option
 
 
@@ -43,7 +44,7 @@ def prepare_command(suite: str | None, *, out: str | Path = "reports", overrides
         return s, Path(resume), meta["run_id"]
     if not suite:
         raise UserInputError("give --suite NAME|PATH (see `enact-bench list`) or --resume RUN_DIR")
-    s = edits.apply(load_suite(suite, overrides))
+    s = edit_suite(load_suite(suite, overrides), edits)
     run_dir, rid = prepare_run(s, out, overrides, run_id, case_edits=edits.to_json())
     return s, run_dir, rid
 
@@ -99,14 +100,15 @@ def register(app: typer.Typer) -> None:
                       TimeElapsedColumn(), console=console, transient=False) as progress:
             task = progress.add_task("starting", total=len(s.cases))
 
+            piped = not console.is_terminal  # CI logs: a line per case start, the bar is not drawn
+
             def on_start(i, n, case):
                 progress.update(task, total=n, description=f"{case.case_id}")  # n: cases still to run
+                if piped:
+                    progress.console.print(f"[{i + 1}/{n}]   start {case.case_id}", highlight=False)
 
             def on_end(i, n, rec):
-                colour = {"ok": "green", "oom": "yellow"}.get(rec.status, "red")
-                first = (rec.error or "").splitlines()[0] if rec.error else ""
-                progress.console.print(f"[{colour}]{rec.status:>7}[/] {rec.case_id} ({rec.duration_s:.1f} s)"
-                                       + (f": {first}" if first else ""), highlight=False)
+                progress.console.print(f"[{i + 1}/{n}] " + end_line(rec), highlight=False)
                 progress.advance(task)
 
             result = run_suite(s, run_dir, rid, inline=inline, on_start=on_start, on_end=on_end,
@@ -121,11 +123,32 @@ def register(app: typer.Typer) -> None:
         if report and records_path.exists():
             _report_hook(result.run_dir)
         if result.interrupted:
-            console.print(f"[yellow]interrupted[/]: finished records kept; continue with "
-                          f"`enact-bench run --resume {result.run_dir}`")
-            raise typer.Exit(130)
+            console.print(f"[yellow]interrupted[/] ({result.signal_name}): finished records kept; continue with "
+                          f"`enact-bench run --resume {result.run_dir}`", highlight=False)
+            raise typer.Exit(128 + result.exit_signal)
+        if result.nothing_measured:
+            from enact_bench.console import err_console
+            err_console.print(f"[red]{result.nothing_measured}[/]", highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
         if any(r.status == "error" for r in result.records):
             raise typer.Exit(1)
+
+
+def end_line(rec) -> str:
+    """One line when a case ends: status, case id, its memory and median step, seconds."""
+    from enact_bench.summary import memory_of
+
+    colour = {"ok": "green", "oom": "yellow", "skipped": "yellow"}.get(rec.status, "red")
+    figures = []
+    mem, kind = memory_of(rec)
+    if mem is not None:
+        figures.append(f"{mem:,.1f} MiB {kind}")
+    if rec.metrics.get("step_ms_p50") is not None:
+        figures.append(f"{rec.metrics['step_ms_p50']:,.1f} ms/step")
+    first = (rec.error or "").splitlines()[0] if rec.error else ""
+    seconds = f"{rec.duration_s:.1f} s" if rec.duration_s is not None else "? s"
+    return (f"[{colour}]{rec.status:>7}[/] {rec.case_id} ({', '.join(figures + [seconds])})"
+            + (f": {first}" if first else ""))
 
 
 def _report_hook(run_dir: Path) -> None:

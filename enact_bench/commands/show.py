@@ -6,18 +6,13 @@ from pathlib import Path
 import typer
 
 from enact_bench.commands import user_errors
-from enact_bench.errors import UserInputError
 
 
 def load_run_records(run_dir: str | Path):
     """Plain body: the records of RUN_DIR (or of a records.jsonl path)."""
     from enact_bench.records import read_records
 
-    p = Path(run_dir)
-    path = p / "records.jsonl" if p.is_dir() else p
-    if not path.is_file():
-        raise UserInputError(f"no records found at {path} (expected a run folder with records.jsonl)")
-    return read_records(path)
+    return read_records(run_dir)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,9 +1,9 @@
-"""Data sources "coco" and "toy" for the runner, and the "coco" evaluation hook (mAP on val).
+"""Data sources "coco" and "toy" for the harness (the "coco" evaluation hook that scores a model on
+their val split is enact_bench.measure.coco_hook: data/ does not import measure/).
 
 train mode: batches from train2017 through the originals' training transforms (seeded per batch
 index, so the same index gives the same batch). infer mode: batches from val2017 through the
-validation transform, post-processed in original image pixels. The "coco" evaluation runs the
-case's model over the val images (all, or the first --max-images) and stores COCOeval's 12 stats.
+validation transform, post-processed in original image pixels.
 
 "toy" is the same over a generated toy dataset (enact_bench.data.toy_coco): given ``root`` it is
 read from there, otherwise generated once under the system's temp folder.
@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 
-from enact_bench.data.coco import CocoDataError, CocoDetection, CocoPaths, make_loader, resolve_coco_root
+from enact_bench.data.coco import CocoDataError, CocoDetection, CocoPaths, resolve_coco_root
 from enact_bench.data.sources import Batch, register_data_source
-from enact_bench.measure.evaluation import register_evaluation
 
 COMMON_OPTIONS = {
     "root": "path to the COCO-layout folder (coco: default $ENACT_BENCH_COCO; toy: default generated)",
@@ -97,7 +96,7 @@ class CocoSource:
 
     @property
     def record_fields(self) -> dict:
-        """What the runner adds to the record's case: where the images came from."""
+        """What the harness adds to the record's case: where the images came from."""
         split = "train" if self.case.mode == "train" else "val"
         return {"data_root": str(self.root), "annotation_file": str(self.dataset(split).paths.annotations),
                 "data_images": len(self.dataset(split))}
@@ -148,31 +147,4 @@ def make_toy(case) -> CocoSource:
     return CocoSource(case)
 
 
-@register_evaluation("coco", modes=("infer",), data=("coco", "toy"))
-def evaluate_coco(model, case, source: CocoSource, device) -> dict:
-    """COCOeval bbox stats of the model on val (after eval_train_steps training steps, if any)."""
-    from enact_bench.measure.detection_eval import evaluate_model
-    from enact_bench.train_loop import train_steps
-
-    val = source.dataset("val")
-    loader = make_loader(val, case.batch_size, num_workers=source.num_workers, seed=case.seed)
-    out: dict = {}
-    if source.eval_train_steps > 0:
-        out["map_before_training"] = evaluate_model(model, val, loader, device).stats["map"]
-        train = source.dataset("train")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(case.seed)
-            losses = train_steps(model, make_loader(train, max(2, case.batch_size), shuffle=True,
-                                                    num_workers=source.num_workers, seed=case.seed),
-                                 source.eval_train_steps, device, lr=source.eval_lr, lr_backbone=source.eval_lr)
-        out["train_steps"] = source.eval_train_steps
-        out["train_loss_first"], out["train_loss_last"] = losses[0], losses[-1]
-    ev = evaluate_model(model, val, loader, device)
-    ms = sorted(ev.batch_ms)
-    out.update(ev.stats)
-    out.update(images=len(ev.image_ids), detections=ev.detections,
-               eval_batch_ms_p50=ms[len(ms) // 2] if ms else None)
-    return out
-
-
-__all__ = ["CocoSource", "check_case_data", "evaluate_coco", "toy_root", "CocoDataError"]
+__all__ = ["CocoSource", "check_case_data", "toy_root", "CocoDataError"]

@@ -22,7 +22,7 @@ BUILTIN_SOURCE_MODULES: list[str] = ["enact_bench.data.synthetic", "enact_bench.
 
 @dataclass
 class Batch:
-    """One batch on the host (the runner moves it to the device outside the timed region).
+    """One batch on the host (the harness moves it to the device outside the timed region).
 
     images: list of normalised (3, H_i, W_i) float tensors; targets: DETR-style dicts
     (`labels` int64 (n,), `boxes` float (n, 4) normalised cxcywh); sizes: (B, 2) int64 of (h, w),

@@ -39,6 +39,7 @@ from .common.criterion import FocalSetCriterion, detr_weight_dict
 from .deformable_transformer import DeformableTransformer, inverse_sigmoid
 from .common.matcher import FocalClassCost, HungarianMatcher
 from .common.mlp import MLP
+from .common.ms_deform_attn import check_msda, msda_attention_label, set_msda
 from .common.nested import batch_images, downsample_mask
 from .common.position import PositionEmbeddingSine
 from .common.postprocess import postprocess_topk_sigmoid
@@ -65,6 +66,8 @@ class DeformableDetrConfig:
     with_box_refine: bool = False
     two_stage: bool = False
     enact_layers: tuple[int, ...] | None = None  # encoder layers that cluster tokens; None = all
+    # deformable-attention core: "op" (registered op, the compiled kernel's memory) | "pytorch" (autograd reference)
+    msda: str = "op"
     # matcher costs, loss weights, focal loss
     set_cost_class: float = 2.0
     set_cost_bbox: float = 5.0
@@ -94,6 +97,7 @@ class DeformableDetrConfig:
         if self.two_stage and not self.with_box_refine:
             raise ValueError("two_stage=True needs with_box_refine=True (the release's two-stage configuration)")
         check_dropout(self)
+        check_msda(self.msda)
         normalise_enact_layers(self)
 
 
@@ -124,7 +128,6 @@ def _num_boxes(targets, device):
 
 class DeformableDETR(Detector):
     family = "deformable_detr"
-    attention = "ms_deform_attn_pytorch"
 
     def __init__(self, cfg: DeformableDetrConfig, num_classes: int = 91, enact_config=None,
                  pretrained_backbone: bool = False):
@@ -186,6 +189,8 @@ class DeformableDETR(Detector):
             self.transformer.decoder.class_embed = self.class_embed
             for box_embed in self.bbox_embed:
                 nn.init.constant_(box_embed.layers[-1].bias[2:], 0.0)
+        set_msda(self, cfg.msda)  # every MSDeformAttn, the clustered encoder layers' included
+        self.attention = msda_attention_label(cfg.msda)
 
     # -- features ----------------------------------------------------------------------------------
     def multiscale_features(self, images: Tensor, mask: Tensor):

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from enact_bench.detectors.common.ms_deform_attn import MSDeformAttn, level_start_index_of, shapes_as_list
+from enact_bench.detectors.common.ms_deform_attn import LevelShapes, MSDeformAttn, level_start_index_of, shapes_as_list
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -333,6 +333,7 @@ class DeformableTransformer(nn.Module):
             raise ValueError("single-stage DeformableTransformer needs query_embed (num_queries, 2 * d_model)")
         src_flatten, mask_flatten, lvl_pos_embed_flatten, shapes, valid_ratios = \
             self.flatten_levels(srcs, masks, pos_embeds)
+        shapes = LevelShapes(shapes)  # + the op's (L, 2) / (L,) index tensors, made once per forward when used
         level_start_index = level_start_index_of(shapes)
 
         memory = self.encoder(src_flatten, shapes, level_start_index, valid_ratios,

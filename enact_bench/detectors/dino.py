@@ -45,6 +45,7 @@ from .dino_transformer import DINO_EPS, DinoTransformer
 from .deformable_transformer import inverse_sigmoid
 from .common.matcher import FocalClassCost, HungarianMatcher
 from .common.mlp import MLP
+from .common.ms_deform_attn import check_msda, msda_attention_label, set_msda
 from .common.nested import batch_images
 from .common.position import PositionEmbeddingSine
 from .common.postprocess import postprocess_topk_sigmoid
@@ -70,6 +71,8 @@ class DinoConfig:
     pe_temperature: float = 20.0
     aux_loss: bool = True
     enact_layers: tuple[int, ...] | None = None  # encoder layers that cluster tokens; None = all
+    # deformable-attention core: "op" (registered op, the compiled kernel's memory) | "pytorch" (autograd reference)
+    msda: str = "op"
     # denoising
     dn_number: int = 100  # 0 switches denoising off (use_dn=False)
     dn_label_noise_ratio: float = 0.5
@@ -108,6 +111,7 @@ class DinoConfig:
         if self.dn_box_noise_scale < 0:
             raise ValueError(f"dn_box_noise_scale must be >= 0; got {self.dn_box_noise_scale}")
         check_dropout(self)
+        check_msda(self.msda)
         normalise_enact_layers(self)
 
 
@@ -189,7 +193,6 @@ class DinoCriterion(FocalSetCriterion):
 
 class DINO(Detector):
     family = "dino"
-    attention = "ms_deform_attn_pytorch"
 
     def __init__(self, cfg: DinoConfig, num_classes: int = 91, enact_config=None, pretrained_backbone: bool = False):
         super().__init__()
@@ -236,6 +239,8 @@ class DINO(Detector):
         for proj in self.input_proj:
             nn.init.xavier_uniform_(proj[0].weight, gain=1)
             nn.init.constant_(proj[0].bias, 0)
+        set_msda(self, cfg.msda)  # every MSDeformAttn, the clustered encoder layers' included
+        self.attention = msda_attention_label(cfg.msda)
 
     multiscale_features = DeformableDETR.multiscale_features
 

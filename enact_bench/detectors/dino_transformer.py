@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from .deformable_transformer import (DeformableDecoderLayer, DeformableEncoder, DeformableEncoderLayer, clones,
                                      inverse_sigmoid, valid_ratio)
 from .common.mlp import MLP
-from .common.ms_deform_attn import MSDeformAttn, level_start_index_of
+from .common.ms_deform_attn import LevelShapes, MSDeformAttn, level_start_index_of
 
 DINO_EPS = 1e-3  # the release's inverse_sigmoid eps (util.misc)
 
@@ -185,6 +185,7 @@ class DinoTransformer(nn.Module):
         """-> hs: n_dec x (B, pad+Q, C), references: (n_dec+1) x (B, pad+Q, 4) (lists),
         hs_enc (1, B, Q, C), ref_enc (1, B, Q, 4) sigmoided, init_box_proposal (B, Q, 4) sigmoided."""
         src, mask, pos, shapes, valid_ratios = self.flatten_levels(srcs, masks, pos_embeds)
+        shapes = LevelShapes(shapes)  # + the op's (L, 2) / (L,) index tensors, made once per forward when used
         level_start_index = level_start_index_of(shapes)
         memory = self.encoder(src, shapes, level_start_index, valid_ratios, pos, mask)  # (B, S, C), full length
 

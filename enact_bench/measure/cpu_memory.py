@@ -5,6 +5,13 @@ the moment it first appears until its Python object is freed (a weakref finalize
 already alive when tracking starts (parameters, gradients, optimizer state, inputs) are found
 with the garbage collector and counted in, so the peak means what `max_memory_allocated` means
 on CUDA: every live tensor at the peak. Unlike RSS it is exact and deterministic.
+
+With `record_events=True` the tracker also keeps the ordered stream of what it counted, as
+("alloc", key, nbytes) and ("free", key, nbytes) tuples in `events` (key: the storage's id(), which
+Python may reuse once the storage is freed). The storages counted in at the start come first, as
+allocs, in the order they were found. A storage resized in place is a free of its old size then an
+alloc of its new one. `enact_bench.measure.allocator.replay` runs such a stream through a model
+of the CUDA caching allocator. Recording stops at the end of the `with` block.
 """
 from __future__ import annotations
 
@@ -37,9 +44,11 @@ class LiveTensorTracker(TorchDispatchMode):
     like `torch.cuda.reset_peak_memory_stats`.
     """
 
-    def __init__(self, count_existing: bool = True):
+    def __init__(self, count_existing: bool = True, record_events: bool = False):
         super().__init__()
         self.count_existing = count_existing
+        self.events: list[tuple[str, int, int]] | None = [] if record_events else None
+        self._recording = record_events
         self._live: dict[int, int] = {}
         self.current_bytes = 0
         self.peak_bytes = 0
@@ -55,6 +64,9 @@ class LiveTensorTracker(TorchDispatchMode):
         key = id(st)
         if key in self._live:
             if nbytes != self._live[key]:  # resized in place (resize_, set_)
+                if self._recording:
+                    self._record("free", key, self._live[key])
+                    self._record("alloc", key, nbytes)
                 self.current_bytes += nbytes - self._live[key]
                 self._live[key] = nbytes
                 self.peak_bytes = max(self.peak_bytes, self.current_bytes)
@@ -62,12 +74,20 @@ class LiveTensorTracker(TorchDispatchMode):
         self._live[key] = nbytes
         self.current_bytes += nbytes
         self.peak_bytes = max(self.peak_bytes, self.current_bytes)
+        if self._recording:
+            self._record("alloc", key, nbytes)
         weakref.finalize(st, self._free, key)
 
     def _free(self, key: int) -> None:
         nbytes = self._live.pop(key, None)
         if nbytes is not None:
             self.current_bytes -= nbytes
+            if self._recording:
+                self._record("free", key, nbytes)
+
+    def _record(self, kind: str, key: int, nbytes: int) -> None:
+        """Append one event (subclasses may tag it too)."""
+        self.events.append((kind, key, nbytes))
 
     def reset_peak(self) -> None:
         self.peak_bytes = self.current_bytes
@@ -92,6 +112,7 @@ class LiveTensorTracker(TorchDispatchMode):
     def __exit__(self, *exc):
         out = super().__exit__(*exc)
         self.end_bytes = self.current_bytes
+        self._recording = False
         return out
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):

@@ -1,7 +1,8 @@
 """Peak live tensor bytes of one training step, measured exactly, with real or fake tensors.
 
-`measure_train_step` runs two training steps (forward, loss, zero_grad, backward, gradient
-clipping, AdamW step: the order of the original DETR engine) and measures the second, when
+`measure_train_step` runs two training steps (measure/steps.py's `train_step`: forward, loss,
+zero_grad, backward, gradient clipping, AdamW step, the original DETR engine's order) and
+measures the second, when
 gradients and optimizer state already exist. The peak counts every live tensor, like CUDA's
 `max_memory_allocated`: parameters, buffers, gradients, optimizer state and inputs are counted
 in explicitly before the step, then `LiveTensorTracker(count_existing=False)` follows every
@@ -17,7 +18,7 @@ matched tensors are unchanged.
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from enact_bench.measure.cpu_memory import MIB, LiveTensorTracker
 from enact_bench.measure.step_probe import OpRecorder, SavedTensorCounter, attention_paths
+from enact_bench.measure.steps import train_step
 
 
 class FixedAssignmentMatcher(nn.Module):
@@ -61,7 +63,7 @@ def use_fixed_assignment(criterion: nn.Module) -> nn.Module:
 @dataclass
 class Batch:
     """A batch as the detectors take it: a list of (3, H, W) images (mask None; the model pads
-    them into a new (B, 3, H, W) tensor, as the harness's runner feeds them) or a padded
+    them into a new (B, 3, H, W) tensor, as the harness feeds them) or a padded
     (B, 3, H, W) tensor with its (B, H, W) mask; and DETR-style targets."""
 
     images: torch.Tensor | list[torch.Tensor]
@@ -79,7 +81,7 @@ def make_batch(batch_size: int, image_size: tuple[int, int], num_targets: int = 
     """Deterministic synthetic batch (works under FakeTensorMode too: then only shapes matter).
 
     Boxes are valid normalised cxcywh strictly inside the image; every image has `num_targets`.
-    padded=False gives a list of images (the runner's and the DESIGN figure's convention: the
+    padded=False gives a list of images (the harness's and the DESIGN figure's convention: the
     list and the model's padded copy are both alive); True a padded tensor + mask (one copy).
     """
     if batch_size < 1 or num_targets < 1:
@@ -127,12 +129,6 @@ def fake_model(model: nn.Module, mode: FakeTensorMode) -> nn.Module:
     return model
 
 
-def loss_of(criterion: nn.Module, outputs: dict, targets: list[dict]) -> torch.Tensor:
-    losses = criterion(outputs, targets)
-    weights = criterion.weight_dict
-    return sum(losses[k] * weights[k] for k in losses if k in weights)
-
-
 @dataclass
 class StepMeasure:
     """What one steady-state training step measured (bytes exact; MiB = 2^20 bytes)."""
@@ -149,6 +145,10 @@ class StepMeasure:
     fake: bool
     seconds: float
     ops: set[str] = field(default_factory=set, repr=False)
+    # filled when asked for (breakdown=True / record_events=True): measure/breakdown.py's
+    # PeakBreakdown, and the ordered ("alloc" | "free", key, nbytes) stream for measure/allocator.replay
+    breakdown: object | None = field(default=None, repr=False)
+    events: list | None = field(default=None, repr=False)
 
     @property
     def peak_mib(self) -> float:
@@ -192,26 +192,6 @@ def _live_before_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch:
     return live + batch.tensors()
 
 
-def train_step(model, criterion, optimizer, batch: Batch, clip_max_norm: float = 0.1,
-               forward_ctx=nullcontext, backward_ctx=nullcontext) -> None:
-    """One training step in the original DETR engine's order.
-
-    The targets go into the forward too, as the runner and the originals' engines pass them:
-    DINO builds its denoising queries from them in training (without them it would train, and
-    be measured, without denoising); the other detectors ignore them."""
-    with forward_ctx():
-        outputs = model(batch.images, batch.mask, targets=batch.targets)
-        loss = loss_of(criterion, outputs, batch.targets)
-    del outputs
-    optimizer.zero_grad()  # set_to_none: the previous step's gradients are freed here
-    with backward_ctx():
-        loss.backward()
-    del loss
-    if clip_max_norm > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
-    optimizer.step()
-
-
 def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     """AdamW with the detector's parameter groups when it has them (the original's), else defaults."""
     if hasattr(model, "param_groups"):
@@ -221,16 +201,26 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
 
 
 def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, optimizer=None,
-                       clip_max_norm: float = 0.1, fake: bool = False) -> StepMeasure:
-    """Warm-up step, then the measured (second) step. Call under FakeTensorMode for fake tensors."""
+                       clip_max_norm: float = 0.1, fake: bool = False, breakdown: bool = False,
+                       record_events: bool = False) -> StepMeasure:
+    """Warm-up step, then the measured (second) step. Call under FakeTensorMode for fake tensors.
+
+    breakdown=True also attributes the peak (measure/breakdown.py) and implies record_events; the
+    figures measured are the same either way."""
     t0 = time.perf_counter()
     model.train()
     criterion.train()
     optimizer = optimizer or make_optimizer(model)
-    train_step(model, criterion, optimizer, batch, clip_max_norm)  # creates grads + optimizer state
+    train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
+               clip_max_norm=clip_max_norm)  # creates grads + optimizer state
 
     params = list(model.parameters())
-    saved = SavedTensorCounter(exclude=params + list(model.buffers()))
+    attribution = None
+    if breakdown:
+        from enact_bench.measure.breakdown import StepAttribution
+        attribution = StepAttribution(model, criterion, optimizer, batch, fake=fake)
+    saved = SavedTensorCounter(exclude=params + list(model.buffers()),
+                               on_save=attribution.note_saved if attribution else None)
     recorder = OpRecorder()
     flops_fwd = FlopCounterMode(display=False)
     flops_bwd = FlopCounterMode(display=False)
@@ -242,13 +232,23 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
         stack.enter_context(flops_fwd)
         return stack
 
-    with LiveTensorTracker(count_existing=False) as tracker:
+    backward_ctx = lambda: flops_bwd  # noqa: E731
+    if attribution is not None:
+        tracker_cm = attribution.tracker
+        fwd_inner, bwd_inner = forward_ctx, backward_ctx
+        forward_ctx = lambda: attribution.forward(fwd_inner)  # noqa: E731
+        backward_ctx = lambda: attribution.backward(bwd_inner)  # noqa: E731
+    else:
+        tracker_cm = LiveTensorTracker(count_existing=False, record_events=record_events)
+    with tracker_cm as tracker:
         for t in _live_before_step(model, optimizer, batch):
             tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
         start = tracker.current_bytes
         tracker.reset_peak()
-        train_step(model, criterion, optimizer, batch, clip_max_norm,
-                   forward_ctx=forward_ctx, backward_ctx=lambda: flops_bwd)
+        if attribution is not None:
+            attribution.begin()
+        train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
+                   clip_max_norm=clip_max_norm, forward_ctx=forward_ctx, backward_ctx=backward_ctx)
     fwd = flops_fwd.get_total_flops()
     return StepMeasure(
         peak_bytes=tracker.peak_bytes, start_bytes=start, end_bytes=tracker.end_bytes,
@@ -257,12 +257,14 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
         params=sum(p.numel() for p in params),
         params_trainable=sum(p.numel() for p in params if p.requires_grad),
         fake=fake, seconds=time.perf_counter() - t0, ops=recorder.ops,
+        breakdown=attribution.result() if attribution is not None else None, events=tracker.events,
     )
 
 
 def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
                         image_size: tuple[int, int], *, num_targets: int = 6, num_classes: int = 91,
-                        clip_max_norm: float = 0.1) -> StepMeasure:
+                        clip_max_norm: float = 0.1, breakdown: bool = False,
+                        record_events: bool = False) -> StepMeasure:
     """Full-size peak without allocating: `model` (built on CPU) is made fake in place.
 
     The criterion's matcher is replaced by a fixed assignment; ENACT modules must have a fixed
@@ -274,7 +276,8 @@ def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
     fake_model(criterion, mode)  # e.g. DETR's empty_weight buffer
     with mode:
         batch = make_batch(batch_size, image_size, num_targets, num_classes)
-        return measure_train_step(model, criterion, batch, clip_max_norm=clip_max_norm, fake=True)
+        return measure_train_step(model, criterion, batch, clip_max_norm=clip_max_norm, fake=True,
+                                  breakdown=breakdown, record_events=record_events)
 
 
 def estimate_detector(name: str, batch_size: int, image_size: tuple[int, int], *, enact=False,
@@ -288,57 +291,3 @@ def estimate_detector(name: str, batch_size: int, image_size: tuple[int, int], *
     return estimate_train_step(model, model.build_criterion(), batch_size, image_size,
                                num_targets=num_targets, num_classes=model.num_classes if hasattr(model, "num_classes") else 91,
                                clip_max_norm=clip)
-
-
-FAKE_NOT_MEASURED = (
-    "mem_peak_alloc_mib", "mem_peak_reserved_mib", "nvml_device_used_peak_mib", "nvml_process_used_peak_mib",
-    "cpu_tracked_peak_bytes", "cpu_tracked_peak_mib", "cpu_tracked_start_bytes", "rss_peak_mib",
-    "step_ms_p50", "step_ms_p10", "step_ms_p90", "step_ms_mean", "step_ms_iqr", "step_count",
-    "first_step_ms", "images_per_s", "timing_clock", "gmacs_fwd_bwd", "flops_uncounted_ops",
-)
-
-
-def measure_case_fake(case, metrics: dict, reasons: dict, record_case: dict) -> None:
-    """Runner hook for a suite case with `fake = true`: fills the record's metrics.
-
-    Writes fake_tracked_peak_bytes / _mib / fake_tracked_start_bytes (the estimate: every live
-    tensor at the peak of the second training step), saved_for_backward_bytes, FLOPs, parameter
-    counts and attention_paths; timing and real-memory fields are null with the reason.
-    """
-    import dataclasses
-
-    from enact_bench.runner import build_model
-
-    if case.mode != "train":
-        raise ValueError(f"fake = true estimates a training step: mode must be 'train', got {case.mode!r}")
-    if case.image_size is None:
-        raise ValueError("fake = true needs a fixed image_size (\"HxW\")")
-    if case.enact and (case.enact_config or {}).get("cluster_size") is None:
-        raise ValueError("fake = true with ENACT needs a fixed cluster size: enact_config = {cluster_size = k} "
-                         "(data-dependent shapes cannot be faked)")
-    torch.manual_seed(case.seed)
-    model = build_model(case)
-    record_case["attention"] = getattr(model, "attention", None)
-    cfg = getattr(model, "enact_config", None)
-    record_case["enact_config"] = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
-    clip = case.clip_max_norm if case.clip_max_norm is not None else getattr(model, "grad_clip_max_norm", 0.1)
-    m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
-                            num_classes=case.num_classes, clip_max_norm=clip or 0.0)
-    metrics.update(m.metrics())
-    stats = model.enact_stats() if hasattr(model, "enact_stats") else []
-    for mk, sk in (("enact_cluster_size", "cluster_size"), ("enact_key_len_before", "key_len_before"),
-                   ("enact_key_len_after", "key_len_after")):
-        if stats:
-            metrics[mk] = [_plain(s.get(sk)) for s in stats]
-        else:
-            reasons[mk] = "ENACT is off"
-    for k in FAKE_NOT_MEASURED:
-        reasons.setdefault(k, "fake = true: shapes only (FakeTensorMode), nothing real was run or timed")
-
-
-def _plain(v):
-    if isinstance(v, torch.Tensor):
-        return None
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return int(v) if v is not None else None

@@ -1,7 +1,7 @@
 """Registry of evaluation hooks: the extension point behind a case's `evaluate = ["..."]`.
 
 An evaluation runs after the measured steps, on the same model and data source, and returns a
-dict that the runner stores under `metrics[<name>]` (e.g. `metrics["coco"] = {"map": ...}`):
+dict that the harness (enact_bench.run) stores under `metrics[<name>]` (e.g. `metrics["coco"] = {"map": ...}`):
 
     @register_evaluation("coco", modes=("infer",))
     def evaluate_coco(model, case, source, device) -> dict: ...
@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from enact_bench.plugins import LazyRegistry
 
-BUILTIN_EVALUATION_MODULES: list[str] = ["enact_bench.data.coco_source"]
+BUILTIN_EVALUATION_MODULES: list[str] = ["enact_bench.measure.coco_hook"]
 
 
 @dataclass(frozen=True)

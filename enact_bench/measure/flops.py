@@ -10,7 +10,12 @@ _flash_attention_*, _efficient_attention_*) but none for:
 - aten._native_multi_head_attention: nn.MultiheadAttention's inference fast path,
 
 so those are registered here (same formulas as torch's for the CUDA kernels: QK^T and AV,
-and the four matmuls of the backward). Any other op that looks like a contraction (matmul,
+and the four matmuls of the backward). Multi-scale deformable attention's registered op,
+`enact_bench::ms_deform_attn` and its backward, registers its own formula where it is defined
+(enact_bench/detectors/common/ms_deform_attn_op.py: 5 multiply-adds per query, head, level,
+point and channel forward, 20 backward), so the deformable detectors' default path is counted
+in full; their PyTorch reference path (msda="pytorch") shows `aten.grid_sampler_2d` (+ backward)
+as uncounted. Any other op that looks like a contraction (matmul,
 convolution, attention, grid sampling, deformable attention) or that comes from a custom op
 namespace and has no formula is listed in `uncounted_ops`: its cost is missing from the total.
 """

@@ -14,13 +14,15 @@ import threading
 
 import torch
 
+from enact_bench import metrics as metrics_schema
 from enact_bench.measure.cpu_memory import LiveTensorTracker
 
 MIB = 2**20
 
-CUDA_FIELDS = ("mem_peak_alloc_mib", "mem_peak_reserved_mib", "mem_start_alloc_mib")
-NVML_FIELDS = ("nvml_device_used_peak_mib", "nvml_process_used_peak_mib")
-CPU_FIELDS = ("cpu_tracked_peak_bytes", "cpu_tracked_peak_mib", "cpu_tracked_start_bytes")
+# the fields each tracker writes (enact_bench/metrics.py is the one list of metric names)
+CUDA_FIELDS = metrics_schema.names(tracker="CudaPeakMemory")
+NVML_FIELDS = metrics_schema.names(tracker="NvmlSampler")
+CPU_FIELDS = metrics_schema.names(tracker="CpuPeakMemory")
 
 
 def _is_cuda(device) -> bool:

@@ -61,8 +61,9 @@ class SavedTensorCounter:
     Storages in `exclude` (parameters and buffers: alive anyway) are not counted.
     """
 
-    def __init__(self, exclude: list[torch.Tensor] = ()):
+    def __init__(self, exclude: list[torch.Tensor] = (), on_save=None):
         self._exclude = {id(t.untyped_storage()) for t in exclude}
+        self._on_save = on_save  # called with the storage's id() when it is first counted
         self._live: dict[int, int] = {}
         self.current_bytes = 0
         self.peak_bytes = 0
@@ -76,6 +77,8 @@ class SavedTensorCounter:
                 self.current_bytes += self._live[key]
                 self.peak_bytes = max(self.peak_bytes, self.current_bytes)
                 weakref.finalize(st, self._free, key)
+                if self._on_save is not None:
+                    self._on_save(key)
         return t
 
     def _free(self, key: int) -> None:

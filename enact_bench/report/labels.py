@@ -1,39 +1,30 @@
 """Names, units and number formats shared by the tables and the plots (plain Python)."""
 from __future__ import annotations
 
+from enact_bench import metrics as metrics_schema
+
 DEFORMABLE_FAMILIES = ("deformable_detr", "dino")
 DEFORMABLE_ENACT = "ENACT token clustering (extension beyond the paper)"
 # EnactConfig's defaults (docs/CONTRACTS.md); a variant is labelled by what differs from them.
 ENACT_DEFAULTS = {"sigma": 3.0, "cluster_scope": "batch", "scale": "reference",
                   "mask_padding": False, "backend": "math", "cluster_size": None}
 
-# metric -> (label, unit, how the change is given: "pct" relative or "pts" AP points)
+# metric -> (label, unit, how the change is given: "pct" relative or "pts" AP points): the
+# record metrics' from enact_bench/metrics.py, then the columns the report derives itself
 METRICS = {
-    "mem_peak_alloc_mib": ("peak CUDA allocated", "MiB", "pct"),
-    "mem_peak_reserved_mib": ("peak CUDA reserved", "MiB", "pct"),
-    "nvml_process_used_peak_mib": ("peak NVML process", "MiB", "pct"),
-    "nvml_device_used_peak_mib": ("peak NVML device", "MiB", "pct"),
-    "cpu_tracked_peak_mib": ("peak CPU tracked tensors", "MiB", "pct"),
-    "rss_peak_mib": ("peak RSS", "MiB", "pct"),
-    "step_ms_p50": ("step time median", "ms", "pct"),
-    "images_per_s": ("throughput", "images/s", "pct"),
-    "gflops_fwd": ("forward", "GFLOPs", "pct"),
-    "gflops_fwd_bwd": ("forward+backward", "GFLOPs", "pct"),
+    **{m.name: (m.label, m.unit, m.change) for m in metrics_schema.SCHEMA if m.label},
     "key_len": ("encoder key length, mean over layers", "tokens", "pct"),
     "coco_map": ("AP", "%", "pts"),
     "coco_map_50": ("AP50", "%", "pts"),
     "coco_map_75": ("AP75", "%", "pts"),
 }
 # memory metrics in the order a plot prefers them: what was measured on that device
-MEMORY_PREFERENCE = ("mem_peak_alloc_mib", "cpu_tracked_peak_mib", "nvml_process_used_peak_mib",
-                     "mem_peak_reserved_mib", "nvml_device_used_peak_mib", "rss_peak_mib")
+MEMORY_PREFERENCE = tuple(m.name for m in sorted((m for m in metrics_schema.SCHEMA if m.plot_rank is not None),
+                                                 key=lambda m: m.plot_rank))
 # table order; RSS stays in the cases CSV only: it is not a tensor peak
-MEMORY_TABLE = ("mem_peak_alloc_mib", "mem_peak_reserved_mib", "nvml_process_used_peak_mib",
-                "nvml_device_used_peak_mib", "cpu_tracked_peak_mib")
+MEMORY_TABLE = tuple(m.name for m in metrics_schema.SCHEMA if m.memory_table)
 DEVICE_ORDER = {"cuda": 0, "cpu": 1}
 DEVICE_MEMORY = {"cuda": "mem_peak_alloc_mib", "cpu": "cpu_tracked_peak_mib"}   # the reading that matters
-# case keys that do not define the setting a baseline and its ENACT variant share
-NOT_SETTING = ("enact", "enact_config", "attention", "checkpoint", "family")
 MODE_ORDER = {"train": 0, "infer": 1}
 COCO_ORDER = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
               "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")

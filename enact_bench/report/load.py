@@ -5,21 +5,21 @@ theirs (`mem_peak_alloc_mib`, ...), COCO stats become `coco_<stat>`, environment
 `env_<field>`. Per-layer ENACT lists stay Python lists. Derived columns: `run` (1-based index of
 the run folder), `run_label` (device, torch version, commit), `family`, `variant`, `image_size`
 ("HxW", or the size rule such as "coco", or "native"), `image_pixels`, `device_type`,
-`setting_json` (the case minus enact/enact_config/attention/checkpoint: the pairing key), `overrides_json`, `enact_config_json`, `key_len_before`
+`setting_json` (enact_bench.records.pair_key: the case minus the variant and its checkpoint), `overrides_json`, `enact_config_json`, `key_len_before`
 and `key_len_after` (means over the encoder layers). `coco_*` columns are in percent (COCOeval's
 fraction x 100); COCOeval's -1 (no objects of that size) becomes an empty cell.
 """
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from .labels import NOT_SETTING, detector_family, device_type, variant_label
+from enact_bench.records import latest_per_case, pair_key, read_record_dicts, records_file
 
-RECORDS_FILE = "records.jsonl"
+from .labels import detector_family, device_type, variant_label
+
 SCHEMA = 1
 MIB = 2**20
 CASE_FIELDS = ("detector", "enact", "attention", "mode", "device", "dtype", "batch_size", "data",
@@ -28,53 +28,13 @@ CASE_FIELDS = ("detector", "enact", "attention", "mode", "device", "dtype", "bat
 
 def records_path(run_dir: str | Path) -> Path:
     """`run_dir` may be a run folder (reports/<run_id>/) or a records.jsonl file itself."""
-    p = Path(run_dir)
-    if p.is_file():
-        return p
-    if (p / RECORDS_FILE).is_file():
-        return p / RECORDS_FILE
-    raise FileNotFoundError(
-        f"no {RECORDS_FILE} in {p}: pass a run folder written by `enact-bench run` "
-        f"(reports/<run_id>/) or the path of a {RECORDS_FILE} file")
+    return records_file(run_dir)
 
 
 def read_records(path: str | Path) -> list[dict]:
-    """Parse a JSONL records file. A truncated last line (a run killed mid-write) is skipped with
-    a warning; a bad line anywhere else is an error that names the line."""
-    path = Path(path)
-    lines = path.read_text().splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    out = []
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines):
-                warnings.warn(f"{path}:{i}: skipped an incomplete last record ({e})", stacklevel=2)
-                continue
-            raise ValueError(f"{path}:{i}: not valid JSON ({e}); each line must be one record object") from e
-        if not isinstance(rec, dict) or rec.get("schema") != SCHEMA:
-            got = rec.get("schema") if isinstance(rec, dict) else type(rec).__name__
-            raise ValueError(f"{path}:{i}: record schema {got!r} is not supported; expected a JSON "
-                             f"object with \"schema\": {SCHEMA} (docs/CONTRACTS.md)")
-        out.append(rec)
-    return out
-
-
-def latest_per_case(recs: list[dict]) -> list[dict]:
-    """A resumed run appends a new attempt of a case after the old one: keep the last attempt,
-    at the place of the first."""
-    last = {r.get("case_id"): r for r in recs}
-    out, seen = [], set()
-    for r in recs:
-        cid = r.get("case_id")
-        if cid not in seen:
-            seen.add(cid)
-            out.append(last[cid])
-    return out
+    """The records of a records.jsonl file as dicts (enact_bench.records.read_records: a torn
+    last line is skipped with a warning, any other bad line is an error naming it)."""
+    return read_record_dicts(path)
 
 
 def flatten_record(rec: dict) -> dict:
@@ -97,8 +57,7 @@ def flatten_record(rec: dict) -> dict:
         dist = case.get("image_size_dist")
         row["image_size"] = f"{dist} sizes" if dist else str(size or "native")
     # everything a baseline and its ENACT variant share: the pairing key
-    row["setting_json"] = json.dumps({k: v for k, v in case.items() if k not in NOT_SETTING},
-                                     sort_keys=True, default=str)
+    row["setting_json"] = pair_key(case)
     cfg = case.get("enact_config")
     row["enact_config_json"] = json.dumps(cfg, sort_keys=True) if cfg else ""
     row["overrides_json"] = json.dumps(case.get("overrides") or {}, sort_keys=True)

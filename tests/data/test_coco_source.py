@@ -1,6 +1,7 @@
-"""The coco/toy data sources, the coco evaluation hook and the CLI's case edits, through the runner."""
+"""The coco/toy data sources, the coco evaluation hook and the CLI's case edits, through enact_bench.run."""
 import hashlib
 import json
+import os
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from enact_bench.data.coco_source import CocoSource
 from enact_bench.detectors import create_detector
 from enact_bench.errors import UserInputError
 from enact_bench.records import read_records
-from enact_bench.runner import run_case
+from enact_bench.run.case import run_case
+from enact_bench.run.run_dir import edit_suite
 from enact_bench.suites import Case, load_suite
 
 CHEAP = [("iters", [1]), ("warmup", [1]), ("flops", [False])]
@@ -86,6 +88,15 @@ def test_bad_checkpoint_and_coco_options_are_one_line_errors(tmp_path, monkeypat
         CaseEdits.from_options([f"detr_r50={f}"]).apply(load_suite("toy-detr"))
     monkeypatch.delenv("ENACT_BENCH_COCO", raising=False)
     with pytest.raises(UserInputError, match="--coco-root DIR or set ENACT_BENCH_COCO"):
-        CaseEdits().apply(load_suite("coco-detr"))
+        edit_suite(load_suite("coco-detr"), CaseEdits())
     with pytest.raises(UserInputError, match=str(tmp_path / "annotations" / "instances_val2017.json")):
-        CaseEdits.from_options(coco_root=tmp_path).apply(load_suite("coco-detr"))
+        edit_suite(load_suite("coco-detr"), CaseEdits.from_options(coco_root=tmp_path))
+
+
+def test_case_edits_apply_touches_no_environment_and_no_files(tmp_path, monkeypatch):
+    monkeypatch.delenv("ENACT_BENCH_COCO", raising=False)
+    edits = CaseEdits.from_options(coco_root=tmp_path / "not-there", max_images=3)
+    suite = edits.apply(load_suite("coco-detr"))  # no COCO files are read: no error here
+    assert "ENACT_BENCH_COCO" not in os.environ
+    assert edits.environment() == {"ENACT_BENCH_COCO": str((tmp_path / "not-there").resolve())}
+    assert all(c.data_options["max_images"] == 3 for c in suite.cases)

@@ -64,3 +64,30 @@ def test_list_and_env():
         assert name in listed.output
     env = cli.invoke(app, ["env", "--device", "cpu"])
     assert env.exit_code == 0 and "torchvision" in env.output and "device_kind" in env.output
+
+
+def test_piped_output_has_a_line_when_each_case_starts_and_ends(smoke_run):
+    # fault 10: in CI logs (not a TTY) a long case used to run in silence until it ended
+    _, result = smoke_run
+    lines = result.output.splitlines()
+    starts = [i for i, line in enumerate(lines) if "start detr_tiny-" in line]
+    ends = [i for i, line in enumerate(lines) if line.lstrip("[0123456789/] ").startswith("ok detr_tiny-")]
+    assert len(starts) == len(ends) == 2, result.output
+    assert starts[0] < ends[0] < starts[1] < ends[1]
+    assert lines[starts[0]].startswith("[1/2]") and lines[ends[1]].startswith("[2/2]")
+    end = lines[ends[0]]
+    assert "MiB cpu_tracked" in end and "ms/step" in end and end.rstrip().endswith(" s)"), end
+
+
+def test_a_run_that_measured_nothing_exits_1(tmp_path, monkeypatch):
+    # fault 3: --device cuda on a machine without a GPU skipped every case and exited 0
+    import enact_bench.run.suite_run as suite_run
+
+    monkeypatch.setattr(suite_run, "needs_missing_cuda", lambda case: True)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    res = cli.invoke(app, ["run", "--suite", "smoke", "--device", "cuda", "--out", str(tmp_path), "--no-report",
+                           "--iters", "1", "--warmup", "1"])
+    assert res.exit_code == 1, res.output
+    why = [line for line in res.output.splitlines() if line.startswith("nothing was measured")]
+    assert why == ["nothing was measured: 4 skipped of 4 case(s) (first: device 'cuda' requested but no CUDA "
+                   "device is available)"], res.output

@@ -1,4 +1,4 @@
-"""Runner: a real tiny case in-process, OOM and errors as records, the subprocess path, resume."""
+"""enact_bench.run: a real tiny case in-process, OOM and errors as records, the subprocess path, resume."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 
-from enact_bench import runner
+from enact_bench.records import Record
+from enact_bench.run import case as run_case_mod
+from enact_bench.run import launch, run_dir as run_dir_mod, steps as run_steps, suite_run
 from enact_bench.records import read_records
 from enact_bench.suites import Case, load_suite_text
 
@@ -16,7 +18,7 @@ TINY = dict(detector="detr_tiny", image_size=(64, 96), batch_size=1, iters=1, wa
 
 @pytest.fixture(scope="module")
 def train_enact_record():
-    return runner.run_case(Case(**TINY, enact=True, mode="train"), run_id="t", suite="unit")
+    return run_case_mod.run_case(Case(**TINY, enact=True, mode="train"), run_id="t", suite="unit")
 
 
 def test_train_case_measures_everything_it_can(train_enact_record):
@@ -42,52 +44,52 @@ def test_oom_and_errors_become_records(monkeypatch):
     def boom(case):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(runner, "build_model", boom)
-    r = runner.run_case(Case(**TINY), run_id="t")
+    monkeypatch.setattr(run_steps, "build_model", boom)
+    r = run_case_mod.run_case(Case(**TINY), run_id="t")
     assert r.status == "oom" and "out of memory" in r.error
     assert r.metrics["params"] is None and r.null_reasons["params"] == "case ended with status oom"
 
-    monkeypatch.setattr(runner, "build_model", lambda case: 1 / 0)
-    r = runner.run_case(Case(**TINY), run_id="t")
+    monkeypatch.setattr(run_steps, "build_model", lambda case: 1 / 0)
+    r = run_case_mod.run_case(Case(**TINY), run_id="t")
     assert r.status == "error" and r.error.startswith("ZeroDivisionError")
 
 
 def test_cuda_case_is_skipped_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    r = runner.run_case(Case(**{**TINY, "device": "cuda"}))
+    r = run_case_mod.run_case(Case(**{**TINY, "device": "cuda"}))
     assert r.status == "skipped" and "CUDA" in r.error
 
 
 def test_subprocess_writes_the_childs_record(tmp_path):
     # an override the detector does not know fails fast inside the child: its record comes back
     case = Case(**TINY, overrides={"wings": 2})
-    r = runner.run_case_subprocess(case, tmp_path, run_id="t", suite="unit")
+    r = launch.launch_subprocess(case, tmp_path, run_id="t", suite="unit")
     assert r.status == "error" and "wings" in r.error
     assert (tmp_path / "logs" / f"{case.case_id}.log").read_text().strip().endswith(")")
 
 
 def test_subprocess_that_dies_still_gives_a_record(tmp_path):
-    r = runner.run_case_subprocess(Case(**TINY), tmp_path, run_id="t", suite="unit", timeout_s=0.05)
+    r = launch.launch_subprocess(Case(**TINY), tmp_path, run_id="t", suite="unit", timeout_s=0.05)
     assert r.status == "error" and "timed out" in r.error
 
 
 def test_resume_skips_ok_cases_and_keeps_records(tmp_path, monkeypatch):
     suite = load_suite_text('name = "u"\n[defaults]\ndetector = "detr_tiny"\nimage_size = "64x96"\n'
                             '[matrix]\nenact = [false, true]')
-    run_dir, run_id = runner.prepare_run(suite, tmp_path)
+    run_dir, run_id = run_dir_mod.prepare_run(suite, tmp_path)
     calls = []
 
     def fake(case, *, run_id, suite):
         calls.append(case.case_id)
         status = "error" if (case.enact and len(calls) == 2) else "ok"
-        return runner.Record(run_id=run_id, suite=suite, case_id=case.case_id, status=status, case=case.to_dict())
+        return Record(run_id=run_id, suite=suite, case_id=case.case_id, status=status, case=case.to_dict())
 
-    monkeypatch.setattr(runner, "run_case", fake)
-    first = runner.run_suite(suite, run_dir, run_id, inline=True)
+    monkeypatch.setattr(run_case_mod, "run_case", fake)
+    first = suite_run.run_suite(suite, run_dir, run_id, inline=True)
     assert [r.status for r in first.records] == ["ok", "error"]
-    again, meta = runner.load_run_suite(run_dir)
-    second = runner.run_suite(again, run_dir, meta["run_id"], inline=True)
+    again, meta = run_dir_mod.load_run_suite(run_dir)
+    second = suite_run.run_suite(again, run_dir, meta["run_id"], inline=True)
     assert second.skipped_ok == ["detr_tiny-base-train-b2-64x96"]
     assert calls == ["detr_tiny-base-train-b2-64x96", "detr_tiny-enact-train-b2-64x96",
                      "detr_tiny-enact-train-b2-64x96"]
@@ -99,13 +101,34 @@ def test_resume_skips_ok_cases_and_keeps_records(tmp_path, monkeypatch):
 def test_ctrl_c_keeps_finished_records(tmp_path, monkeypatch):
     suite = load_suite_text('name = "u"\n[defaults]\ndetector = "detr_tiny"\nimage_size = "64x96"\n'
                             '[matrix]\nenact = [false, true]')
-    run_dir, run_id = runner.prepare_run(suite, tmp_path)
+    run_dir, run_id = run_dir_mod.prepare_run(suite, tmp_path)
 
     def fake(case, *, run_id, suite):
         if case.enact:
             raise KeyboardInterrupt
-        return runner.Record(run_id=run_id, suite=suite, case_id=case.case_id, status="ok", case=case.to_dict())
+        return Record(run_id=run_id, suite=suite, case_id=case.case_id, status="ok", case=case.to_dict())
 
-    monkeypatch.setattr(runner, "run_case", fake)
-    res = runner.run_suite(suite, run_dir, run_id, inline=True)
+    monkeypatch.setattr(run_case_mod, "run_case", fake)
+    res = suite_run.run_suite(suite, run_dir, run_id, inline=True)
     assert res.interrupted and [r.case_id for r in read_records(run_dir)] == ["detr_tiny-base-train-b2-64x96"]
+
+
+def test_resume_after_a_torn_last_line_keeps_the_new_record(tmp_path, monkeypatch, capsys):
+    # fault 2: the run was killed while writing its last record; --resume re-runs that case
+    suite = load_suite_text('name = "u"\n[defaults]\ndetector = "detr_tiny"\nimage_size = "64x96"\n'
+                            '[matrix]\nenact = [false, true]')
+    run_dir, run_id = run_dir_mod.prepare_run(suite, tmp_path)
+
+    def fake(case, *, run_id, suite):
+        return Record(run_id=run_id, suite=suite, case_id=case.case_id, status="ok", case=case.to_dict())
+
+    monkeypatch.setattr(run_case_mod, "run_case", fake)
+    suite_run.run_suite(suite, run_dir, run_id, inline=True)
+    path = run_dir / "records.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # the second record torn
+    with pytest.warns(UserWarning, match="incomplete last record"):
+        again = suite_run.run_suite(*run_dir_mod.load_run_suite(run_dir)[:1], run_dir, run_id, inline=True)
+    assert again.skipped_ok == ["detr_tiny-base-train-b2-64x96"]
+    assert [r.case_id for r in read_records(path)] == ["detr_tiny-base-train-b2-64x96", "detr_tiny-enact-train-b2-64x96"]
+    assert "cut off mid-write" in capsys.readouterr().err

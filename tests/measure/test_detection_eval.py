@@ -6,7 +6,7 @@ from enact_bench.data.coco import CocoDetection, make_loader
 from enact_bench.data.toy_coco import make_toy_coco
 from enact_bench.detectors import create_detector
 from enact_bench.measure.detection_eval import evaluate_model, predict
-from enact_bench.train_loop import train_steps
+from enact_bench.measure.train_loop import train_steps
 
 
 @pytest.fixture(scope="module")

@@ -58,3 +58,18 @@ def test_ops_without_formula_are_listed():
     a, b = torch.randn(4, 3), torch.randn(3, 2)
     r = count_flops(lambda: torch.ops.enact_bench_test.contract(a, b))
     assert "enact_bench_test.contract" in r.uncounted_ops
+
+
+def test_deformable_detectors_have_no_uncounted_ops():
+    """msda="op" (the default): the registered op and its backward have formulas."""
+    from enact_bench.detectors import create_detector
+
+    for name in ("deformable_detr_tiny_two_stage", "dino_tiny"):
+        torch.manual_seed(0)
+        model = create_detector(name).train()
+        images = [torch.randn(3, 64, 80), torch.randn(3, 48, 64)]
+        fwd = count_flops(lambda: model(images))
+        both = count_flops(lambda: sum(v.sum() for k, v in model(images).items() if k == "pred_logits").backward())
+        assert fwd.uncounted_ops == [] and both.uncounted_ops == [], name
+        assert fwd.by_op["enact_bench.ms_deform_attn"] > 0
+        assert both.by_op["enact_bench.ms_deform_attn_backward"] == 4 * both.by_op["enact_bench.ms_deform_attn"]

@@ -7,7 +7,8 @@ ENV_GPU = {"device_kind": "cuda", "device_name": "NVIDIA H100", "torch": "2.14.1
 
 
 def rec(metrics, case_id="c", status="ok", env=ENV_GPU, suite="ci"):
-    return {"case_id": case_id, "suite": suite, "status": status, "metrics": metrics, "env": env,
+    return {"schema": 1, "run_id": "r", "case": {}, "case_id": case_id, "suite": suite, "status": status,
+            "metrics": metrics, "env": env,
             "null_reasons": {}, "error": None if status == "ok" else "RuntimeError: boom"}
 
 

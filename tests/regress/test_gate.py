@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import enact_bench.measure.estimate as estimate
-import enact_bench.runner as runner
+import enact_bench.run.steps as run_steps
 from enact_bench.regress import load_baseline, run_check
-from enact_bench.runner import prepare_run, run_suite
-from enact_bench.suites import load_suite_text
+from enact_bench.run import prepare_run, run_suite
+from enact_bench.suites import Case, load_suite_text
 
 SUITE = """
 name = "gate-test"
@@ -59,8 +59,8 @@ def test_baseline_holds_exact_metrics(baseline):
     assert set(doc["cases"]) == {BASE_ID, ENACT_ID}
     base, enact = doc["cases"][BASE_ID]["metrics"], doc["cases"][ENACT_ID]["metrics"]
     assert base["fake_tracked_peak_bytes"] > base["fake_tracked_start_bytes"] > 0
-    assert base["params"] == sum(p.numel() for p in runner.build_model(
-        runner.Case(detector="detr_tiny")).parameters())
+    assert base["params"] == sum(p.numel() for p in run_steps.build_model(
+        Case(detector="detr_tiny")).parameters())
     assert base["attention_paths"] == ["math"]  # MultiheadAttention with need_weights=True
     assert "sdpa_flash_cpu" in enact["attention_paths"]  # ENACT's fused encoder attention
     assert doc["torch"] == torch.__version__ and doc["device_kind"] == "cpu"
@@ -83,8 +83,8 @@ def test_larger_batch_fails_on_peak(baseline, tmp_path, monkeypatch):
 
 
 def test_enact_turned_off_fails_the_enact_case(baseline, tmp_path, monkeypatch):
-    build = runner.build_model
-    monkeypatch.setattr(runner, "build_model", lambda case: build(dataclasses.replace(case, enact=False)))
+    build = run_steps.build_model
+    monkeypatch.setattr(run_steps, "build_model", lambda case: build(dataclasses.replace(case, enact=False)))
     res = run_check([_run(tmp_path, "no-enact")], baseline)
     assert res.exit_code == 1
     failed = _failed(res)
@@ -98,7 +98,7 @@ def test_enact_turned_off_fails_the_enact_case(baseline, tmp_path, monkeypatch):
 
 
 def test_extra_saved_tensor_fails_on_saved_bytes(baseline, tmp_path, monkeypatch):
-    build = runner.build_model
+    build = run_steps.build_model
 
     def with_extra(case):
         model = build(case)
@@ -107,7 +107,7 @@ def test_extra_saved_tensor_fails_on_saved_bytes(baseline, tmp_path, monkeypatch
         model.backbone[0].body.layer2.register_forward_hook(lambda mod, inp, out: out * torch.ones_like(out))
         return model
 
-    monkeypatch.setattr(runner, "build_model", with_extra)
+    monkeypatch.setattr(run_steps, "build_model", with_extra)
     res = run_check([_run(tmp_path, "extra")], baseline)
     assert res.exit_code == 1
     assert (BASE_ID, "saved_for_backward_bytes") in _failed(res)
@@ -129,7 +129,8 @@ def test_comparability(baseline, tmp_path, field, value, exit_code):
     # the baseline's own records stand in for a run of the same code
     recs = []
     for case_id, c in json.loads(baseline.read_text())["cases"].items():
-        recs.append({"case_id": case_id, "suite": "gate-test", "status": "ok", "metrics": c["metrics"],
+        recs.append({"schema": 1, "run_id": "run", "case": c["case"], "case_id": case_id, "suite": "gate-test",
+                     "status": "ok", "metrics": c["metrics"],
                      "env": {"device_kind": "cpu", "torch": torch.__version__, "device_name": "x"}})
     (run_dir / "records.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     res = run_check([run_dir], other)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from enact_bench.records import RecordsError
 from enact_bench.report import build_report, default_out_dir, load_records, read_records
 from enact_bench.report.labels import DEFORMABLE_ENACT
 from enact_bench.report.plot_sweeps import sweep_plot
@@ -104,7 +105,7 @@ def test_reading_records_errors_and_truncated_tail(tmp_path):
     (tmp_path / "records.jsonl").write_text(good[0].replace('"schema": 1', '"schema": 7') + "\n")
     with pytest.raises(ValueError, match="schema 7 is not supported"):
         read_records(tmp_path / "records.jsonl")
-    with pytest.raises(FileNotFoundError, match="no records.jsonl in"):
+    with pytest.raises(RecordsError, match="no records found at"):
         load_records(tmp_path / "empty")
 
 

@@ -21,7 +21,7 @@ def test_report_command_writes_report(tmp_path):
 def test_report_command_names_the_missing_records(tmp_path):
     res = CliRunner().invoke(app, ["report", str(tmp_path / "no_such_run")])
     assert res.exit_code == 2
-    assert "no records.jsonl in" in res.output
+    assert "no records found at" in res.output
 
 
 def test_run_hook_never_fails_the_run(tmp_path, capsys):

@@ -138,3 +138,13 @@ def test_headers_carry_units(paired):
             metric_cols = [c for c in frame.columns if c not in
                            ("detector", "mode", "batch", "image (px)", "data", "ENACT variant")]
             assert metric_cols and all(c.endswith(")") for c in metric_cols), metric_cols
+
+
+def test_cases_with_different_checkpoints_pair():
+    # fault 7: the fixture's baselines and ENACT variants carry different checkpoints and sha256s
+    raw = [json.loads(line)["case"] for line in (FIX / "checkpoint_run" / "records.jsonl").open()]
+    assert len({c["checkpoint_sha256"] for c in raw}) == len({c["checkpoint"] for c in raw}) == 4
+    df = load_records(FIX / "checkpoint_run")
+    p = paired_table(df)
+    assert len(p) == 2 and set(p["status_enact"]) == {"ok"} and set(p["status_base"]) == {"ok"}
+    assert set(p["case_id_enact"]) == {"detr_tiny-enact-train-b2-128x160", "conditional_detr_tiny-enact-train-b2-128x160"}

@@ -1,16 +1,24 @@
-"""Multi-scale deformable attention (Zhu et al., Deformable DETR), in pure PyTorch.
+"""Multi-scale deformable attention (Zhu et al., Deformable DETR).
 
-Two parts, reusable by every deformable detector (Deformable DETR, DINO):
+Parts reusable by every deformable detector (Deformable DETR, DINO):
 
 - `ms_deform_attn_core(value, spatial_shapes, sampling_locations, attention_weights)`: the
-  sampling + weighted sum. Bilinear `grid_sample` per level (align_corners=False, zero padding),
+  sampling + weighted sum as the autograd path (msda="pytorch", the reference). Bilinear `grid_sample` per level (align_corners=False, zero padding),
   the same formulation as the original release's `ms_deform_attn_core_pytorch`, so its numbers
   are the reference the CUDA kernel was checked against. Works on CPU and CUDA, in float32,
   float16 and bfloat16 (on CUDA), with autograd, and under FakeTensorMode (shapes are read as
   Python ints, never from tensor data, when `spatial_shapes` is a list).
-- `MSDeformAttn(d_model, n_levels, n_heads, n_points)`: the module, with the original's
-  parameter names (`sampling_offsets`, `attention_weights`, `value_proj`, `output_proj`), its
-  initialisation and its forward signature, so released checkpoints load strictly.
+  Autograd keeps every level's value copy, grid and the stacked sampled values
+  (N*M, D, Lq, L*P) for backward: the memory of the originals' debug path, not of their training.
+- `enact_bench::ms_deform_attn` (ms_deform_attn_op.py): the same numbers as one registered op
+  with the compiled CUDA op's memory (saves only its inputs; msda="op", the default).
+- `MSDeformAttn(d_model, n_levels, n_heads, n_points, msda="op")`: the module, with the
+  original's parameter names (`sampling_offsets`, `attention_weights`, `value_proj`,
+  `output_proj`), its initialisation and its forward signature, so released checkpoints load
+  strictly. `msda` picks the core ("op" | "pytorch"); `set_msda(model, msda)` sets it everywhere.
+- `LevelShapes`: the per-level (H, W) as Python ints that also builds, once and on first use, the
+  (L, 2) spatial-shapes and (L,) level-start tensors the op takes (the originals build them once
+  per transformer forward and every layer saves the same two tensors).
 
 Spatial shapes may be given as a (n_levels, 2) long tensor (the original's form) or as a list
 of (H, W) int pairs; the list form avoids reading tensor data (needed under fake tensors and
@@ -26,11 +34,51 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .ms_deform_attn_op import check_shapes, ms_deform_attn, note_msda_impl
+
 SpatialShapes = Union[Tensor, Sequence[Sequence[int]]]
 
 
+MSDA_CHOICES = ("op", "pytorch")
+
+
+def check_msda(msda: str) -> str:
+    if msda not in MSDA_CHOICES:
+        raise ValueError(f"msda must be one of {MSDA_CHOICES} (\"op\": the registered op with the compiled "
+                         f"kernel's memory; \"pytorch\": the autograd reference path); got {msda!r}")
+    return msda
+
+
+def msda_attention_label(msda: str) -> str:
+    """The detector's `attention` label in records: "ms_deform_attn_op" | "ms_deform_attn_pytorch"."""
+    return f"ms_deform_attn_{check_msda(msda)}"
+
+
+class LevelShapes(tuple):
+    """A tuple of per-level (H, W) Python ints, carrying the op's index tensors.
+
+    `tensors(device)` -> (spatial_shapes (L, 2) int64, level_start_index (L,) int64), made on the
+    first call and reused after (one pair per forward, like the originals'); nothing is
+    allocated when only the PyTorch path runs.
+    """
+
+    def __new__(cls, shapes: "SpatialShapes"):
+        return super().__new__(cls, shapes_as_list(shapes))
+
+    def tensors(self, device) -> tuple[Tensor, Tensor]:
+        cached = self.__dict__.get("_tensors")
+        if cached is None or cached[0].device != torch.device(device):
+            shapes = torch.as_tensor(list(self), dtype=torch.long, device=device).view(len(self), 2)
+            starts = torch.as_tensor(level_start_index_of(self), dtype=torch.long, device=device)
+            cached = self.__dict__["_tensors"] = (shapes, starts)
+        return cached
+
+
 def shapes_as_list(spatial_shapes: SpatialShapes) -> list[tuple[int, int]]:
-    """(n_levels, 2) tensor or sequence of (H, W) -> list of (H, W) Python ints."""
+    """(n_levels, 2) tensor or sequence of (H, W) -> list of (H, W) Python ints (a LevelShapes
+    is returned as it is, so that its tensors travel with it)."""
+    if isinstance(spatial_shapes, LevelShapes):
+        return spatial_shapes
     if isinstance(spatial_shapes, Tensor):
         if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
             raise ValueError(f"spatial_shapes must be (n_levels, 2), got {tuple(spatial_shapes.shape)}")
@@ -70,6 +118,7 @@ def ms_deform_attn_core(value: Tensor, spatial_shapes: SpatialShapes, sampling_l
             f"for value {tuple(value.shape)} and {len(shapes)} levels")
     if sum(h * w for h, w in shapes) != s:
         raise ValueError(f"value has {s} positions but spatial_shapes {shapes} sum to {sum(h * w for h, w in shapes)}")
+    note_msda_impl("pytorch_reference")
     value_per_level = value.split([h * w for h, w in shapes], dim=1)
     grids = 2 * sampling_locations - 1  # [0, 1] -> grid_sample's [-1, 1]
     sampled = []
@@ -93,13 +142,19 @@ class MSDeformAttn(nn.Module):
     forward(query, reference_points, input_flatten, input_spatial_shapes,
             input_level_start_index=None, input_padding_mask=None) -> (N, Lq, C)
 
+    msda="op" (default): the registered op `enact_bench::ms_deform_attn` (saves only its inputs,
+    as the originals' compiled MSDeformAttnFunction); "pytorch": `ms_deform_attn_core` (autograd
+    keeps the sampled values, as the originals' ms_deform_attn_core_pytorch). Same numbers.
+
     query (N, Lq, C); reference_points (N, Lq, L, 2) as (x, y) in [0, 1] or (N, Lq, L, 4) as
     (cx, cy, w, h) boxes; input_flatten (N, S, C) the value tokens; input_padding_mask (N, S),
     True = padding (its values are zeroed before sampling).
     """
 
-    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
+    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4,
+                 msda: str = "op"):
         super().__init__()
+        self.msda = check_msda(msda)  # a plain attribute: not in the state_dict
         if d_model % n_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         for name, v in (("n_levels", n_levels), ("n_heads", n_heads), ("n_points", n_points)):
@@ -140,6 +195,9 @@ class MSDeformAttn(nn.Module):
         _, s, _ = input_flatten.shape
         if len(shapes) != self.n_levels:
             raise ValueError(f"got {len(shapes)} levels of spatial shapes, module was built for {self.n_levels}")
+        if sum(h * w for h, w in shapes) != s:
+            raise ValueError(f"input_flatten has {s} positions but spatial shapes {list(shapes)} sum to "
+                             f"{sum(h * w for h, w in shapes)}")
         m, nl, p = self.n_heads, self.n_levels, self.n_points
 
         value = self.value_proj(input_flatten)
@@ -163,5 +221,27 @@ class MSDeformAttn(nn.Module):
         else:
             raise ValueError(f"reference_points last dim must be 2 (x, y) or 4 (cx, cy, w, h), "
                              f"got {reference_points.shape[-1]}")
-        out = ms_deform_attn_core(value, shapes, locations, weights)  # (N, Lq, C)
+        if self.msda == "op":
+            if isinstance(input_spatial_shapes, Tensor) and isinstance(input_level_start_index, Tensor):
+                spatial_shapes, level_start = input_spatial_shapes, input_level_start_index  # the original's form
+            else:
+                levels = shapes if isinstance(shapes, LevelShapes) else LevelShapes(shapes)
+                spatial_shapes, level_start = levels.tensors(value.device)
+            check_shapes(value, spatial_shapes, level_start, locations, weights)
+            out = ms_deform_attn(value, spatial_shapes, level_start, locations, weights, self.im2col_step)
+        else:
+            out = ms_deform_attn_core(value, shapes, locations, weights)  # (N, Lq, C)
         return self.output_proj(out)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, n_levels={self.n_levels}, n_heads={self.n_heads}, "
+                f"n_points={self.n_points}, msda={self.msda!r}")
+
+
+def set_msda(model: nn.Module, msda: str) -> nn.Module:
+    """Set the deformable-attention core of every MSDeformAttn in `model` ("op" | "pytorch")."""
+    check_msda(msda)
+    for module in model.modules():
+        if isinstance(module, MSDeformAttn):
+            module.msda = msda
+    return model
