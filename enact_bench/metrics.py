@@ -42,6 +42,7 @@ class Metric:
     gate_cpu: dict | None = None  # regression-gate rule on a CPU baseline (None: not gated)
     gate_gpu: dict | None = None  # ... on a CUDA baseline
     spread_from: str | None = None  # a record's own spread for the gate's noise (e.g. the IQR)
+    torchrun_only: bool = False  # only records of `launcher = "torchrun"` cases (DDP ranks) have it
 
     def __post_init__(self):
         if not self.name.isidentifier() or self.name != self.name.lower():
@@ -92,6 +93,9 @@ SCHEMA: tuple[Metric, ...] = (
        label="peak CPU tracked tensors", memory_table=True, plot_rank=1),
     _m("cpu_tracked_start_bytes", "bytes", "CpuPeakMemory", "live tensor bytes when the memory step began",
        gate_cpu=EXACT),
+    _m("cpu_tracked_late_bytes", "bytes", "CpuPeakMemory",
+       "storages no Python object held at the start, counted in from the start when first written "
+       "(DDP's gradient buckets); part of cpu_tracked_start_bytes"),
     _m("rss_peak_mib", "MiB", "rss_peak_mib", "peak resident set size of the case process (ru_maxrss)",
        label="peak RSS", plot_rank=5),
     # the FakeTensorMode estimate of one training step (fake = true cases)
@@ -139,6 +143,32 @@ SCHEMA: tuple[Metric, ...] = (
        fake=True),
     _m("enact_query_len_after", "tokens", "enact_stats", "query tokens per layer after clustering (deformable)",
        fake=True),
+    # DistributedDataParallel ranks under torchrun (run/ddp_worker.py): one record for all ranks,
+    # whose memory fields above are the largest rank's, step times the slowest rank's, and
+    # images_per_s global (world batch / the slowest rank's median step)
+    _m("world_size", "count", "combine_ranks", "DDP ranks (all nodes)", torchrun_only=True),
+    _m("world_batch_size", "count", "combine_ranks", "world_size x batch_size (the batch per rank)",
+       torchrun_only=True),
+    _m("peak_rank", "count", "combine_ranks", "the rank whose memory peak the record's memory fields are",
+       torchrun_only=True),
+    _m("slowest_rank", "count", "combine_ranks", "the rank whose step times the record's step fields are",
+       torchrun_only=True),
+    *(_m(f"{name}_per_rank", unit, "combine_ranks", f"{name} of each rank (list, index = rank)", torchrun_only=True)
+      for name, unit in (("mem_peak_alloc_mib", "MiB"), ("mem_peak_reserved_mib", "MiB"),
+                         ("nvml_device_used_peak_mib", "MiB"), ("nvml_process_used_peak_mib", "MiB"),
+                         ("cpu_tracked_peak_bytes", "bytes"), ("cpu_tracked_peak_mib", "MiB"),
+                         ("cpu_tracked_start_bytes", "bytes"), ("rss_peak_mib", "MiB"), ("step_ms_p50", "ms"),
+                         ("first_step_ms", "ms"), ("images_per_s", "images/s"))),
+    _m("scaling_efficiency", "count", "add_scaling_efficiency",
+       "images_per_s / (world_size x images_per_s of the same case at nproc = 1 earlier in the run)",
+       torchrun_only=True),
+    _m("scaling_baseline_case_id", "text", "add_scaling_efficiency", "the nproc = 1 case of scaling_efficiency",
+       torchrun_only=True),
+    _m("ddp_bucket_bytes", "bytes", "reducer_bucket_bytes",
+       "DDP's gradient buckets: the reducer's layout (torchrun), or the estimate's (fake, ddp = true)",
+       fake=True, modes=TRAIN, torchrun_only=True),
+    _m("ddp_bucket_count", "count", "reducer_bucket_bytes", "buckets of the reducer after its rebuild",
+       modes=TRAIN, torchrun_only=True),
 )
 BY_NAME: dict[str, Metric] = {m.name: m for m in SCHEMA}
 if len(BY_NAME) != len(SCHEMA):
@@ -152,16 +182,19 @@ def metric(name: str) -> Metric:
         raise KeyError(f"unknown metric {name!r}; known: {', '.join(BY_NAME)}") from None
 
 
-def names(*, real: bool | None = None, fake: bool | None = None, tracker: str | None = None) -> tuple[str, ...]:
-    """Metric names in schema order, filtered by who writes them."""
+def names(*, real: bool | None = None, fake: bool | None = None, tracker: str | None = None,
+          torchrun: bool = False) -> tuple[str, ...]:
+    """Metric names in schema order, filtered by who writes them; torchrun=True adds the
+    torchrun-only ones."""
     return tuple(m.name for m in SCHEMA
                  if (real is None or m.real == real) and (fake is None or m.fake == fake)
-                 and (tracker is None or m.tracker == tracker))
+                 and (tracker is None or m.tracker == tracker) and (torchrun or not m.torchrun_only))
 
 
-def record_metric_names() -> tuple[str, ...]:
-    """The metrics every real-tensor record starts with (each null until measured)."""
-    return names(real=True)
+def record_metric_names(torchrun: bool = False) -> tuple[str, ...]:
+    """The metrics every real-tensor record starts with (each null until measured); those of a
+    torchrun case's record with torchrun=True."""
+    return names(real=True, torchrun=torchrun)
 
 
 def fake_not_measured() -> tuple[str, ...]:
@@ -184,6 +217,8 @@ def markdown_table() -> str:
     rows = ["| metric | unit | written by | cases | modes | meaning |", "|---|---|---|---|---|---|"]
     for m in SCHEMA:
         cases = "real, fake" if m.real and m.fake else ("real" if m.real else "fake")
+        if m.torchrun_only:
+            cases = "torchrun" + (", fake (ddp)" if m.fake else "")
         rows.append(f"| `{m.name}` | {m.unit} | {m.tracker} | {cases} | {', '.join(m.modes)} | {m.meaning} |")
     return "\n".join(rows)
 

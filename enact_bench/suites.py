@@ -21,9 +21,10 @@ from enact_bench.errors import SuiteError
 MODES = ("train", "infer")
 DTYPES = ("float32", "bfloat16", "float16")
 SIZE_DISTS = ("coco",)
+LAUNCHERS = ("process", "torchrun")
 TOP_KEYS = ("name", "description", "defaults", "matrix")
 # Case keys that do not change what is measured, only how long or where: not in the case_id.
-NOT_IN_ID = ("iters", "warmup", "device", "flops", "cpu_threads")
+NOT_IN_ID = ("iters", "warmup", "device", "flops", "cpu_threads", "node_rank", "rdzv_endpoint")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,13 @@ class Case:
     evaluate: tuple[str, ...] = ()
     cpu_threads: int | None = None  # torch.set_num_threads for the case (None: torch's default)
     fake: bool = False  # train step estimated under FakeTensorMode (shapes only; measure/estimate.py)
+    ddp: bool = False  # fake = true: add DistributedDataParallel's gradient buckets to the estimate
+    # how the case runs: "process" (one subprocess) or "torchrun" (DDP ranks, run/torchrun.py)
+    launcher: str = "process"
+    nproc: int = 1  # torchrun: processes (ranks) on this node, one GPU each on CUDA
+    nnodes: int = 1  # torchrun: nodes taking part (the same suite runs on each)
+    node_rank: int = 0  # torchrun, nnodes > 1: this node's index (0 hosts rank 0 and the record)
+    rdzv_endpoint: str | None = None  # torchrun, nnodes > 1: "host:port" of node 0
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -64,6 +72,22 @@ class Case:
             raise ValueError("batch_size, iters and warmup must be >= 1")
         if self.image_size is not None and self.image_size_dist is not None:
             raise ValueError("give image_size or image_size_dist, not both")
+        if self.launcher not in LAUNCHERS:
+            raise ValueError(f"launcher must be one of {LAUNCHERS}, got {self.launcher!r}")
+        if self.nproc < 1 or self.nnodes < 1 or not 0 <= self.node_rank < self.nnodes:
+            raise ValueError("nproc and nnodes must be >= 1 and node_rank in 0 .. nnodes - 1")
+        if self.launcher == "process" and (self.nproc, self.nnodes) != (1, 1):
+            raise ValueError('nproc and nnodes need launcher = "torchrun"')
+        if self.launcher == "torchrun":
+            if self.fake:
+                raise ValueError('fake = true estimates in one process: use ddp = true (not launcher = '
+                                 '"torchrun") to add DDP\'s gradient buckets to the estimate')
+            if re.fullmatch(r"cuda:\d+", self.device):
+                raise ValueError('launcher = "torchrun" gives each rank cuda:LOCAL_RANK: say device = "cuda"')
+            if self.nnodes > 1 and not self.rdzv_endpoint:
+                raise ValueError('nnodes > 1 needs rdzv_endpoint = "host:port" (node 0, reachable from all nodes)')
+        if self.ddp and not self.fake:
+            raise ValueError('ddp = true belongs to fake = true estimates; to measure DDP say launcher = "torchrun"')
 
     @property
     def case_id(self) -> str:
@@ -201,7 +225,7 @@ def _check(key: str, value: Any, where: str) -> Any:
         if known is not None and value not in known:
             raise bad("one of " + ", ".join(sorted(known)))
         return value
-    if key in ("enact", "tf32", "cudnn_benchmark", "flops", "fake"):
+    if key in ("enact", "tf32", "cudnn_benchmark", "flops", "fake", "ddp"):
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
@@ -217,7 +241,19 @@ def _check(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
             raise bad("auto, cpu, cuda or cuda:N")
         return value
-    if key in ("batch_size", "iters", "warmup", "num_classes", "cpu_threads"):
+    if key == "launcher":
+        if value not in LAUNCHERS:
+            raise bad("one of " + ", ".join(LAUNCHERS))
+        return value
+    if key == "rdzv_endpoint":
+        if not isinstance(value, str) or not re.fullmatch(r"[^\s:]+:\d+", value):
+            raise bad('"host:port" of node 0 (torchrun --rdzv-endpoint)')
+        return value
+    if key == "node_rank":
+        if not _is_int(value) or value < 0:
+            raise bad("an integer >= 0")
+        return value
+    if key in ("batch_size", "iters", "warmup", "num_classes", "cpu_threads", "nproc", "nnodes"):
         if not _is_int(value) or value < 1:
             raise bad("an integer >= 1")
         return value

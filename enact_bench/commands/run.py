@@ -16,13 +16,16 @@ from enact_bench.suites import load_suite, parse_set_option
 
 def cli_overrides(*, detector: list[str] | None = None, device: str | None = None,
                   batch_size: int | None = None, image_size: str | None = None, iters: int | None = None,
-                  warmup: int | None = None, sets: list[str] | None = None) -> list[tuple[str, list[Any]]]:
+                  warmup: int | None = None, sets: list[str] | None = None, launcher: str | None = None,
+                  nproc: int | None = None) -> list[tuple[str, list[Any]]]:
     """Command-line options -> (key, values) overrides, applied to every case of the suite."""
     out: list[tuple[str, list[Any]]] = []
+    if nproc is not None and launcher is None:
+        launcher = "torchrun"  # --nproc N alone means N DDP ranks
     if detector:
         out.append(("detector", list(detector)))
     for key, value in (("device", device), ("batch_size", batch_size), ("image_size", image_size),
-                       ("iters", iters), ("warmup", warmup)):
+                       ("iters", iters), ("warmup", warmup), ("launcher", launcher), ("nproc", nproc)):
         if value is not None:
             out.append((key, [value]))
     for text in sets or []:
@@ -70,6 +73,9 @@ def register(app: typer.Typer) -> None:
         image_size: Optional[str] = typer.Option(None, help='HxW (e.g. 800x1333) or "coco"'),
         iters: Optional[int] = typer.Option(None, help="timed iterations per case"),
         warmup: Optional[int] = typer.Option(None, help="warm-up iterations per case (>= 1)"),
+        launcher: Optional[str] = typer.Option(None, help='process | torchrun: "torchrun" runs each case as '
+                                               "DistributedDataParallel ranks (docs/harness.md)"),
+        nproc: Optional[int] = typer.Option(None, help="torchrun: ranks on this node (one GPU each on CUDA)"),
         set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value for any case key (TOML value); "
                                                  "dotted keys set one table entry, e.g. overrides.num_queries=50"),
         inline: bool = typer.Option(False, help="run cases in this process (debugging) instead of subprocesses"),
@@ -91,7 +97,7 @@ def register(app: typer.Typer) -> None:
         from enact_bench.records import read_records
 
         overrides = cli_overrides(detector=detector, device=device, batch_size=batch_size, image_size=image_size,
-                                  iters=iters, warmup=warmup, sets=set_)
+                                  iters=iters, warmup=warmup, sets=set_, launcher=launcher, nproc=nproc)
         edits = CaseEdits.from_options(checkpoint, coco_root, max_images)
         s, run_dir, rid = prepare_command(suite, out=out, overrides=overrides, resume=resume, run_id=run_id,
                                           edits=edits)

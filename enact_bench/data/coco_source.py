@@ -89,6 +89,7 @@ class CocoSource:
         self.eval_train_steps = int(opts.get("eval_train_steps", 0))
         self.eval_lr = opts.get("eval_lr")
         self._sets: dict[str, CocoDetection] = {}
+        self.order: list[int] | None = None  # dataset indices in reading order (set by shard())
         ds = self.dataset("train" if case.mode == "train" else "val")
         if case.num_classes < ds.category_map.num_classes:
             raise ValueError(f"num_classes = {case.num_classes} is too small for {ds.paths.annotations}: "
@@ -106,11 +107,25 @@ class CocoSource:
             self._sets[split] = CocoDetection(self.root, split, **self.kw)
         return self._sets[split]
 
+    def shard(self, num_replicas: int, rank: int, seed: int = 0) -> "CocoSource":
+        """Read only this rank's share, as the originals' DistributedSampler gives it (shuffled
+        with the same seed on every rank, padded to equal length, rank r takes every
+        num_replicas-th index from r)."""
+        from torch.utils.data import DistributedSampler
+
+        ds = self.dataset("train" if self.case.mode == "train" else "val")
+        sampler = DistributedSampler(ds, num_replicas=num_replicas, rank=rank,
+                                     shuffle=self.case.mode == "train", seed=seed)
+        sampler.set_epoch(0)
+        self.order = list(sampler)
+        return self
+
     def batch(self, index: int) -> Batch:
         ds = self.dataset("train" if self.case.mode == "train" else "val")
+        order = self.order if self.order is not None else range(len(ds))
         bs = self.case.batch_size
-        start = (index % math.ceil(len(ds) / bs)) * bs
-        picks = [(start + i) % len(ds) for i in range(bs)]  # wraps so every batch is full
+        start = (index % math.ceil(len(order) / bs)) * bs
+        picks = [order[(start + i) % len(order)] for i in range(bs)]  # wraps so every batch is full
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.case.seed * 1_000_003 + index)  # the random transforms' draws
             items = [ds[i] for i in picks]

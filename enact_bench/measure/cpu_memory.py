@@ -6,12 +6,21 @@ already alive when tracking starts (parameters, gradients, optimizer state, inpu
 with the garbage collector and counted in, so the peak means what `max_memory_allocated` means
 on CUDA: every live tensor at the peak. Unlike RSS it is exact and deterministic.
 
+Storages that no Python object reaches when tracking starts (the garbage collector cannot find
+them) but that an op writes into during the block were alive all along: DistributedDataParallel's
+gradient buckets are the case in point (the C++ reducer allocates one flat tensor per bucket and
+copies each gradient into it with `mul_out`, then all-reduces it in place). The CUDA allocator
+counts them from their allocation; the tracker counts them in from the start of the block when the
+first write into them shows them (`late_bytes`), raising the peak by their size, so it agrees with
+`max_memory_allocated` there too.
+
 With `record_events=True` the tracker also keeps the ordered stream of what it counted, as
 ("alloc", key, nbytes) and ("free", key, nbytes) tuples in `events` (key: the storage's id(), which
 Python may reuse once the storage is freed). The storages counted in at the start come first, as
 allocs, in the order they were found. A storage resized in place is a free of its old size then an
 alloc of its new one. `enact_bench.measure.allocator.replay` runs such a stream through a model
-of the CUDA caching allocator. Recording stops at the end of the `with` block.
+of the CUDA caching allocator. Recording stops at the end of the `with` block. A storage counted
+in late (above) has its alloc event where it was found, not at the start.
 """
 from __future__ import annotations
 
@@ -54,6 +63,7 @@ class LiveTensorTracker(TorchDispatchMode):
         self.peak_bytes = 0
         self.start_bytes = 0
         self.end_bytes = 0
+        self.late_bytes = 0  # storages first seen as the destination of a write (see module doc)
 
     # --- bookkeeping -------------------------------------------------------------------
     def _track(self, t: torch.Tensor) -> None:
@@ -89,6 +99,22 @@ class LiveTensorTracker(TorchDispatchMode):
         """Append one event (subclasses may tag it too)."""
         self.events.append((kind, key, nbytes))
 
+    def _track_late(self, t: torch.Tensor) -> None:
+        """`t` is written in place but was never seen: it was alive since before the block (a
+        storage no Python object reached at the start), so it counts from the start."""
+        found = _storage_nbytes(t)
+        if found is None or id(found[0]) in self._live:
+            return
+        st, nbytes = found
+        self._live[id(st)] = nbytes
+        self.current_bytes += nbytes
+        self.start_bytes += nbytes
+        self.peak_bytes += nbytes  # alive at every earlier moment, so at the earlier peak too
+        self.late_bytes += nbytes
+        if self._recording:
+            self._record("alloc", id(st), nbytes)
+        weakref.finalize(st, self._free, id(st))
+
     def reset_peak(self) -> None:
         self.peak_bytes = self.current_bytes
 
@@ -116,7 +142,16 @@ class LiveTensorTracker(TorchDispatchMode):
         return out
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        if func._schema.is_mutable:  # in-place / out= ops: their destinations existed before
+            for i, arg in enumerate(func._schema.arguments):
+                if arg.alias_info is None or not arg.alias_info.is_write:
+                    continue
+                value = kwargs.get(arg.name) if (arg.kwarg_only or i >= len(args)) else args[i]
+                for t in tree_leaves(value):
+                    if isinstance(t, torch.Tensor):
+                        self._track_late(t)
+        out = func(*args, **kwargs)
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 self._track(t)

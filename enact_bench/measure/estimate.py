@@ -14,6 +14,11 @@ flow. Fake tensors cannot carry data-dependent shapes, so ENACT needs a fixed cl
 (EnactConfig(cluster_size=k)) and the Hungarian matcher is replaced by a fixed assignment of
 the same size (query i <-> target i): the loss's share of memory is tiny and the sizes of all
 matched tensors are unchanged.
+
+`ddp=True` predicts one DistributedDataParallel rank: DDP's gradient buckets (measure/ddp.py:
+the bytes of the trainable parameters, in the layout DDP rebuilds them to) are alive through the
+whole step, so they are counted in with the parameters. The rank's batch is the same size as a
+single process's (the originals' batch size is per GPU).
 """
 from __future__ import annotations
 
@@ -149,6 +154,7 @@ class StepMeasure:
     # PeakBreakdown, and the ordered ("alloc" | "free", key, nbytes) stream for measure/allocator.replay
     breakdown: object | None = field(default=None, repr=False)
     events: list | None = field(default=None, repr=False)
+    ddp_bucket_bytes: int | None = None  # ddp=True: DDP's gradient buckets, counted in start_bytes
 
     @property
     def peak_mib(self) -> float:
@@ -172,6 +178,7 @@ class StepMeasure:
             "params": self.params,
             "params_trainable": self.params_trainable,
             "attention_paths": self.attention_paths,
+            **({"ddp_bucket_bytes": self.ddp_bucket_bytes} if self.ddp_bucket_bytes is not None else {}),
         }
 
 
@@ -202,17 +209,23 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
 
 def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, optimizer=None,
                        clip_max_norm: float = 0.1, fake: bool = False, breakdown: bool = False,
-                       record_events: bool = False) -> StepMeasure:
+                       record_events: bool = False, ddp: bool = False) -> StepMeasure:
     """Warm-up step, then the measured (second) step. Call under FakeTensorMode for fake tensors.
 
     breakdown=True also attributes the peak (measure/breakdown.py) and implies record_events; the
-    figures measured are the same either way."""
+    figures measured are the same either way. ddp=True: DDP's gradient buckets are alive through
+    the step (one rank's memory)."""
     t0 = time.perf_counter()
     model.train()
     criterion.train()
     optimizer = optimizer or make_optimizer(model)
     train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
                clip_max_norm=clip_max_norm)  # creates grads + optimizer state
+    if ddp:
+        from enact_bench.measure.ddp import make_bucket_tensors
+        buckets = make_bucket_tensors(model)  # alive until this function returns
+    else:
+        buckets = []
 
     params = list(model.parameters())
     attribution = None
@@ -241,7 +254,7 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
     else:
         tracker_cm = LiveTensorTracker(count_existing=False, record_events=record_events)
     with tracker_cm as tracker:
-        for t in _live_before_step(model, optimizer, batch):
+        for t in _live_before_step(model, optimizer, batch) + buckets:
             tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
         start = tracker.current_bytes
         tracker.reset_peak()
@@ -258,14 +271,16 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
         params_trainable=sum(p.numel() for p in params if p.requires_grad),
         fake=fake, seconds=time.perf_counter() - t0, ops=recorder.ops,
         breakdown=attribution.result() if attribution is not None else None, events=tracker.events,
+        ddp_bucket_bytes=sum(b.untyped_storage().nbytes() for b in buckets) if ddp else None,
     )
 
 
 def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
                         image_size: tuple[int, int], *, num_targets: int = 6, num_classes: int = 91,
                         clip_max_norm: float = 0.1, breakdown: bool = False,
-                        record_events: bool = False) -> StepMeasure:
+                        record_events: bool = False, ddp: bool = False) -> StepMeasure:
     """Full-size peak without allocating: `model` (built on CPU) is made fake in place.
+    ddp=True: the peak of one DistributedDataParallel rank (its gradient buckets added).
 
     The criterion's matcher is replaced by a fixed assignment; ENACT modules must have a fixed
     cluster size, or the forward fails on a data-dependent shape.
@@ -277,11 +292,11 @@ def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
     with mode:
         batch = make_batch(batch_size, image_size, num_targets, num_classes)
         return measure_train_step(model, criterion, batch, clip_max_norm=clip_max_norm, fake=True,
-                                  breakdown=breakdown, record_events=record_events)
+                                  breakdown=breakdown, record_events=record_events, ddp=ddp)
 
 
 def estimate_detector(name: str, batch_size: int, image_size: tuple[int, int], *, enact=False,
-                      num_targets: int = 6, overrides: dict | None = None) -> StepMeasure:
+                      num_targets: int = 6, overrides: dict | None = None, ddp: bool = False) -> StepMeasure:
     """`estimate_train_step` for a registered detector (random weights; ENACT needs cluster_size)."""
     from enact_bench.detectors import create_detector
 
@@ -290,4 +305,4 @@ def estimate_detector(name: str, batch_size: int, image_size: tuple[int, int], *
     clip = getattr(model, "grad_clip_max_norm", None) or 0.0
     return estimate_train_step(model, model.build_criterion(), batch_size, image_size,
                                num_targets=num_targets, num_classes=model.num_classes if hasattr(model, "num_classes") else 91,
-                               clip_max_norm=clip)
+                               clip_max_norm=clip, ddp=ddp)

@@ -185,6 +185,7 @@ class CpuPeakMemory:
         self.tracker.__exit__(*exc)
         t = self.tracker
         self.fields = {"cpu_tracked_peak_bytes": t.peak_bytes, "cpu_tracked_peak_mib": t.peak_bytes / MIB,
+                       "cpu_tracked_late_bytes": t.late_bytes,
                        "cpu_tracked_start_bytes": t.start_bytes}
         return False
 

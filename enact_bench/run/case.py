@@ -72,8 +72,14 @@ def _enact_metrics(model, metrics: dict, reasons: dict, convert=lambda v: v) -> 
             metrics[mk] = values
 
 
-def measure_case(case: Case, metrics: dict, reasons: dict, record_case: dict) -> None:
-    """Real tensors: timing, memory trackers, FLOPs, ENACT statistics, evaluation hooks."""
+def measure_case(case: Case, metrics: dict, reasons: dict, record_case: dict, *, wrap=None,
+                 source=None) -> None:
+    """Real tensors: timing, memory trackers, FLOPs, ENACT statistics, evaluation hooks.
+
+    Under torchrun (run/ddp_worker.py) each rank calls it with `wrap` (model -> its
+    DistributedDataParallel wrapper, which the measured step calls) and its own `source`. Every
+    rank runs every pass, FLOPs and evaluation hooks included: the criterion all-reduces its box
+    count across ranks (as the originals'), so a pass on one rank alone would wait forever."""
     import torch
 
     from enact_bench.data.sources import make_data_source
@@ -93,7 +99,7 @@ def measure_case(case: Case, metrics: dict, reasons: dict, record_case: dict) ->
     metrics["params"] = sum(p.numel() for p in model.parameters())
     metrics["params_trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    source = make_data_source(case)
+    source = source if source is not None else make_data_source(case)
     record_case.update(getattr(source, "record_fields", {}))  # e.g. the COCO root and annotation file
     holder: dict = {}
 
@@ -103,7 +109,7 @@ def measure_case(case: Case, metrics: dict, reasons: dict, record_case: dict) ->
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    steps = case_steps_mod.case_steps(case, model, device, holder)
+    steps = case_steps_mod.case_steps(case, model, device, holder, forward=wrap(model) if wrap else None)
 
     sampler = NvmlSampler(device).start()
     try:
@@ -189,7 +195,7 @@ def measure_case_fake(case: Case, metrics: dict, reasons: dict, record_case: dic
     clip = case_steps_mod.clip_norm_of(case, model, default=0.1)
     reset_msda_impls()
     m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
-                            num_classes=case.num_classes, clip_max_norm=clip or 0.0)
+                            num_classes=case.num_classes, clip_max_norm=clip or 0.0, ddp=case.ddp)
     metrics.update(m.metrics())
     msda_impl_metric(metrics, reasons)
     _enact_metrics(model, metrics, reasons, convert=_plain)

@@ -65,7 +65,9 @@ class CaseSteps:
     forward_backward: Callable[[], None] | None
 
 
-def case_steps(case: Case, model, device, holder: dict) -> CaseSteps:
+def case_steps(case: Case, model, device, holder: dict, forward=None) -> CaseSteps:
+    """`forward`: what the measured step calls instead of `model` (its DistributedDataParallel
+    wrapper under torchrun); the FLOPs passes call `model` itself."""
     import torch
 
     from enact_bench.measure import steps
@@ -79,7 +81,8 @@ def case_steps(case: Case, model, device, holder: dict) -> CaseSteps:
 
         def step():
             b = holder["batch"]
-            steps.train_step(model, criterion, opt, b.images, b.targets, clip_max_norm=clip, autocast=amp)
+            steps.train_step(forward or model, criterion, opt, b.images, b.targets, clip_max_norm=clip,
+                             autocast=amp)
 
         return CaseSteps(
             step,
@@ -91,6 +94,6 @@ def case_steps(case: Case, model, device, holder: dict) -> CaseSteps:
 
     def infer():
         b = holder["batch"]
-        steps.infer_step(model, b.images, b.sizes, autocast=amp)
+        steps.infer_step(forward or model, b.images, b.sizes, autocast=amp)
 
     return CaseSteps(infer, lambda: steps.forward_only(model, holder["batch"].images, autocast=amp), None)

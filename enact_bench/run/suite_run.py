@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from enact_bench.records import Record, append_record, latest_by_case, read_records
-from enact_bench.run import launch
+from enact_bench.run import launch, torchrun
 from enact_bench.suites import Case, Suite
 
 
@@ -78,7 +78,11 @@ def needs_missing_cuda(case: Case) -> bool:
 
 
 def pick_launcher(case: Case, inline: bool) -> launch.Launcher:
-    """In this process for --inline and for a case that will be skipped (no subprocess needed)."""
+    """torchrun for `launcher = "torchrun"` (DDP ranks; --inline too, a rank needs its own
+    process); in this process for --inline and for a case that will be skipped (no subprocess
+    needed); else a fresh subprocess."""
+    if case.launcher == "torchrun":
+        return torchrun.run_case_torchrun
     return launch.launch_inline if inline or needs_missing_cuda(case) else launch.launch_subprocess
 
 
@@ -101,6 +105,9 @@ def run_suite(suite: Suite, run_dir: Path, run_id: str, *, inline: bool = False,
                 if on_start:
                     on_start(i, len(todo), case)
                 rec = pick_launcher(case, inline)(case, run_dir, run_id=run_id, suite=suite.name, timeout_s=timeout_s)
+                if case.launcher == "torchrun":  # against the same case at nproc = 1, if it ran before
+                    earlier = latest_by_case(read_records(records_path)) if records_path.exists() else {}
+                    torchrun.add_scaling_efficiency(rec, earlier)
                 append_record(records_path, rec)
                 result.records.append(rec)
                 if on_end:

@@ -47,7 +47,11 @@ def test_derived_lists_follow_the_schema():
     from enact_bench.run.case import FAKE_NOT_MEASURED, METRIC_KEYS
 
     assert set(memory.CUDA_FIELDS) == {"mem_peak_alloc_mib", "mem_peak_reserved_mib", "mem_start_alloc_mib"}
-    assert set(memory.CPU_FIELDS) == {"cpu_tracked_peak_bytes", "cpu_tracked_peak_mib", "cpu_tracked_start_bytes"}
+    assert set(memory.CPU_FIELDS) == {"cpu_tracked_peak_bytes", "cpu_tracked_peak_mib", "cpu_tracked_start_bytes",
+                                      "cpu_tracked_late_bytes"}
+    # DDP's fields are in torchrun records only (and those have every other field too)
+    assert "world_size" not in METRIC_KEYS and "cpu_tracked_peak_bytes_per_rank" not in METRIC_KEYS
+    assert set(M.record_metric_names(torchrun=True)) >= set(METRIC_KEYS) | {"world_size", "ddp_bucket_bytes"}
     assert set(memory.NVML_FIELDS) == {"nvml_device_used_peak_mib", "nvml_process_used_peak_mib"}
     assert not any(n.startswith("fake_") for n in METRIC_KEYS)  # a real record has no fake fields
     assert set(FAKE_NOT_MEASURED) | set(M.names(fake=True)) >= set(METRIC_KEYS)
