@@ -26,6 +26,7 @@ SIZE_DISTS = ("coco",)
 LAUNCHERS = ("process", "torchrun")
 TOP_KEYS = ("name", "description", "defaults", "matrix", "plan")
 TARGETS = ("cpu", "cuda")
+DEFAULT_FAKE_TARGET = "cuda"  # a fake case without `target` estimates what a CUDA GPU keeps
 PLAN_KEYS = ("detectors", "gpu", "image_size", "variants", "enact_cluster_size")
 # Case keys that do not change what is measured, only how long or where: not in the case_id.
 NOT_IN_ID = ("iters", "warmup", "device", "flops", "cpu_threads", "node_rank", "rdzv_endpoint",
@@ -68,7 +69,10 @@ class Case:
     nnodes: int = 1  # torchrun: nodes taking part (the same suite runs on each)
     node_rank: int = 0  # torchrun, nnodes > 1: this node's index (0 hosts rank 0 and the record)
     rdzv_endpoint: str | None = None  # torchrun, nnodes > 1: "host:port" of node 0
-    target: str = "cpu"  # fake cases: whose kernels the estimate follows, "cpu" (exact CPU) | "cuda"
+    # fake cases: whose kernels the estimate follows, "cuda" (what a GPU keeps; the default) or "cpu"
+    # (the CPU's kernels, exact: the CI gate). None on a non-fake case; a fake case given None gets
+    # "cuda" in __post_init__, so a fake case's target is always the one that ran.
+    target: str | None = None
     gpu: str | None = None  # fake cases: GPU (measure/gpus.py) for the predicted allocator/device memory
 
     def __post_init__(self):
@@ -96,17 +100,21 @@ class Case:
                 raise ValueError('nnodes > 1 needs rdzv_endpoint = "host:port" (node 0, reachable from all nodes)')
         if self.ddp and not self.fake:
             raise ValueError('ddp = true belongs to fake = true estimates; to measure DDP say launcher = "torchrun"')
-        if self.target not in TARGETS:
+        if self.target is not None and self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
-        if (self.target != "cpu" or self.gpu is not None) and not self.fake:
+        if (self.target is not None or self.gpu is not None) and not self.fake:
             raise ValueError("target and gpu apply to fake = true cases (the estimate); set fake = true")
+        if self.fake and self.target is None:
+            object.__setattr__(self, "target", DEFAULT_FAKE_TARGET)
 
     @property
     def case_id(self) -> str:
         """Short, readable and stable: detector, variant, mode, batch, size (or the data source
         when the images keep their own sizes), then the fields that differ from their defaults.
         data_options, often long, appear as `opts=` and 8 hex digits of their sha256 (the record's
-        case holds them in full). Synthetic cases read as before: detr_tiny-enact-train-b2-96x128."""
+        case holds them in full). A fake case's target is named only when it is "cuda"
+        (`-target=cuda`); a CPU-target one is unmarked, as before the CUDA target existed.
+        Synthetic cases read as before: detr_tiny-enact-train-b2-96x128."""
         if self.image_size:
             size = "x".join(map(str, self.image_size))
         else:
@@ -120,6 +128,13 @@ class Case:
                 continue
             if f.name == "data" and size == self.data:
                 continue  # already named by the size part
+            if f.name == "target":
+                # named only when "cuda": CPU-target fake cases keep the ids they had before the
+                # CUDA target existed (the CI gate's baseline), and the two targets of the same
+                # settings still differ in one suite
+                if self.target == "cuda":
+                    parts.append("target=cuda")
+                continue
             value = getattr(self, f.name)
             if value != getattr(default, f.name) and value not in (None, {}, ()):
                 parts.append(f"opts={options_hash(value)}" if f.name == "data_options"
@@ -136,6 +151,8 @@ class Case:
     def from_dict(cls, d: dict) -> "Case":
         d = dict(d)
         d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
+        if d.get("fake") and "target" not in d:
+            d["target"] = "cpu"  # a case written before the target existed ran the CPU's kernels
         if d.get("image_size") is not None:
             d["image_size"] = tuple(d["image_size"])
         d["evaluate"] = tuple(d.get("evaluate") or ())

@@ -50,6 +50,10 @@ class AnchorDetrConfig(DetectorConfig):
     focal_alpha: float = 0.25
     num_select: int = 100
     # lr (a DetectorConfig field) None = the release's default (1e-4 Anchor DETR, 5e-5 with ENACT)
+    # ours, not the original's: the same outputs with less training memory (queries share the key
+    # tensors, no repeated position maps, RCDA without the original's weight copy, the decoder
+    # self-attention through SDPA without stored weights). False keeps what the original keeps.
+    lean_memory: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -57,6 +61,8 @@ class AnchorDetrConfig(DetectorConfig):
         if self.hidden_dim % self.nheads or self.hidden_dim % 32:
             raise ValueError(f"hidden_dim ({self.hidden_dim}) must be divisible by nheads ({self.nheads}) and by "
                              "32 (GroupNorm(32) after the input projection)")
+        if not isinstance(self.lean_memory, bool):
+            raise ValueError(f"lean_memory must be True or False; got {self.lean_memory!r}")
         if self.enact_sigma is not None and not self.enact_sigma > 0:
             raise ValueError(f"enact_sigma must be a positive number or None; got {self.enact_sigma!r}")
 
@@ -91,6 +97,7 @@ class AnchorDETR(Detector):
         self.transformer = AnchorTransformer(
             cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward, cfg.dropout,
             cfg.num_query_position, cfg.num_query_pattern, num_classes, enact_config, cfg.enact_layers,
+            lean=cfg.lean_memory,
         )
         body = Backbone(cfg.backbone, dilation=cfg.dilation, train_backbone=cfg.lr_backbone > 0,
                         return_layers=("layer4",), weights_path=weights_path)

@@ -130,8 +130,12 @@ class ConditionalDETR(Detector):
         src, src_mask = levels[-1]                                     # (B, C_b, h, w), (B, h, w)
         hs, reference = self.transformer(self.input_proj(src), src_mask, self.query_embed.weight, pos[-1])
         ref_logit = inverse_sigmoid(reference)                        # (B, Q, 2)
-        deltas = self.bbox_embed(hs)                                   # (L, B, Q, 4)
-        boxes = torch.cat([deltas[..., :2] + ref_logit, deltas[..., 2:]], dim=-1).sigmoid()
+        coords = []
+        for layer_hs in hs:   # one layer at a time, in place, as the original (what it keeps alive)
+            tmp = self.bbox_embed(layer_hs)                            # (B, Q, 4)
+            tmp[..., :2] += ref_logit
+            coords.append(tmp.sigmoid())
+        boxes = torch.stack(coords)                                    # (L, B, Q, 4)
         logits = self.class_embed(hs)                                  # (L, B, Q, K)
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.aux_loss:

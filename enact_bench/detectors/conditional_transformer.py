@@ -137,12 +137,16 @@ class ConditionalDecoder(nn.Module):
                 query_pos: Tensor) -> tuple[Tensor, Tensor]:
         """Returns hs (layers, B, Q, C) normalised, and reference points (B, Q, 2) in [0, 1]."""
         reference = self.ref_point_head(query_pos).sigmoid()              # (Q, B, 2)
-        query_sine = sine_embed_points(reference, self.d_model // 2)     # (Q, B, C)
         output, intermediate = tgt, []
         for i, layer in enumerate(self.layers):
             scale = 1 if i == 0 else self.query_scale(output)
+            # the same sine embedding in every layer, recomputed in each as the original does
+            # (each layer's copy is kept for backward: what the original's training holds)
+            query_sine = sine_embed_points(reference, self.d_model // 2)  # (Q, B, C)
             output = layer(output, memory, memory_key_padding_mask, pos, query_pos,
                            query_sine * scale, is_first=(i == 0))
             intermediate.append(self.norm(output))
+        # the original normalises the last output once more and keeps that one (same numbers)
+        intermediate[-1] = self.norm(output)
         hs = torch.stack(intermediate).transpose(1, 2)                   # (layers, Q, B, C) -> (layers, B, Q, C)
         return hs, reference.transpose(0, 1)

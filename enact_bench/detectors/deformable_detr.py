@@ -200,13 +200,16 @@ class DeformableDETR(Detector):
         classes, coords = [], []
         for lvl in range(hs.shape[0]):
             reference = inverse_sigmoid(init_reference if lvl == 0 else inter_references[lvl - 1])
-            delta = self.bbox_embed[lvl](hs[lvl])
-            if reference.shape[-1] == 4:
-                delta = delta + reference
-            else:
-                delta = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1)
             classes.append(self.class_embed[lvl](hs[lvl]))
+            delta = self.bbox_embed[lvl](hs[lvl])                       # (B, Q, 4)
+            if reference.shape[-1] == 4:
+                delta += reference
+            else:
+                delta[..., :2] += reference
             coords.append(delta.sigmoid())
+        # stacked as the release: the outputs are views of (L, B, Q, K) / (L, B, Q, 4) copies, so
+        # its training holds the stacked boxes besides each layer's sigmoid kept for backward
+        classes, coords = torch.stack(classes), torch.stack(coords)
         out = {"pred_logits": classes[-1], "pred_boxes": coords[-1]}
         if self.aux_loss:
             out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(classes[:-1], coords[:-1])]

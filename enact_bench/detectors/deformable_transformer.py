@@ -341,12 +341,17 @@ class DeformableTransformer(nn.Module):
             pos_trans_out = self.pos_trans_norm(self.pos_trans(self.get_proposal_pos_embed(topk_coords_unact)))
             query_embed, tgt = torch.split(pos_trans_out, c, dim=2)
         else:
-            # (Q, 2C) -> (B, Q, C) each. repeat, not the release's expand: under no_grad a view of a
-            # parameter reports requires_grad without a grad_fn, which module hooks (FlopCounterMode's
-            # module tracker) reject. Same numbers.
+            # (Q, 2C) -> (B, Q, C) each. The release's expand when training (views of the parameter:
+            # at batch 1 nothing is copied, so nothing extra is kept for backward); repeat under
+            # no_grad, where a view of a parameter reports requires_grad without a grad_fn, which
+            # module hooks (FlopCounterMode's module tracker) reject. Same numbers.
             query_embed, tgt = torch.split(query_embed, c, dim=1)
-            query_embed = query_embed.unsqueeze(0).repeat(bs, 1, 1)
-            tgt = tgt.unsqueeze(0).repeat(bs, 1, 1)
+            if torch.is_grad_enabled():
+                query_embed = query_embed.unsqueeze(0).expand(bs, -1, -1)
+                tgt = tgt.unsqueeze(0).expand(bs, -1, -1)
+            else:
+                query_embed = query_embed.unsqueeze(0).repeat(bs, 1, 1)
+                tgt = tgt.unsqueeze(0).repeat(bs, 1, 1)
             reference_points = self.reference_points(query_embed).sigmoid()
             init_reference_out = reference_points
 

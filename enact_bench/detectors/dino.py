@@ -133,25 +133,42 @@ class DinoCriterion(FocalSetCriterion):
         if "interm_outputs" in outputs:
             yield "_interm", outputs["interm_outputs"], False
 
+    def _terms(self, losses: dict, suffix: str, out: dict, targets, indices, num_boxes, log: bool) -> None:
+        for name in self.losses:
+            terms = getattr(self, f"loss_{name}")(out, targets, indices, num_boxes, log=log)
+            losses.update({k + suffix: v for k, v in terms.items()})
+
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
-        losses = super().forward(outputs, targets)
+        """In the release's order: main matching, the final layer's dn losses, its matched losses,
+        then per auxiliary layer its matched and its dn losses, then the encoder proposals. Every
+        term's graph stays alive until backward, so the step's peak is the transient of the last
+        term on top of all the others: the same order gives the release's peak."""
         device = outputs["pred_logits"].device
+        num_boxes = _num_boxes(targets, device)
         meta: DenoisingMeta | None = outputs.get("dn_meta")
-        n_aux = len(outputs.get("aux_outputs", []))
-        suffixes = ["_dn"] + [f"_dn_{i}" for i in range(n_aux)]
-        if meta is None or meta.outputs is None:
-            zero = torch.zeros((), device=device)
-            for s in suffixes:
-                losses.update({k + s: zero for k in ("loss_bbox", "loss_giou", "loss_ce", "loss_xy", "loss_hw",
-                                                      "cardinality_error")})
-            return losses
-        num_boxes = _num_boxes(targets, device) * meta.num_groups
-        indices = dn_matching_indices(targets, meta, device)
-        dn_sets = [meta.outputs] + list(meta.outputs.get("aux_outputs", []))
-        for s, out in zip(suffixes, dn_sets):
-            for name in self.losses:
-                terms = getattr(self, f"loss_{name}")(out, targets, indices, num_boxes, log=False)
-                losses.update({k + s: v for k, v in terms.items()})
+        sets = list(self.output_sets(outputs))  # ("", final, True), ("_i", aux i, False)..., ("_interm", ...)
+        with_dn = meta is not None and meta.outputs is not None
+        if with_dn:
+            dn_boxes = _num_boxes(targets, device) * meta.num_groups
+            dn_indices = dn_matching_indices(targets, meta, device)
+            dn_sets = [meta.outputs] + list(meta.outputs.get("aux_outputs", []))
+
+        def dn_terms(losses: dict, level: int, suffix: str) -> None:
+            if with_dn:
+                self._terms(losses, suffix, dn_sets[level], targets, dn_indices, dn_boxes, log=False)
+            else:  # zero dn terms, as the release without denoising outputs
+                zero = torch.zeros((), device=device)
+                losses.update({k + suffix: zero for k in ("loss_bbox", "loss_giou", "loss_ce", "loss_xy", "loss_hw",
+                                                         "cardinality_error")})
+
+        losses: dict[str, Tensor] = {}
+        for level, (suffix, out, log) in enumerate(sets):
+            indices = [(i.to(device), j.to(device)) for i, j in self.matcher(out, targets)]
+            if suffix == "":
+                dn_terms(losses, 0, "_dn")
+            self._terms(losses, suffix, out, targets, indices, num_boxes, log)
+            if suffix not in ("", "_interm"):
+                dn_terms(losses, level, "_dn" + suffix)
         return losses
 
 
@@ -219,9 +236,8 @@ class DINO(Detector):
                 targets, cfg.dn_number, cfg.dn_label_noise_ratio, cfg.dn_box_noise_scale, self.num_queries,
                 self.num_classes, self.hidden_dim, self.label_enc)
         hs, references, hs_enc, ref_enc, init_box_proposal = self.transformer(
-            srcs, masks, pos, dn_anchors, dn_content, attn_mask)  # hs (n_dec, B, pad+Q, C)
-        hs = list(hs.unbind(0))
-        hs[0] = hs[0] + self.label_enc.weight[0, 0] * 0.0  # the release's guard: label_enc always in the graph
+            srcs, masks, pos, dn_anchors, dn_content, attn_mask)  # hs: n_dec x (B, pad+Q, C)
+        hs[0] += self.label_enc.weight[0, 0] * 0.0  # the release's guard (in place): label_enc always in the graph
 
         coords = torch.stack([(box_embed(h) + inverse_sigmoid(ref, DINO_EPS)).sigmoid()
                               for box_embed, h, ref in zip(self.bbox_embed, hs, references[:-1])])

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 from torch import Tensor, nn
 
 from .common.inverse_sigmoid import inverse_sigmoid
@@ -89,8 +90,13 @@ def prepare_cdn(targets: list[dict], dn_number: int, label_noise_ratio: float, b
     noisy_labels = known_labels.clone()
     if label_noise_ratio > 0:
         p = torch.rand_like(noisy_labels.float())
-        chosen = torch.nonzero(p < label_noise_ratio * 0.5).view(-1)
-        noisy_labels.scatter_(0, chosen, torch.randint_like(chosen, 0, num_classes))
+        if is_fake(p):  # FakeTensorMode (the estimate): nonzero has a data-dependent size; the same
+            # shapes downstream, a label vector's worth (8 B per dn query) more transient memory
+            noisy_labels = torch.where(p < label_noise_ratio * 0.5, torch.randint_like(noisy_labels, 0, num_classes),
+                                       noisy_labels)
+        else:  # the release's draws, in its order
+            chosen = torch.nonzero(p < label_noise_ratio * 0.5).view(-1)
+            noisy_labels.scatter_(0, chosen, torch.randint_like(chosen, 0, num_classes))
     positive = (torch.arange(n_total, device=device).unsqueeze(0).repeat(groups, 1)
                 + (torch.arange(groups, device=device) * n_total * 2).unsqueeze(1)).flatten()
     negative = positive + n_total

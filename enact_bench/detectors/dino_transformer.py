@@ -38,14 +38,14 @@ DINO_EPS = 1e-3  # the release's inverse_sigmoid eps (util.misc)
 
 
 def sine_embed_boxes(boxes: Tensor, d_model: int = 256) -> Tensor:
-    """(B, Q, 4) sigmoided cxcywh -> (B, Q, 2 * d_model): sine embedding of y, x, w, h (that order),
+    """(N1, N2, 4) sigmoided cxcywh (the decoder passes (Q, B, 4)) -> (N1, N2, 2 * d_model): sine embedding of y, x, w, h (that order),
     d_model / 2 features each at temperature 10000 (the release fixes 128, i.e. d_model 256)."""
     feats = d_model // 2
     scale = 2 * math.pi
     dim_t = torch.arange(feats, dtype=torch.float32, device=boxes.device)
     dim_t = 10000 ** (2 * (dim_t // 2) / feats)
 
-    def embed(coord: Tensor) -> Tensor:  # (B, Q) -> (B, Q, feats)
+    def embed(coord: Tensor) -> Tensor:  # (N1, N2) -> (N1, N2, feats)
         pos = coord[:, :, None] * scale / dim_t
         return torch.stack((pos[:, :, 0::2].sin(), pos[:, :, 1::2].cos()), dim=3).flatten(2)
 
@@ -54,17 +54,18 @@ def sine_embed_boxes(boxes: Tensor, d_model: int = 256) -> Tensor:
 
 class DinoDecoderLayer(DeformableDecoderLayer):
     """Deformable DETR's decoder layer (same modules and names) with an attention mask on the
-    self-attention (denoising groups) and the release's dropout 0."""
+    self-attention (denoising groups) and the release's dropout 0. Sequence-first (Q, B, C) as
+    the release's layer: with B > 1 the deformable attention then receives batch-first views that
+    its projections copy, and the release's training keeps those copies; so does ours."""
 
     def forward(self, tgt, query_pos, reference_points, src, src_spatial_shapes, level_start_index=None,
                 src_padding_mask=None, self_attn_mask: Tensor | None = None):
+        """tgt, query_pos (Q, B, C); reference_points (Q, B, L, 4); src (B, S, C) -> (Q, B, C)."""
         q = k = tgt + query_pos
-        # nn.MultiheadAttention is sequence-first: (B, Q, C) -> (Q, B, C) and back
-        tgt2 = self.self_attn(q.transpose(0, 1), k.transpose(0, 1), tgt.transpose(0, 1),
-                              attn_mask=self_attn_mask)[0].transpose(0, 1)
+        tgt2 = self.self_attn(q, k, tgt, attn_mask=self_attn_mask)[0]
         tgt = self.norm2(tgt + self.dropout2(tgt2))
-        tgt2 = self.cross_attn(tgt + query_pos, reference_points, src, src_spatial_shapes, level_start_index,
-                               src_padding_mask)
+        tgt2 = self.cross_attn((tgt + query_pos).transpose(0, 1), reference_points.transpose(0, 1).contiguous(),
+                               src, src_spatial_shapes, level_start_index, src_padding_mask).transpose(0, 1)
         tgt = self.norm1(tgt + self.dropout1(tgt2))
         return self.forward_ffn(tgt)
 
@@ -82,22 +83,28 @@ class DinoDecoder(nn.Module):
 
     def forward(self, tgt, anchors_unsig, memory, spatial_shapes, level_start_index, valid_ratios,
                 padding_mask=None, self_attn_mask=None):
-        """-> hs (n_dec, B, Q, C) normed, references (n_dec + 1, B, Q, 4) sigmoided (not detached after 0)."""
-        output = tgt
-        reference = anchors_unsig.sigmoid()
+        """-> hs: n_dec tensors (B, Q, C) normed, references: n_dec + 1 tensors (B, Q, 4) sigmoided
+        (not detached after 0). Lists, as the release: stacking them would keep a copy of every
+        layer's output for backward besides the layers' own."""
+        output = tgt.transpose(0, 1)                    # (B, Q, C) -> (Q, B, C): sequence-first as the release
+        reference = anchors_unsig.transpose(0, 1).sigmoid()   # (Q, B, 4)
         refs, intermediate = [reference], []
         for lid, layer in enumerate(self.layers):
-            ref_input = reference[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]  # (B, Q, L, 4)
+            ref_input = reference[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[None]  # (Q, B, L, 4)
             query_pos = self.ref_point_head(sine_embed_boxes(ref_input[:, :, 0], self.d_model))
             output = layer(output, query_pos, ref_input, memory, spatial_shapes, level_start_index, padding_mask,
                            self_attn_mask)
             # look forward twice: the refined box keeps its gradient for this layer's loss (refs),
             # the next layer's anchor is detached
-            new_reference = (self.bbox_embed[lid](output) + inverse_sigmoid(reference, DINO_EPS)).sigmoid()
+            # named steps, as the release: they stay alive until the next layer replaces them
+            reference_unsig = inverse_sigmoid(reference, DINO_EPS)    # (Q, B, 4)
+            delta_unsig = self.bbox_embed[lid](output)
+            outputs_unsig = delta_unsig + reference_unsig
+            new_reference = outputs_unsig.sigmoid()
             reference = new_reference.detach()
             refs.append(new_reference)
             intermediate.append(self.norm(output))
-        return torch.stack(intermediate), torch.stack(refs)
+        return [h.transpose(0, 1) for h in intermediate], [r.transpose(0, 1) for r in refs]   # batch-first views
 
 
 class DinoTransformer(nn.Module):
@@ -175,7 +182,7 @@ class DinoTransformer(nn.Module):
         return memory, proposals
 
     def forward(self, srcs, masks, pos_embeds, dn_anchors=None, dn_content=None, attn_mask=None):
-        """-> hs (n_dec, B, pad+Q, C), references (n_dec+1, B, pad+Q, 4),
+        """-> hs: n_dec x (B, pad+Q, C), references: (n_dec+1) x (B, pad+Q, 4) (lists),
         hs_enc (1, B, Q, C), ref_enc (1, B, Q, 4) sigmoided, init_box_proposal (B, Q, 4) sigmoided."""
         src, mask, pos, shapes, valid_ratios = self.flatten_levels(srcs, masks, pos_embeds)
         shapes = LevelShapes(shapes)  # + the op's (L, 2) / (L,) index tensors, made once per forward when used
@@ -192,10 +199,11 @@ class DinoTransformer(nn.Module):
         init_box_proposal = torch.gather(output_proposals, 1, topk.unsqueeze(-1).repeat(1, 1, 4)).sigmoid()
         tgt_undetached = torch.gather(output_memory, 1, topk.unsqueeze(-1).repeat(1, 1, self.d_model))
         anchors = anchors_undetached.detach()
-        tgt = self.tgt_embed.weight.unsqueeze(0).repeat(bs, 1, 1)  # (B, Q, C) learned content queries
-        if dn_anchors is not None:
+        queries = self.tgt_embed.weight.unsqueeze(0).repeat(bs, 1, 1)  # (B, Q, C) learned content queries
+        tgt = queries
+        if dn_anchors is not None:   # `queries` stays alive beside the concatenation, as in the release
             anchors = torch.cat([dn_anchors, anchors], 1)
-            tgt = torch.cat([dn_content, tgt], 1)
+            tgt = torch.cat([dn_content, queries], 1)
 
         hs, references = self.decoder(tgt, anchors, memory, shapes, level_start_index, valid_ratios, mask,
                                       attn_mask)

@@ -25,8 +25,9 @@ from torch import Tensor, nn
 
 
 class MultiheadRCDA(nn.Module):
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, lean: bool = False):
         super().__init__()
+        self.lean = lean  # False: the original's contraction layout and copies (its memory)
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
         self.embed_dim = embed_dim
@@ -77,10 +78,17 @@ class MultiheadRCDA(nn.Module):
         if h < w:   # contract the longer axis first, as the original does
             v_t = v.transpose(2, 3).reshape(n, heads, w, h * d)           # (N, h, W, H*d)
             by_row = (w_row @ v_t).reshape(n, heads, length, h, d)        # (N, h, L, H, d)
-            out = (w_col.unsqueeze(-2) @ by_row).squeeze(-2)              # (N, h, L, d)
+            if self.lean:
+                out = (w_col.unsqueeze(-2) @ by_row).squeeze(-2)          # (N, h, L, d)
+            else:   # the original batches this product query-first: both operands are copied
+                wc = w_col.reshape(n * heads, length, 1, h).transpose(0, 1)          # (L, N*h, 1, H)
+                out = (wc @ by_row.reshape(n * heads, length, h, d).transpose(0, 1))  # (L, N*h, 1, d)
+                return self.out_proj(out.reshape(length, n, c)).transpose(0, 1)       # (N, L, C)
         else:
             by_col = (w_col @ v.reshape(n, heads, h, w * d)).reshape(n, heads, length, w, d)
             out = (w_row.unsqueeze(-2) @ by_col).squeeze(-2)              # (N, h, L, d)
+        if not self.lean:   # the original projects sequence-first (L, N, C)
+            return self.out_proj(out.permute(2, 0, 1, 3).reshape(length, n, c)).transpose(0, 1)
         out = out.transpose(1, 2).reshape(n, length, c)                   # (N, L, C)
         return self.out_proj(out)
 
@@ -106,19 +114,30 @@ class MultiheadRCDA(nn.Module):
         return self.out_proj(out)
 
 
-def pos2posemb1d(pos: Tensor, num_pos_feats: int = 256, temperature: float = 10000.0) -> Tensor:
-    """Sine embedding of 1-D positions in [0, 1]: (...,) -> (..., num_pos_feats)."""
-    pos = pos * (2 * math.pi)
-    dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=pos.device)
-    dim_t = temperature ** (2 * (dim_t // 2) / num_pos_feats)
-    x = pos[..., None] / dim_t
+def _dim_t(num_pos_feats: int, temperature: float, device) -> Tensor:
+    dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=device)
+    return temperature ** (2 * (dim_t // 2) / num_pos_feats)
+
+
+def _sin_cos(x: Tensor) -> Tensor:
+    """(..., F) -> (..., F): sin of the even features and cos of the odd ones, interleaved."""
     return torch.stack((x[..., 0::2].sin(), x[..., 1::2].cos()), dim=-1).flatten(-2)
 
 
+def pos2posemb1d(pos: Tensor, num_pos_feats: int = 256, temperature: float = 10000.0) -> Tensor:
+    """Sine embedding of 1-D positions in [0, 1]: (...,) -> (..., num_pos_feats)."""
+    pos = pos * (2 * math.pi)
+    return _sin_cos(pos[..., None] / _dim_t(num_pos_feats, temperature, pos.device))
+
+
 def pos2posemb2d(pos: Tensor, num_pos_feats: int = 128, temperature: float = 10000.0) -> Tensor:
-    """Sine embedding of 2-D points (x, y) in [0, 1]: (..., 2) -> (..., 2 * num_pos_feats), y first."""
-    return torch.cat((pos2posemb1d(pos[..., 1], num_pos_feats, temperature),
-                      pos2posemb1d(pos[..., 0], num_pos_feats, temperature)), dim=-1)
+    """Sine embedding of 2-D points (x, y) in [0, 1]: (..., 2) -> (..., 2 * num_pos_feats), y first.
+
+    One scaled copy of the points and one dim_t for both axes, as the original (what autograd
+    keeps is then the original's too)."""
+    pos = pos * (2 * math.pi)
+    dim_t = _dim_t(num_pos_feats, temperature, pos.device)
+    return torch.cat((_sin_cos(pos[..., 1, None] / dim_t), _sin_cos(pos[..., 0, None] / dim_t)), dim=-1)
 
 
 def mask_to_positions(mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -77,6 +77,13 @@ def test_fused_does_not_apply_to_deformable_encoders_and_says_why():
     assert not v.applicable and v.rows == [] and v.max_batch_size is None and "deformable" in v.reason
 
 
+def test_dino_plans_train_with_their_denoising_queries():
+    """No variant of DINO's plan turns denoising off (fake steps run it: dino_denoising.py)."""
+    for variant in ("original", "enact"):
+        spec = variant_spec("dino", variant, 6)
+        assert "dn_number" not in spec.overrides and "denoising" not in spec.reason
+
+
 def test_worst_image_size_is_the_augmentations_max_size():
     assert parse_hw("worst", "detr") == (1333, 1333)
     assert parse_hw("800x1333") == (800, 1333)

@@ -145,12 +145,42 @@ def test_cpu_target_matches_the_ci_baseline_byte_for_byte():
 @pytest.mark.parametrize("name", ["detr_tiny", "conditional_detr_tiny", "anchor_detr_tiny", "deformable_detr_tiny",
                                   "dino_tiny"])
 def test_primed_state_equals_a_warm_up_step(name):
-    """prime_optimizer_state (no warm-up step) leaves what a warm-up step leaves: same peak.
-    DINO without denoising (dn_number=0): its query selection has a data-dependent shape."""
+    """prime_optimizer_state (no warm-up step) leaves what a warm-up step leaves: same peak
+    (DINO with its denoising queries, as it trains)."""
     from enact import EnactConfig
 
-    kw = {"overrides": {"dn_number": 0}} if name.startswith("dino") else {}
     for enact in (False, EnactConfig(cluster_size=4)):
-        a = estimate_detector(name, 2, (128, 160), enact=enact, target="cuda", warmup="step", count_flops=False, **kw)
-        b = estimate_detector(name, 2, (128, 160), enact=enact, target="cuda", warmup="prime", count_flops=False, **kw)
+        a = estimate_detector(name, 2, (128, 160), enact=enact, target="cuda", warmup="step", count_flops=False)
+        b = estimate_detector(name, 2, (128, 160), enact=enact, target="cuda", warmup="prime", count_flops=False)
         assert (a.peak_bytes, a.start_bytes, a.end_bytes) == (b.peak_bytes, b.start_bytes, b.end_bytes)
+
+
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_a_fake_dino_step_trains_with_its_denoising_queries(target, monkeypatch):
+    """DINO's contrastive denoising under fake tensors (the label noise is shape-stable there):
+    dino_tiny's dn_number with the estimate's 6 boxes per image gives the release's group count
+    x 2 x 6 extra decoder queries (dino_r50_4scale, dn_number 100: 16 x 2 x 6 = 192), which cost
+    memory beside the step without them (dn_number=0)."""
+    import enact_bench.detectors.dino as dino
+    from enact_bench.detectors import create_detector
+    from enact_bench.detectors.dino_denoising import num_dn_groups
+
+    metas = []
+    real = dino.prepare_cdn
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        metas.append(out[3])
+        return out
+
+    monkeypatch.setattr(dino, "prepare_cdn", spy)
+    with_dn = estimate_detector("dino_tiny", 2, (128, 160), target=target, warmup="prime", count_flops=False)
+    groups = num_dn_groups(create_detector("dino_tiny").cfg.dn_number, 6)
+    assert [(m.pad_size, m.num_groups, m.single_pad) for m in metas] == [(2 * 6 * groups, groups, 6)]
+    assert groups > 1 and num_dn_groups(create_detector("dino_r50_4scale").cfg.dn_number, 6) == 16
+    without = estimate_detector("dino_tiny", 2, (128, 160), target=target, warmup="prime", count_flops=False,
+                                overrides={"dn_number": 0})
+    assert len(metas) == 1  # dn_number=0: no denoising queries
+    assert with_dn.start_bytes == without.start_bytes  # same weights (label_enc exists either way), state, batch
+    assert with_dn.saved_for_backward_bytes > without.saved_for_backward_bytes
+    assert with_dn.peak_bytes > without.peak_bytes

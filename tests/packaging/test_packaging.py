@@ -90,7 +90,9 @@ def test_editable_install_finds_the_suites_from_another_directory(tmp_path):
     src = tmp_path / "src"
     _copy_sources(src)
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # without its own pip/setuptools: the outer ones (through the .pth below) build the editable
+    # install, so an old bundled setuptools (65.x, no bdist_wheel without `wheel`) never shadows them
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
     purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()

@@ -23,6 +23,7 @@ detector = "detr_tiny"
 image_size = "320x320"
 batch_size = 2
 fake = true
+target = "cpu"  # the CI gate's exact CPU figures (a fake case's default target is "cuda")
 [matrix]
 enact = [false, true]
 enact_config = {cluster_size = 10}

@@ -160,7 +160,11 @@ class FocalSetCriterion(SetCriterion):
         matched_classes = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
         target_classes[idx] = matched_classes
-        onehot = F.one_hot(target_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)  # (B, Q, K)
+        # a float (B, Q, K+1) one-hot with the no-object column sliced off, as the originals build
+        # it: the view keeps the K+1 storage for backward (a one_hot(...).to() copy would keep K)
+        onehot = torch.zeros((*logits.shape[:2], self.num_classes + 1), dtype=logits.dtype, device=logits.device)
+        onehot.scatter_(2, target_classes.unsqueeze(-1), 1)
+        onehot = onehot[..., :-1]  # (B, Q, K)
         loss = sigmoid_focal_loss(logits, onehot, num_boxes, self.focal_alpha, self.focal_gamma)
         losses = {"loss_ce": loss * logits.shape[1]}
         if log:

@@ -210,7 +210,9 @@ class MSDeformAttn(nn.Module):
 
         if reference_points.shape[-1] == 2:
             # offsets are in cells of each level: divide by (W_l, H_l)
-            normalizer = torch.tensor([[w, h] for h, w in shapes], dtype=query.dtype, device=query.device)
+            # int64 as the originals stack it from spatial_shapes (the division promotes to the
+            # offsets' dtype: same numbers; autograd then keeps their 64-byte int64 copy)
+            normalizer = torch.tensor([[w, h] for h, w in shapes], dtype=torch.int64, device=query.device)
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         elif reference_points.shape[-1] == 4:
             # offsets are in units of half the box, spread over the points
