@@ -283,7 +283,15 @@ class _Runner:
         if not self.req.affine:
             self.affine_note = "every row a fake run (--fake-runs)"
             return
-        ms = [self._fake(b, breakdown=(b == AFFINE_ORIGIN)) for b in AFFINE_PROBES]
+        from enact_bench.measure.affine_stream import check_pair
+
+        ms = [self._fake(b, breakdown=(b == AFFINE_ORIGIN)) for b in AFFINE_PROBES[:2]]
+        try:  # the first two probes must align before the others are worth running
+            check_pair(AFFINE_PROBES[0], (ms[0].events, ms[0].event_ops), (ms[1].events, ms[1].event_ops))
+        except NotAffine as e:
+            self.affine_note = f"no affine stream ({e}): every row a fake run"
+            return
+        ms += [self._fake(b, breakdown=(b == AFFINE_ORIGIN)) for b in AFFINE_PROBES[2:]]
         confirm = self._fake(AFFINE_CONFIRM, breakdown=False)
         kernels = {repr(sorted(m.sdpa_kernels.items())) for m in ms + [confirm]}
         try:

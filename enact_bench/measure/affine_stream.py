@@ -199,6 +199,14 @@ def _align(ca, ta, cb, tb, batch_a: int):
         raise NotAffine(f"batch {batch_a} -> {batch_a + 1}: alignment left {len(ta) - i} events unpaired")
 
 
+def check_pair(batch_a: int, probe_a, probe_b) -> None:
+    """Raise NotAffine unless the streams at batch_a and batch_a + 1 ((events, ops) each) align as
+    the same events plus per-image blocks: lets a caller stop before running further probes."""
+    ca, cb = canonical(probe_a[0]), canonical(probe_b[0])
+    for _ in _align(ca, _tokens(ca, probe_a[1]), cb, _tokens(cb, probe_b[1]), batch_a):
+        pass
+
+
 def fit(batch_a: int, probes) -> AffineStream:
     """The stream through three probes at batch_a, batch_a + 1, batch_a + 2: `probes` is three
     (events, ops) pairs as LiveTensorTracker records them. Unconfirmed: call `confirm` with a

@@ -68,3 +68,13 @@ def test_batch_below_the_probes_is_refused():
     s = fit(2, [toy_stream(b) for b in (2, 3, 4)])
     with pytest.raises(ValueError):
         s.synthesize(1)
+
+
+def test_check_pair_stops_at_a_structural_change():
+    from enact_bench.measure.affine_stream import check_pair
+
+    check_pair(2, toy_stream(2), toy_stream(3))  # the same events plus per-image blocks
+    ev3, ops3 = toy_stream(3)
+    with pytest.raises(NotAffine):  # one op fewer at the larger batch (deleted, not a per-image block)
+        check_pair(2, toy_stream(2), ([e for i, e in enumerate(ev3) if ops3[i] != "giou"],
+                                      [o for o in ops3 if o != "giou"]))
