@@ -9,11 +9,18 @@ PyTorch's caching allocator (measure/allocator.py) for `max_memory_allocated` an
 memory NVML would show (measure/gpus.py). A batch size "fits" when that device memory stays
 under the GPU's memory less the margin.
 
-Search (no --batch-size): two probes (batch 1 and 2) give the device memory's slope in the batch
-size; the largest batch the line allows and the one after it are then run for real (fake) and the
-search walks from there until a fitting batch is followed by one that does not. The probes'
-line is called confirmed when the fake runs at the far batch sizes agree with it (tensor peak
-within LINEAR_TOLERANCE); rows always show real fake runs, never extrapolated figures.
+Search (no --batch-size): a fake run at batch 2, then fake runs at 3, 4 and 5. The allocation
+streams at 2, 3 and 4 are aligned op by op and every event's size fitted (quadratic in the
+batch: DETR's loss builds a (targets x targets) box-IoU matrix over the batch), with the per-image
+blocks (inputs, matcher, per-image loss indexing) repeated once per image
+(measure/affine_stream.py); the stream synthesized for batch 5 must equal the fake run at 5
+event by event, or every row stays a fake run of its own (the earlier behaviour). With the
+stream confirmed, the search's rows (the largest batch the secant guesses, the one after it, ...)
+are that stream at the row's batch, replayed through the allocator model (~20 ms each, against
+1-2 s for a fake step); each row says where it came from (`source`: "fake" | "affine"). The
+breakdown hooks run in one probe (batch 3): the synthesized streams inherit its per-event
+categories, and batch 2's row gets its breakdown the same way once the stream reproduces its
+fake run. `--fake-runs` (affine=False) runs a fake step per row, as before.
 
 Every model is built once per variant (on the meta device, then faked) and reused across batch
 sizes; the variants run in parallel processes (fork) when there are cores for them.
@@ -113,6 +120,8 @@ class PlanRequest:
     margin_pct: float = DEFAULT_MARGIN_PCT
     target: str = "cuda"
     jobs: int | None = None  # parallel variant processes (None: min(cores, variants))
+    ddp: bool = False  # one DistributedDataParallel rank: its gradient buckets are live all step
+    affine: bool = True  # search rows from the confirmed affine stream (False: a fake run per row)
 
     def __post_init__(self):
         if any((not isinstance(b, int)) or b < 1 for b in self.batch_sizes):
@@ -149,6 +158,7 @@ class PlanRow:
     sdpa_kernels: dict = field(default_factory=dict)
     modules_mib: dict | None = None
     peak_phase: str | None = None
+    source: str = "fake"  # "fake": a fake run at this batch; "affine": the confirmed affine stream
 
     def as_dict(self) -> dict:
         return {"batch_size": self.batch_size,
@@ -160,7 +170,7 @@ class PlanRow:
                 "peak_phase": self.peak_phase,
                 "tensor_peak_bytes": self.tensor_peak_bytes, "alloc_peak_bytes": self.alloc_peak_bytes,
                 "reserved_peak_bytes": self.reserved_peak_bytes, "device_used_bytes": self.device_used_bytes,
-                "sdpa_kernels": self.sdpa_kernels, "estimate_s": round(self.seconds, 2)}
+                "sdpa_kernels": self.sdpa_kernels, "estimate_s": round(self.seconds, 2), "source": self.source}
 
 
 @dataclass
@@ -176,9 +186,15 @@ class VariantPlan:
     error: str | None = None
     enact_cluster_size: int | None = None
     overrides: dict = field(default_factory=dict)
+    fake_runs: list[int] = field(default_factory=list)  # batch sizes run as fake steps (rows and probes)
+    affine_confirmed_at: int | None = None  # the confirmed affine stream's check batch (None: none)
+    affine_note: str | None = None
+    ddp_bucket_bytes: int | None = None
 
     def as_dict(self) -> dict:
         return {"variant": self.variant, "applicable": self.applicable, "reason": self.reason,
+                "fake_runs": self.fake_runs, "affine_confirmed_at": self.affine_confirmed_at,
+                "affine_note": self.affine_note, "ddp_bucket_bytes": self.ddp_bucket_bytes,
                 "max_batch_size": self.max_batch_size, "rows": [r.as_dict() for r in self.rows],
                 "linear_in_batch": self.linear, "searched": self.searched, "seconds": round(self.seconds, 2),
                 "error": self.error, "enact_cluster_size": self.enact_cluster_size, "overrides": self.overrides}
@@ -193,7 +209,7 @@ class DetectorPlan:
 
     def as_dict(self) -> dict:
         r = self.request
-        return {"detector": r.detector, "family": self.family, "target": r.target, "gpu": r.gpu.as_dict(),
+        return {"detector": r.detector, "family": self.family, "target": r.target, "ddp": r.ddp, "gpu": r.gpu.as_dict(),
                 "usable_mib": r.gpu.usable_mib,
                 "image_size": list(r.image_size), "dtype": r.dtype, "margin_pct": r.margin_pct,
                 "budget_mib": round(r.budget_bytes / MIB, 1), "enact_cluster_size": r.enact_cluster_size,
@@ -217,12 +233,16 @@ def _factory(detector: str, spec: VariantSpec):
     return build
 
 
-def _breakdown(measure) -> tuple[dict | None, dict | None, str | None]:
-    """The peak's breakdown (measure/breakdown.py): by category, by top-level module, phase."""
-    b = getattr(measure, "breakdown", None)
+def _breakdown(b) -> tuple[dict | None, dict | None, str | None]:
+    """A PeakBreakdown (measure/breakdown.py) as: by category, by top-level module, phase."""
     if b is None:
         return None, None, None
     return b.as_dict(), b.modules_mib(), b.phase
+
+
+AFFINE_PROBES = (2, 3, 4)  # fake runs the stream is fitted through (measure/affine_stream.py)
+AFFINE_CONFIRM = 5  # and the fake run it must reproduce exactly before any row comes from it
+AFFINE_ORIGIN = 3  # the probe whose per-event breakdown classes the synthesized streams inherit
 
 
 class _Runner:
@@ -236,26 +256,103 @@ class _Runner:
         self.req = req
         arch = CudaArch(*req.gpu.compute_capability)
         self.trainer = FakeTrainer(_factory(req.detector, spec), target=req.target, image_size=req.image_size,
-                                   arch=arch, autocast_dtype=None if req.dtype == "float32" else req.dtype)
+                                   arch=arch, autocast_dtype=None if req.dtype == "float32" else req.dtype,
+                                   ddp=req.ddp)
         self.rows: dict[int, PlanRow] = {}
+        self.measures: dict = {}  # batch -> StepMeasure of a fake run (rows and probes)
         self.fixed_bytes: int | None = None
+        self.ddp_bucket_bytes: int | None = None
+        self.stream = None  # the confirmed AffineStream, when the probes confirm one
+        self.affine_note: str | None = None  # why there is none
+
+    def _fake(self, b: int, breakdown: bool):
+        m = self.measures.get(b)
+        if m is None or (breakdown and m.breakdown is None):
+            m = self.trainer.step(b, record_events=True, breakdown=breakdown)
+            self.measures[b] = m
+            if self.fixed_bytes is None:  # parameters, buffers, gradients, AdamW state (+ DDP buckets)
+                self.fixed_bytes = m.start_bytes - m.input_bytes
+                self.ddp_bucket_bytes = m.ddp_bucket_bytes
+        return m
+
+    def fit_stream(self) -> None:
+        """Probe fake runs at AFFINE_PROBES and AFFINE_CONFIRM; keep the affine stream when the
+        synthesized stream at AFFINE_CONFIRM equals its fake run event by event."""
+        from enact_bench.measure.affine_stream import NotAffine, fit
+
+        if not self.req.affine:
+            self.affine_note = "every row a fake run (--fake-runs)"
+            return
+        from enact_bench.measure.affine_stream import check_pair
+
+        ms = [self._fake(b, breakdown=(b == AFFINE_ORIGIN)) for b in AFFINE_PROBES[:2]]
+        try:  # the first two probes must align before the others are worth running
+            check_pair(AFFINE_PROBES[0], (ms[0].events, ms[0].event_ops), (ms[1].events, ms[1].event_ops))
+        except NotAffine as e:
+            self.affine_note = f"no affine stream ({e}): every row a fake run"
+            return
+        ms += [self._fake(b, breakdown=(b == AFFINE_ORIGIN)) for b in AFFINE_PROBES[2:]]
+        confirm = self._fake(AFFINE_CONFIRM, breakdown=False)
+        kernels = {repr(sorted(m.sdpa_kernels.items())) for m in ms + [confirm]}
+        try:
+            if len(kernels) != 1:
+                raise NotAffine("the SDPA kernels chosen change with the batch size")
+            stream = fit(AFFINE_PROBES[0], [(m.events, m.event_ops) for m in ms])
+            self.stream = stream.confirm(AFFINE_CONFIRM, confirm.events)
+        except NotAffine as e:
+            self.affine_note = f"no affine stream ({e}): every row a fake run"
+
+    def _row_from(self, b: int, events, peak_bytes: int, seconds: float, source: str, breakdown, kernels) -> PlanRow:
+        from enact_bench.measure.allocator import replay
+        from enact_bench.measure.gpus import device_used_bytes, library_workspace_bytes
+
+        stats = replay(events, preallocate=library_workspace_bytes(self.req.gpu))
+        dev = device_used_bytes(stats, self.req.gpu)
+        cats, mods, phase = _breakdown(breakdown)
+        return PlanRow(b, peak_bytes, stats.alloc_peak_bytes, stats.reserved_peak_bytes, dev,
+                       dev <= self.req.budget_bytes, seconds, cats, dict(kernels), mods, phase, source)
 
     def row(self, b: int) -> PlanRow:
-        if b not in self.rows:
-            from enact_bench.measure.allocator import replay
-            from enact_bench.measure.gpus import device_used_bytes, library_workspace_bytes
-
-            t0 = time.perf_counter()
-            m = self.trainer.step(b, record_events=True, breakdown=True)
-            if self.fixed_bytes is None:  # parameters, buffers, gradients, AdamW state
-                self.fixed_bytes = m.start_bytes - m.input_bytes
-            stats = replay(m.events, preallocate=library_workspace_bytes(self.req.gpu))
-            dev = device_used_bytes(stats, self.req.gpu)
-            cats, mods, phase = _breakdown(m)
-            self.rows[b] = PlanRow(b, m.peak_bytes, stats.alloc_peak_bytes, stats.reserved_peak_bytes, dev,
-                                   dev <= self.req.budget_bytes, time.perf_counter() - t0, cats,
-                                   dict(m.sdpa_kernels), mods, phase)
+        if b in self.rows:
+            return self.rows[b]
+        t0 = time.perf_counter()
+        if self.stream is not None and b >= self.stream.base_batch and b not in self.measures:
+            events, origin = self.stream.synthesize(b)
+            bd = self._stream_breakdown(events, origin)
+            self.rows[b] = self._row_from(b, events, bd.peak_bytes, time.perf_counter() - t0, "affine", bd,
+                                          self.measures[AFFINE_ORIGIN].sdpa_kernels)
+        else:
+            # the first row of a search (batch 2, a probe of the affine stream) runs without the
+            # breakdown's hooks; `fit_stream` adds it from the stream (or a second fake run)
+            lazy = self.req.affine and b == AFFINE_PROBES[0] and self.stream is None and self.affine_note is None
+            m = self._fake(b, breakdown=not lazy)
+            self.rows[b] = self._row_from(b, m.events, m.peak_bytes, time.perf_counter() - t0, "fake", m.breakdown,
+                                          m.sdpa_kernels)
         return self.rows[b]
+
+    def _fill_breakdown(self) -> None:
+        """Rows of fake runs without a breakdown (the lazy batch-2 row): from the confirmed stream,
+        whose synthesis at that batch is checked to be the fake run's stream, else a second run."""
+        from enact_bench.measure.affine_stream import canonical
+
+        for b, r in list(self.rows.items()):
+            if r.breakdown_mib is not None:
+                continue
+            if self.stream is not None and b >= self.stream.base_batch:
+                events, origin = self.stream.synthesize(b)
+                if canonical(events) == canonical(self.measures[b].events):
+                    r.breakdown_mib, r.modules_mib, r.peak_phase = _breakdown(self._stream_breakdown(events, origin))
+                    continue
+            m = self._fake(b, breakdown=True)
+            r.breakdown_mib, r.modules_mib, r.peak_phase = _breakdown(m.breakdown)
+
+    def _stream_breakdown(self, events, origin):
+        from enact_bench.measure.breakdown import breakdown_of_stream
+
+        cats, mods, phases = self.measures[AFFINE_ORIGIN].event_classes
+        return breakdown_of_stream(events, {i: cats[o] for i, o in enumerate(origin) if events[i][0] == "alloc"},
+                                   {i: mods[o] for i, o in enumerate(origin) if events[i][0] == "alloc"},
+                                   [phases[o] for o in origin], fake=True)
 
 
 def _search(run: _Runner) -> tuple[int, bool | None]:
@@ -270,7 +367,12 @@ def _search(run: _Runner) -> tuple[int, bool | None]:
     the line through batch 2 with the first far run's slope (needs two far runs)."""
     r2 = run.row(2)
     if not r2.fits:
-        return (1 if run.row(1).fits else 0), None
+        run.affine_note = "batch 2 does not fit: no affine stream needed"
+        run.row(1)
+        run._fill_breakdown()
+        return (1 if run.rows[1].fits else 0), None
+    run.fit_stream()  # from here on, rows come from the confirmed affine stream where there is one
+    run._fill_breakdown()
     budget = run.req.budget_bytes
     fixed = run.fixed_bytes
     slope = max((r2.tensor_peak_bytes - fixed) // 2, 1)
@@ -316,6 +418,7 @@ def plan_variant(req: PlanRequest, spec: VariantSpec) -> VariantPlan:
         run = _Runner(req, spec)
         if req.batch_sizes:
             out.searched = False
+            run.affine_note = "batch sizes given: each row a fake run"
             for b in req.batch_sizes:
                 run.row(b)
             fitting = [b for b in req.batch_sizes if run.rows[b].fits]
@@ -323,6 +426,9 @@ def plan_variant(req: PlanRequest, spec: VariantSpec) -> VariantPlan:
         else:
             out.max_batch_size, out.linear = _search(run)
         out.rows = [run.rows[b] for b in sorted(run.rows)]
+        out.fake_runs = sorted(run.measures)
+        out.affine_confirmed_at = run.stream.confirmed_at if run.stream is not None else None
+        out.affine_note, out.ddp_bucket_bytes = run.affine_note, run.ddp_bucket_bytes
     except Exception as e:  # noqa: BLE001 -- one variant failing is a result of the plan
         out.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
     out.seconds = time.perf_counter() - t0

@@ -22,15 +22,17 @@ def plan_table(plan):
     req = plan.request
     title = (f"{req.detector} ({plan.family}) on {req.gpu.name} ({req.gpu.memory_mib:,} MiB, {req.gpu.usable_mib:,} usable, "
              f"budget {req.budget_bytes / 2**20:,.0f} MiB = {100 - req.margin_pct:g}% of it), {req.image_size[0]}x{req.image_size[1]}, "
-             f"{req.dtype}, one AdamW training step: ESTIMATES (fake tensors, CUDA target)")
+             f"{req.dtype}, one AdamW training step{', one DDP rank (gradient buckets counted)' if req.ddp else ''}: "
+             f"ESTIMATES (fake tensors, CUDA target; row from: fake = a fake run at that batch, affine = the "
+             f"allocation stream fitted through fake runs at batch 2-4 and confirmed exactly at 5)")
     t = Table(title=title, title_justify="left")
-    for col in ("variant", "batch", "tensor peak MiB", "alloc MiB", "reserved MiB", "device MiB", "fits", "note"):
+    for col in ("variant", "batch", "from", "tensor peak MiB", "alloc MiB", "reserved MiB", "device MiB", "fits", "note"):
         t.add_column(col, justify="right" if "MiB" in col or col == "batch" else "left")
     from enact_bench.plan import fits_summary
 
     for v in plan.variants:
         if not v.applicable or v.error or not v.rows:
-            t.add_row(v.variant, "-", "-", "-", "-", "-", "-", fits_summary(v, req))
+            t.add_row(v.variant, "-", "-", "-", "-", "-", "-", "-", fits_summary(v, req))
             continue
         for i, r in enumerate(v.rows):
             note = ""
@@ -38,7 +40,7 @@ def plan_table(plan):
                 note = fits_summary(v, req)
             elif i == 0:
                 note = v.reason
-            t.add_row(v.variant if i == 0 else "", str(r.batch_size), _mib(r.tensor_peak_bytes), _mib(r.alloc_peak_bytes),
+            t.add_row(v.variant if i == 0 else "", str(r.batch_size), r.source, _mib(r.tensor_peak_bytes), _mib(r.alloc_peak_bytes),
                       _mib(r.reserved_peak_bytes), _mib(r.device_used_bytes),
                       "[green]yes[/]" if r.fits else "[red]no[/]", note)
         t.add_section()
@@ -123,6 +125,10 @@ def register(app: typer.Typer) -> None:
         validate: bool = typer.Option(False, "--validate",
                                       help="on a CUDA GPU: run the real training step at the planned batch sizes"),
         jobs: int = typer.Option(None, "--jobs", help="parallel processes for the variants (default: one each)"),
+        ddp: bool = typer.Option(False, "--ddp", help="one DistributedDataParallel rank: adds DDP's gradient buckets "
+                                                      "(the trainable parameters' bytes) to every row"),
+        fake_runs: bool = typer.Option(False, "--fake-runs",
+                                       help="run every row as a fake training step of its own (no affine stream; slower)"),
     ) -> None:
         """Predict training memory per variant and batch size on a GPU, without one."""
         from enact_bench.console import console, err_console
@@ -146,7 +152,7 @@ def register(app: typer.Typer) -> None:
             family = detector_family(det)
             requests.append(PlanRequest(det, spec, parse_hw(image_size, family), tuple(batch_size or ()), dtype,
                                         enact_cluster_size, tuple(v.strip() for v in variants.split(",") if v.strip()),
-                                        margin, jobs=jobs))
+                                        margin, jobs=jobs, ddp=ddp, affine=not fake_runs))
         out = []
         for req in requests:
             p = plan_detector(req)
@@ -155,6 +161,8 @@ def register(app: typer.Typer) -> None:
             if bt is not None:
                 console.print(bt)
             for v in p.variants:
+                if v.affine_note and v.affine_note.startswith("no affine"):
+                    err_console.print(f"[yellow]{req.detector} {v.variant}: {v.affine_note}[/]")
                 if v.linear is False:
                     err_console.print(f"[yellow]{req.detector} {v.variant}: the tensor peak is not linear in the batch "
                                       f"size here; every row is a fake run of its own[/]")

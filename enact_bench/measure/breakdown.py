@@ -172,6 +172,7 @@ class _TaggingTracker(LiveTensorTracker):
         else:
             self.tags.append(None)
         self.events.append((kind, key, nbytes))
+        self.event_ops.append(self._op)
 
 
 class StepAttribution:
@@ -297,42 +298,62 @@ class StepAttribution:
             self.phase = "optimizer"
 
     # --- after the step -------------------------------------------------------------------
-    def result(self) -> PeakBreakdown:
+    def event_classes(self) -> tuple[dict[int, str], dict[int, str], list[str]]:
+        """Per alloc event index its category and module group, and per event its phase: what
+        `result` attributes the peak by (also applied to a stream synthesized from this one,
+        measure/affine_stream.py). Call after the step."""
         tr = self.tracker
-        events = tr.events
-        cur = peak = 0
-        peak_i = -1
-        for i, (kind, _, nbytes) in enumerate(events):
-            cur += nbytes if kind == "alloc" else -nbytes
-            if cur > peak:
-                peak, peak_i = cur, i
-        if peak != tr.peak_bytes:
-            raise AssertionError(f"breakdown: the event stream peaks at {peak} B, the tracker at {tr.peak_bytes} B")
-        live: dict[int, tuple[int, int]] = {}  # key -> (alloc index, bytes)
-        for i in range(peak_i + 1):
-            kind, key, nbytes = events[i]
-            if kind == "alloc":
-                live[key] = (i, nbytes)
-            else:
-                live.pop(key, None)
         end_cats: dict[int, str] = {}
         end_mods: dict[int, str] = {}
         self._snapshot(end_cats, end_mods)
-        cats = {c: 0 for c in CATEGORIES}
-        mods = {g: 0 for g in MODULE_GROUPS}
-        for idx, nbytes in live.values():
+        cats: dict[int, str] = {}
+        mods: dict[int, str] = {}
+        for idx, (kind, _, _) in enumerate(tr.events):
+            if kind != "alloc":
+                continue
             if idx in self._start_cats:
-                cat, mod = self._start_cats[idx], self._start_mods[idx]
+                cats[idx], mods[idx] = self._start_cats[idx], self._start_mods[idx]
             elif idx in end_cats:
-                cat, mod = end_cats[idx], end_mods[idx]
+                cats[idx], mods[idx] = end_cats[idx], end_mods[idx]
             else:
-                cat = "saved_for_backward" if idx in self._saved else "other_temporaries"
-                mod = tr.tags[idx] or "other"
-            cats[cat] += nbytes
-            mods[mod] += nbytes
-        phase = tr.phases[peak_i] if peak_i >= 0 else "before"
-        return PeakBreakdown(peak_bytes=peak, phase=phase, categories_bytes=cats, modules_bytes=mods,
-                             peak_event_index=max(peak_i, 0), fake=self.fake)
+                cats[idx] = "saved_for_backward" if idx in self._saved else "other_temporaries"
+                mods[idx] = tr.tags[idx] or "other"
+        return cats, mods, list(tr.phases)
+
+    def result(self) -> PeakBreakdown:
+        tr = self.tracker
+        cats, mods, phases = self.event_classes()
+        out = breakdown_of_stream(tr.events, cats, mods, phases, fake=self.fake)
+        if out.peak_bytes != tr.peak_bytes:
+            raise AssertionError(f"breakdown: the event stream peaks at {out.peak_bytes} B, the tracker at {tr.peak_bytes} B")
+        return out
+
+
+def breakdown_of_stream(events, cats: dict[int, str], mods: dict[int, str], phases: list[str],
+                        fake: bool = False) -> PeakBreakdown:
+    """The peak of an ordered ("alloc" | "free", key, nbytes) stream, attributed by the category
+    and module group of each alloc event (by index) and the phase of the peak's event."""
+    cur = peak = 0
+    peak_i = -1
+    for i, (kind, _, nbytes) in enumerate(events):
+        cur += nbytes if kind == "alloc" else -nbytes
+        if cur > peak:
+            peak, peak_i = cur, i
+    live: dict[int, tuple[int, int]] = {}  # key -> (alloc index, bytes)
+    for i in range(peak_i + 1):
+        kind, key, nbytes = events[i]
+        if kind == "alloc":
+            live[key] = (i, nbytes)
+        else:
+            live.pop(key, None)
+    by_cat = {c: 0 for c in CATEGORIES}
+    by_mod = {g: 0 for g in MODULE_GROUPS}
+    for idx, nbytes in live.values():
+        by_cat[cats[idx]] += nbytes
+        by_mod[mods[idx]] += nbytes
+    phase = phases[peak_i] if peak_i >= 0 else "before"
+    return PeakBreakdown(peak_bytes=peak, phase=phase, categories_bytes=by_cat, modules_bytes=by_mod,
+                         peak_event_index=max(peak_i, 0), fake=fake)
 
 
 def breakdown_train_step(model: nn.Module, criterion: nn.Module, batch, *, optimizer=None,

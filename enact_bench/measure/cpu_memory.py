@@ -64,6 +64,10 @@ class LiveTensorTracker(TorchDispatchMode):
         self.start_bytes = 0
         self.end_bytes = 0
         self.late_bytes = 0  # storages first seen as the destination of a write (see module doc)
+        # with record_events: per event, the op being dispatched when it was recorded (None outside
+        # any op, e.g. the storages counted in at the start); measure/affine_stream.py aligns streams by it
+        self.event_ops: list | None = [] if record_events else None
+        self._op = None
 
     # --- bookkeeping -------------------------------------------------------------------
     def _track(self, t: torch.Tensor) -> None:
@@ -98,6 +102,7 @@ class LiveTensorTracker(TorchDispatchMode):
     def _record(self, kind: str, key: int, nbytes: int) -> None:
         """Append one event (subclasses may tag it too)."""
         self.events.append((kind, key, nbytes))
+        self.event_ops.append(self._op)
 
     def _track_late(self, t: torch.Tensor) -> None:
         """`t` is written in place but was never seen: it was alive since before the block (a
@@ -152,7 +157,11 @@ class LiveTensorTracker(TorchDispatchMode):
                     if isinstance(t, torch.Tensor):
                         self._track_late(t)
         out = func(*args, **kwargs)
+        if self._recording:
+            self._op = func
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 self._track(t)
+        if self._recording:
+            self._op = None
         return out

@@ -164,6 +164,10 @@ class StepMeasure:
     input_bytes: int = 0  # the batch's share of start_bytes (images, mask, targets)
     breakdown: object | None = field(default=None, repr=False)
     ddp_bucket_bytes: int | None = None  # ddp=True: DDP's gradient buckets, counted in start_bytes
+    # with record_events: per event the op dispatching when it was recorded (measure/affine_stream.py);
+    # with breakdown: (category per alloc index, module group per alloc index, phase per event)
+    event_ops: list | None = field(default=None, repr=False)
+    event_classes: tuple | None = field(default=None, repr=False)
 
     @property
     def peak_mib(self) -> float:
@@ -344,6 +348,8 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
         sdpa_kernels=dict(sdpa.counts) if sdpa is not None else {},
         events=list(tracker.events) if record_events else None, input_bytes=_unique_bytes(batch.tensors()),
         breakdown=attribution.result() if attribution is not None else None,
+        event_ops=list(tracker.event_ops) if record_events else None,
+        event_classes=attribution.event_classes() if attribution is not None else None,
         ddp_bucket_bytes=sum(b.untyped_storage().nbytes() for b in buckets) if ddp else None,
     )
 
@@ -445,9 +451,9 @@ class FakeTrainer:
 
     def __init__(self, model_factory, *, target: str = "cuda", image_size: tuple[int, int] = (800, 1333),
                  num_targets: int = 6, clip_max_norm: float | None = None, arch: CudaArch = CudaArch(),
-                 autocast_dtype: str | None = None):
+                 autocast_dtype: str | None = None, ddp: bool = False):
         check_target(target)
-        self.autocast_dtype = autocast_dtype
+        self.autocast_dtype, self.ddp = autocast_dtype, ddp
         self.target, self.image_size, self.num_targets, self.arch = target, tuple(image_size), num_targets, arch
         self.mode = FakeTensorMode(allow_non_fake_inputs=False)
         try:
@@ -475,6 +481,7 @@ class FakeTrainer:
                                    clip_max_norm=self.clip_max_norm, fake=True, target=self.target,
                                    warmup="none" if self._primed else "prime", count_flops=False,
                                    record_events=record_events, arch=self.arch,
-                                   autocast_dtype=self.autocast_dtype, probes=False, breakdown=breakdown)
+                                   autocast_dtype=self.autocast_dtype, probes=False, breakdown=breakdown,
+                                   ddp=self.ddp)
         self._primed = True
         return m

@@ -124,3 +124,47 @@ def test_validate_on_a_gpu_compares_predicted_and_measured(tmp_path):
     for v in d["validation"]:
         assert v["measured"]["status"] == "ok"
         assert 0.8 < v["ratios"]["alloc"] < 1.25  # the allocator model within 25% on a tiny model
+
+
+@pytest.mark.parametrize("variant", ["original", "fused", "enact"])
+def test_rows_from_the_affine_stream_equal_fake_runs_to_the_byte(variant):
+    """The fast path (fake runs at 2-5, rows synthesized from the confirmed stream) against a fake
+    run per row: every figure a row shows, at three batch sizes, identical."""
+    from enact_bench.plan import _Runner
+
+    req = PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), enact_cluster_size=2, jobs=1)
+    slow_req = PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), enact_cluster_size=2, jobs=1, affine=False)
+    spec = variant_spec("detr", variant, 2)
+    fast, slow = _Runner(req, spec), _Runner(slow_req, spec)
+    fast.row(2)
+    fast.fit_stream()
+    fast._fill_breakdown()
+    assert fast.stream is not None and fast.stream.confirmed_at == 5, fast.affine_note
+    fields = ("tensor_peak_bytes", "alloc_peak_bytes", "reserved_peak_bytes", "device_used_bytes", "fits",
+              "breakdown_mib", "modules_mib", "peak_phase", "sdpa_kernels")
+    for b in (2, 7, 13):
+        f, s = fast.row(b), slow.row(b)
+        assert f.source == ("fake" if b == 2 else "affine") and s.source == "fake"
+        assert {k: getattr(f, k) for k in fields} == {k: getattr(s, k) for k in fields}, b
+    assert sorted(fast.measures) == [2, 3, 4, 5]  # no fake run beyond the probes
+
+
+def test_ddp_raises_every_rows_tensor_peak_by_the_bucket_bytes(tmp_path):
+    from enact_bench.detectors import create_detector
+    from enact_bench.measure.ddp import trainable_param_bytes
+
+    base = dict(batch_sizes=(2, 3), variants=("original",), jobs=1)
+    plain = plan_detector(PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), **base)).variants[0]
+    ddp = plan_detector(PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), ddp=True, **base)).variants[0]
+    with torch.device("meta"):
+        buckets = trainable_param_bytes(create_detector("detr_tiny"))
+    assert ddp.ddp_bucket_bytes == buckets > 0 and plain.ddp_bucket_bytes is None
+    for p, d in zip(plain.rows, ddp.rows):
+        assert d.tensor_peak_bytes - p.tensor_peak_bytes == buckets
+    out = tmp_path / "ddp.json"
+    r = cli.invoke(app, ["plan", "detr_tiny", "--gpu-mem", "1.5", "--image-size", SIZE, "-b", "2",
+                         "--variants", "original", "--ddp", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    assert d["ddp"] is True and d["variants"][0]["ddp_bucket_bytes"] == buckets
+    assert "DDP rank" in r.output
