@@ -1,6 +1,8 @@
 """Shared helpers for detector tests: the tiny configurations, images and targets."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -29,3 +31,35 @@ def targets(num_classes: int = 91) -> list[dict]:
         {"labels": torch.tensor([2, 3, 60 % num_classes]),
          "boxes": torch.tensor([[0.2, 0.2, 0.2, 0.2], [0.6, 0.3, 0.3, 0.2], [0.5, 0.7, 0.4, 0.3]])},
     ]
+
+
+def msda_direct(value, shapes, loc, attn):
+    """Multi-scale deformable attention computed directly (the oracle of the op and of the
+    reference path): sum over levels and points of weight * bilinear sample (align_corners=False, zeros outside),
+    one query, head and channel at a time; also counts its multiply-adds as it does them."""
+    n, _, m, d = value.shape
+    _, lq, _, nl, p, _ = loc.shape
+    out = torch.zeros(n, lq, m, d, dtype=value.dtype)
+    starts = [0]
+    for h, w in shapes:
+        starts.append(starts[-1] + h * w)
+    macs = 0
+    for b in range(n):
+        for q in range(lq):
+            for head in range(m):
+                for lvl, (h, w) in enumerate(shapes):
+                    img = value[b, starts[lvl]:starts[lvl + 1], head].T.reshape(d, h, w)
+                    for pt in range(p):
+                        x, y = loc[b, q, head, lvl, pt].tolist()
+                        px, py = x * w - 0.5, y * h - 0.5
+                        x0, y0 = math.floor(px), math.floor(py)
+                        for c in range(d):
+                            val = 0.0
+                            for yy, wy in ((y0, y0 + 1 - py), (y0 + 1, py - y0)):
+                                for xx, wx in ((x0, x0 + 1 - px), (x0 + 1, px - x0)):
+                                    tap = img[c, yy, xx].item() if 0 <= yy < h and 0 <= xx < w else 0.0
+                                    val += (wx * wy) * tap  # one multiply-add per tap
+                                    macs += 1
+                            out[b, q, head, c] += attn[b, q, head, lvl, pt].item() * val  # the weighted sum
+                            macs += 1
+    return out.flatten(2), macs

@@ -2,48 +2,16 @@
 layout and parameter counts against the release's figures, and tiny end-to-end checks."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from enact_bench.detectors import create_detector, load_checkpoint
 from enact_bench.detectors.common.ms_deform_attn import MSDeformAttn, ms_deform_attn_core
 
+from detector_helpers import msda_direct
+
 
 # --- multi-scale deformable attention ------------------------------------------------------------
-def bilinear_direct(img: torch.Tensor, x: float, y: float) -> torch.Tensor:
-    """img (D, H, W); (x, y) in [0, 1] of the map (align_corners=False) -> (D,); zeros outside."""
-    d, h, w = img.shape
-    px, py = x * w - 0.5, y * h - 0.5  # pixel centres at integer coordinates
-    x0, y0 = math.floor(px), math.floor(py)
-    out = torch.zeros(d, dtype=img.dtype)
-    for yy, wy in ((y0, y0 + 1 - py), (y0 + 1, py - y0)):
-        for xx, wx in ((x0, x0 + 1 - px), (x0 + 1, px - x0)):
-            if 0 <= yy < h and 0 <= xx < w:
-                out += wx * wy * img[:, yy, xx]
-    return out
-
-
-def core_direct(value, shapes, locations, weights):
-    """Sum over levels and points of weight * bilinear sample, one query and head at a time."""
-    n, _, m, d = value.shape
-    _, lq, _, nl, p, _ = locations.shape
-    out = torch.zeros(n, lq, m, d, dtype=value.dtype)
-    starts = [0]
-    for h, w in shapes:
-        starts.append(starts[-1] + h * w)
-    for b in range(n):
-        for q in range(lq):
-            for head in range(m):
-                for lvl, (h, w) in enumerate(shapes):
-                    img = value[b, starts[lvl]:starts[lvl + 1], head].T.reshape(d, h, w)
-                    for pt in range(p):
-                        x, y = locations[b, q, head, lvl, pt].tolist()
-                        out[b, q, head] += weights[b, q, head, lvl, pt] * bilinear_direct(img, x, y)
-    return out.flatten(2)
-
-
 def test_core_matches_direct_bilinear_sampling_mixed_level_sizes():
     g = torch.Generator().manual_seed(0)
     shapes = [(5, 7), (3, 2), (1, 1)]
@@ -53,7 +21,7 @@ def test_core_matches_direct_bilinear_sampling_mixed_level_sizes():
     locations = torch.rand(2, 4, 2, 3, 2, 2, generator=g, dtype=torch.float64) * 1.4 - 0.2
     weights = torch.rand(2, 4, 2, 3, 2, generator=g, dtype=torch.float64)
     got = ms_deform_attn_core(value, shapes, locations, weights)
-    want = core_direct(value, shapes, locations, weights)
+    want, _ = msda_direct(value, shapes, locations, weights)
     assert got.shape == (2, 4, 6)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     # tensor spatial shapes (the original's form) give the same

@@ -3,8 +3,6 @@ per-sample computation and the autograd reference path, gradcheck, opcheck, what
 (fake and real), autocast, its FLOP formula against a count by hand, and the CUDA dispatch."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -14,6 +12,8 @@ from enact_bench.detectors.common import ms_deform_attn_op as op
 from enact_bench.detectors.common.ms_deform_attn import LevelShapes, ms_deform_attn_core
 from enact_bench.measure.cpu_memory import LiveTensorTracker
 from enact_bench.measure.flops import count_flops
+
+from detector_helpers import msda_direct as direct
 
 SHAPES = [(5, 7), (3, 2), (1, 1)]  # mixed level sizes, one of a single pixel
 
@@ -31,37 +31,6 @@ def inputs(n=2, lq=4, m=2, d=3, p=2, shapes=SHAPES, dtype=torch.float64, seed=0,
     if grad:
         value, loc, attn = (t.requires_grad_() for t in (value, loc, attn))
     return value, spatial_shapes, level_start, loc, attn
-
-
-def direct(value, shapes, loc, attn):
-    """Sum over levels and points of weight * bilinear sample (align_corners=False, zeros outside),
-    one query, head and channel at a time; also counts its multiply-adds as it does them."""
-    n, _, m, d = value.shape
-    _, lq, _, nl, p, _ = loc.shape
-    out = torch.zeros(n, lq, m, d, dtype=value.dtype)
-    starts = [0]
-    for h, w in shapes:
-        starts.append(starts[-1] + h * w)
-    macs = 0
-    for b in range(n):
-        for q in range(lq):
-            for head in range(m):
-                for lvl, (h, w) in enumerate(shapes):
-                    img = value[b, starts[lvl]:starts[lvl + 1], head].T.reshape(d, h, w)
-                    for pt in range(p):
-                        x, y = loc[b, q, head, lvl, pt].tolist()
-                        px, py = x * w - 0.5, y * h - 0.5
-                        x0, y0 = math.floor(px), math.floor(py)
-                        for c in range(d):
-                            val = 0.0
-                            for yy, wy in ((y0, y0 + 1 - py), (y0 + 1, py - y0)):
-                                for xx, wx in ((x0, x0 + 1 - px), (x0 + 1, px - x0)):
-                                    tap = img[c, yy, xx].item() if 0 <= yy < h and 0 <= xx < w else 0.0
-                                    val += (wx * wy) * tap  # one multiply-add per tap
-                                    macs += 1
-                            out[b, q, head, c] += attn[b, q, head, lvl, pt].item() * val  # the weighted sum
-                            macs += 1
-    return out.flatten(2), macs
 
 
 def test_forward_matches_direct_sampling_and_the_reference_path():
