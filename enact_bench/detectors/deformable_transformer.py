@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from enact_bench.detectors.common.activation import activation_fn

@@ -19,10 +19,9 @@ included), as both releases do.
 from __future__ import annotations
 
 import copy
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common.activation import activation_fn

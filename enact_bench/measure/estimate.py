@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from enact_bench.measure.cpu_memory import MIB, LiveTensorTracker
 from enact_bench.measure.cuda_target import TARGETS, CudaArch, cuda_sdpa_policy
 from enact_bench.measure.step_probe import OpRecorder, SavedTensorCounter, attention_paths
-from enact_bench.measure.steps import loss_of, train_step
+from enact_bench.measure.steps import train_step
 
 
 class FixedAssignmentMatcher(nn.Module):

@@ -20,7 +20,7 @@ from enact_bench.measure.ddp import bucket_layout_bytes, trainable_param_bytes
 from enact_bench.records import Record, read_records
 from enact_bench.run.ddp_worker import combine_ranks
 from enact_bench.run.torchrun import add_scaling_efficiency, alive, run_case_torchrun, torchrun_command
-from enact_bench.suites import load_suite, load_suite_text
+from enact_bench.suites import load_suite_text
 
 REPO = Path(__file__).resolve().parents[2]
 
