@@ -9,12 +9,13 @@ PyTorch's caching allocator (measure/allocator.py) for `max_memory_allocated` an
 memory NVML would show (measure/gpus.py). A batch size "fits" when that device memory stays
 under the GPU's memory less the margin.
 
-Search (no --batch-size): a fake run at batch 2, then fake runs at 3, 4 and 5. The allocation
-streams at 2, 3 and 4 are aligned op by op and every event's size fitted (quadratic in the
-batch: DETR's loss builds a (targets x targets) box-IoU matrix over the batch), with the per-image
-blocks (inputs, matcher, per-image loss indexing) repeated once per image
-(measure/affine_stream.py); the stream synthesized for batch 5 must equal the fake run at 5
-event by event, or every row stays a fake run of its own (the earlier behaviour). With the
+Search (no --batch-size): a fake run at batch 2, then fake runs at 3 and 4. The allocation
+streams at 2 and 3 are aligned op by op and every tensor's dimensions fitted, affine in the batch
+(so DETR's loss's (targets x targets) box-IoU matrix over the batch is a quadratic in bytes), with
+the per-image blocks (inputs, matcher, per-image loss indexing) repeated once per image
+(measure/affine_stream.py); the stream synthesized for batch 4 must equal the fake run at 4
+event by event. Where it does not, a fake run at 5 checks the older fit (every event's bytes
+quadratic through 2, 3 and 4); where neither holds, every row stays a fake run of its own. With the
 stream confirmed, the search's rows (the largest batch the secant guesses, the one after it, ...)
 are that stream at the row's batch, replayed through the allocator model (~20 ms each, against
 1-2 s for a fake step); each row says where it came from (`source`: "fake" | "affine"). The
@@ -240,8 +241,9 @@ def _breakdown(b) -> tuple[dict | None, dict | None, str | None]:
     return b.as_dict(), b.modules_mib(), b.phase
 
 
-AFFINE_PROBES = (2, 3, 4)  # fake runs the stream is fitted through (measure/affine_stream.py)
-AFFINE_CONFIRM = 5  # and the fake run it must reproduce exactly before any row comes from it
+AFFINE_PROBES = (2, 3)  # fake runs the stream is fitted through (measure/affine_stream.fit_shapes)
+AFFINE_CONFIRM = 4  # and the fake run it must reproduce exactly before any row comes from it
+AFFINE_FALLBACK = 5  # where it does not: `fit`'s quadratic through 2, 3, 4, confirmed at 5
 AFFINE_ORIGIN = 3  # the probe whose per-event breakdown classes the synthesized streams inherit
 
 
@@ -276,31 +278,44 @@ class _Runner:
         return m
 
     def fit_stream(self) -> None:
-        """Probe fake runs at AFFINE_PROBES and AFFINE_CONFIRM; keep the affine stream when the
-        synthesized stream at AFFINE_CONFIRM equals its fake run event by event."""
-        from enact_bench.measure.affine_stream import NotAffine, fit
+        """Probe fake runs at AFFINE_PROBES, fit the stream through them (shapes affine in the
+        batch) and keep it when its synthesis at AFFINE_CONFIRM equals that fake run event by
+        event. Where it does not, one more fake run at AFFINE_FALLBACK and `fit`'s quadratic
+        through the three earlier ones, kept only if it reproduces that run exactly."""
+        from enact_bench.measure.affine_stream import NotAffine, fit, fit_shapes
 
         if not self.req.affine:
             self.affine_note = "every row a fake run (--fake-runs)"
             return
-        from enact_bench.measure.affine_stream import check_pair
-
-        ms = [self._fake(b, breakdown=(b == AFFINE_ORIGIN)) for b in AFFINE_PROBES[:2]]
-        try:  # the first two probes must align before the others are worth running
-            check_pair(AFFINE_PROBES[0], (ms[0].events, ms[0].event_ops), (ms[1].events, ms[1].event_ops))
+        ms = [self._fake(b, breakdown=(b == AFFINE_ORIGIN)) for b in AFFINE_PROBES]
+        try:  # the two probes must align before a third is worth running
+            stream = fit_shapes(AFFINE_PROBES[0], [(m.events, m.event_ops, m.event_shapes) for m in ms])
         except NotAffine as e:
             self.affine_note = f"no affine stream ({e}): every row a fake run"
             return
-        ms += [self._fake(b, breakdown=(b == AFFINE_ORIGIN)) for b in AFFINE_PROBES[2:]]
-        confirm = self._fake(AFFINE_CONFIRM, breakdown=False)
-        kernels = {repr(sorted(m.sdpa_kernels.items())) for m in ms + [confirm]}
+        ms.append(self._fake(AFFINE_CONFIRM, breakdown=False))
         try:
-            if len(kernels) != 1:
-                raise NotAffine("the SDPA kernels chosen change with the batch size")
-            stream = fit(AFFINE_PROBES[0], [(m.events, m.event_ops) for m in ms])
-            self.stream = stream.confirm(AFFINE_CONFIRM, confirm.events)
+            self._same_kernels(ms)
+            self.stream = stream.confirm(AFFINE_CONFIRM, ms[-1].events)
+            return
         except NotAffine as e:
-            self.affine_note = f"no affine stream ({e}): every row a fake run"
+            refused = str(e)
+        ms.append(self._fake(AFFINE_FALLBACK, breakdown=False))
+        try:
+            self._same_kernels(ms)
+            self.stream = fit(AFFINE_PROBES[0], [(m.events, m.event_ops) for m in ms[:3]]).confirm(
+                AFFINE_FALLBACK, ms[-1].events)
+            self.affine_note = (f"the shapes' fit was refused ({refused}); the quadratic fit through batch "
+                                f"{AFFINE_PROBES[0]}-{AFFINE_CONFIRM}, confirmed at {AFFINE_FALLBACK}")
+        except NotAffine as e:
+            self.affine_note = f"no affine stream ({refused}; then {e}): every row a fake run"
+
+    @staticmethod
+    def _same_kernels(ms) -> None:
+        from enact_bench.measure.affine_stream import NotAffine
+
+        if len({repr(sorted(m.sdpa_kernels.items())) for m in ms}) != 1:
+            raise NotAffine("the SDPA kernels chosen change with the batch size")
 
     def _row_from(self, b: int, events, peak_bytes: int, seconds: float, source: str, breakdown, kernels) -> PlanRow:
         from enact_bench.measure.allocator import replay

@@ -2,22 +2,27 @@
 
 The ordered ("alloc" | "free", key, nbytes) stream a fake training step records (measure/
 cpu_memory.py) changes with the batch size B in two ways only, for the detectors here: tensors whose
-shape has a batch dimension change size, linearly in B (B x C x H x W, ...), and loops over the images
+shape has a batch dimension change size (B x C x H x W; DETR's loss also builds a (targets x targets)
+box-IoU matrix over the whole batch, two dimensions that grow with B), and loops over the images
 (the inputs, the matcher, the loss's per-image indexing) repeat a block of events once per image.
-So two probe streams, at batch a and a + 1, aligned op by op, say everything:
+So two probe streams, at batch a and a + 1, aligned op by op, say everything (`fit_shapes`):
 
-- events present in both (matched by difflib on (kind, op) tokens; a free's token is its alloc's op):
-  their size is affine in B, size(B) = s_a + (B - a) x (s_{a+1} - s_a), and so is the distance from
-  a free back to its alloc (the events in between grow by whole per-image blocks);
+- events present in both (aligned on (kind, op) tokens; a free's token is its alloc's op): every
+  dimension of the tensor is affine in B, dim(B) = dim_a + (B - a) x (dim_{a+1} - dim_a), so its
+  bytes are their product; the distance from a free back to its alloc is affine too (the events in
+  between grow by whole per-image blocks);
 - events only in the larger stream (the diff's inserts): one per-image block each, repeated B - a
   times at that place, with the sizes and distances of the probe at a + 1.
 
 Any other difference (a replaced or deleted run of events) means the stream is not of this form,
-and `fit` refuses. The form is an assumption until a third probe confirms it: `AffineStream.confirm`
+and the fit refuses. The form is an assumption until a third probe confirms it: `AffineStream.confirm`
 compares the synthesized stream at batch c with the one a fake run at c recorded, event by event
 (kind, bytes, and which alloc each free frees); only a stream that matches exactly is used, and
 only for batch sizes >= a. Streams are compared in the canonical form of `canonical`: keys (storage
 ids, which Python reuses) replaced by each free's distance back to its alloc.
+
+`fit` is the older form, for streams whose shapes do not explain them: three probes, each event's
+bytes and distance quadratic through them, confirmed at a fourth.
 
 Pure Python, no torch.
 """
@@ -63,10 +68,11 @@ class AffineStream:
     """The stream of a training step as a function of the batch size (module docstring)."""
 
     base_batch: int  # a: the smaller probe's batch size
-    # in order: (kind, nbytes at a, first and second difference of the bytes per image, distance at
-    # a, its first and second difference, origin: index in the probe stream at a + 1) per event
-    # present at every batch size, or ("block", ((kind, nbytes, distance,
-    # distance step per copy, distance step per image, origin), ...)) per per-image block
+    # in order: (kind, size, distance at a, its first and second difference per image, origin: index
+    # in the probe stream at a + 1) per event present at every batch size, where size is ("q", bytes
+    # at a, first and second difference) or ("p", element size, shape at a, its difference per
+    # image); or ("block", ((kind, nbytes, distance, distance step per copy, distance step per
+    # image, origin), ...)) per per-image block
     template: tuple
     confirmed_at: int | None = None  # batch size whose fake run matched the synthesized stream
 
@@ -96,9 +102,8 @@ class AffineStream:
                     for kind, nbytes, dist, stride, growth, org in item[1]:
                         emit(kind, nbytes, dist + c * stride + (k - 1) * growth, org)
             else:
-                kind, n0, dn, dn2, d0, dd, dd2, org = item
-                q = k * (k - 1) // 2
-                emit(kind, n0 + k * dn + q * dn2, d0 + k * dd + q * dd2, org)
+                kind, size, d0, dd, dd2, org = item
+                emit(kind, _bytes_at(size, k), d0 + k * dd + k * (k - 1) // 2 * dd2, org)
         return events, origin
 
     def confirm(self, batch: int, events) -> "AffineStream":
@@ -199,14 +204,6 @@ def _align(ca, ta, cb, tb, batch_a: int):
         raise NotAffine(f"batch {batch_a} -> {batch_a + 1}: alignment left {len(ta) - i} events unpaired")
 
 
-def check_pair(batch_a: int, probe_a, probe_b) -> None:
-    """Raise NotAffine unless the streams at batch_a and batch_a + 1 ((events, ops) each) align as
-    the same events plus per-image blocks: lets a caller stop before running further probes."""
-    ca, cb = canonical(probe_a[0]), canonical(probe_b[0])
-    for _ in _align(ca, _tokens(ca, probe_a[1]), cb, _tokens(cb, probe_b[1]), batch_a):
-        pass
-
-
 def fit(batch_a: int, probes) -> AffineStream:
     """The stream through three probes at batch_a, batch_a + 1, batch_a + 2: `probes` is three
     (events, ops) pairs as LiveTensorTracker records them. Unconfirmed: call `confirm` with a
@@ -228,7 +225,7 @@ def fit(batch_a: int, probes) -> AffineStream:
             kind, n2, d2 = c2[i]
             _, n3, d3 = c3[j]
             _, n4, d4 = c4[to4[j]]
-            template.append((kind, n2, n3 - n2, (n4 - n3) - (n3 - n2), d2, d3 - d2, (d4 - d3) - (d3 - d2), j))
+            template.append((kind, ("q", n2, n3 - n2, (n4 - n3) - (n3 - n2)), d2, d3 - d2, (d4 - d3) - (d3 - d2), j))
         else:
             events = []
             for j, stride in item[1]:
@@ -239,6 +236,90 @@ def fit(batch_a: int, probes) -> AffineStream:
                 events.append((c3[j][0], c3[j][1], c3[j][2], stride, c4[to4[j]][2] - c3[j][2], j))
             template.append(("block", tuple(events)))
     return AffineStream(batch_a, tuple(template))
+
+
+def fit_shapes(batch_a: int, probes) -> AffineStream:
+    """The stream through two probes at batch_a and batch_a + 1, `probes` being two (events, ops,
+    shapes) triples as LiveTensorTracker records them (shapes: per alloc, (shape, element size) of
+    a tensor spanning the storage, or None). Unconfirmed: call `confirm` with a third, at
+    batch_a + 2.
+
+    Where `fit` needs a third probe, this reads it from the shapes: every dimension of a tensor is
+    taken as affine in the batch size, so the (targets x targets) matrix of DETR's loss is the
+    product of two affine dimensions, exact at every batch size, where its bytes are a quadratic.
+    An alloc without a shape (a view onto a larger storage) is taken as linear in bytes; the
+    distance from a free back to its alloc as linear too. What an extra copy of a per-image block
+    gains in distance per image is what the copy before it (the previous image's) gained from a to
+    a + 1; a block with no copy before it gains one copy of every per-image block between its
+    alloc and its free (including the alloc's own). The confirmation at batch_a + 2
+    tests all of this at once; a size that is a polynomial with non-negative coefficients and no
+    curvature between a, a + 1 and a + 2 is linear."""
+    if len(probes) != 2:
+        raise ValueError(f"fit_shapes needs two probes (batch a, a+1), got {len(probes)}")
+    (ev_a, ops_a, sh_a), (ev_b, ops_b, sh_b) = probes
+    ca, cb = canonical(ev_a), canonical(ev_b)
+    tb = _tokens(cb, ops_b)
+    items = list(_align(ca, _tokens(ca, ops_a), cb, tb, batch_a))
+    item_of = [0] * len(cb)
+    step_b: dict[int, int] = {}  # per paired event of b: its distance's gain from a to a + 1
+    blocks_before = [0]  # per item: events of per-image blocks (one copy each) before it
+    for n, item in enumerate(items):
+        if item[0] == "pair":
+            _, i, j = item
+            item_of[j] = n
+            step_b[j] = cb[j][2] - ca[i][2]
+            blocks_before.append(blocks_before[-1])
+        else:
+            for j, _ in item[1]:
+                item_of[j] = n
+            blocks_before.append(blocks_before[-1] + len(item[1]))
+    template: list = []
+    for item in items:
+        if item[0] == "pair":
+            _, i, j = item
+            kind, na, da = ca[i]
+            _, nb, db = cb[j]
+            template.append((kind, _size_spec(na, nb, sh_a[i - da], sh_b[j - db]), da, db - da, 0, j))
+            continue
+        events = []
+        size = len(item[1])
+        j1 = item[1][0][0]
+        # the copy of this block for the image before (a paired run of the same tokens): each
+        # extra copy's distance gains per image what that copy's gained from a to a + 1
+        before = j1 - size >= 0 and tb[j1 - size:j1] == tb[j1:j1 + size] and all(q in step_b for q in range(j1 - size, j1))
+        for j, stride in item[1]:
+            kind, nbytes, dist = cb[j]
+            if kind == "alloc":
+                growth = 0
+            elif before:
+                growth = step_b[j - size]
+            else:  # no copy before: one copy of each per-image block between the alloc and the free
+                growth = blocks_before[item_of[j]] - blocks_before[item_of[j - dist]]
+            events.append((kind, nbytes, dist, stride, growth, j))
+        template.append(("block", tuple(events)))
+    return AffineStream(batch_a, tuple(template))
+
+
+def _size_spec(na: int, nb: int, shape_a, shape_b) -> tuple:
+    """An event's bytes as a function of the batch (see AffineStream.template): each dimension
+    affine where both probes have the shape, else the bytes themselves affine."""
+    if shape_a is not None and shape_b is not None and len(shape_a[0]) == len(shape_b[0]) and shape_a[1] == shape_b[1]:
+        return ("p", shape_a[1], shape_a[0], tuple(y - x for x, y in zip(shape_a[0], shape_b[0])))
+    return ("q", na, nb - na, 0)
+
+
+def _bytes_at(size: tuple, k: int) -> int:
+    """Bytes of a size spec k images beyond the base batch (-1 where a dimension turns negative)."""
+    if size[0] == "q":
+        _, n0, dn, dn2 = size
+        return n0 + k * dn + k * (k - 1) // 2 * dn2
+    _, nbytes, dims, steps = size
+    for d, e in zip(dims, steps):
+        d += k * e
+        if d < 0:
+            return -1
+        nbytes *= d
+    return nbytes
 
 
 def _pieces(tb, j1: int, j2: int) -> list[tuple[int, int]]:

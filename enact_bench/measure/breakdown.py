@@ -171,8 +171,7 @@ class _TaggingTracker(LiveTensorTracker):
             self.tags.append(o._current_group())
         else:
             self.tags.append(None)
-        self.events.append((kind, key, nbytes))
-        self.event_ops.append(self._op)
+        super()._record(kind, key, nbytes)
 
 
 class StepAttribution:

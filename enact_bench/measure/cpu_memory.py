@@ -67,7 +67,12 @@ class LiveTensorTracker(TorchDispatchMode):
         # with record_events: per event, the op being dispatched when it was recorded (None outside
         # any op, e.g. the storages counted in at the start); measure/affine_stream.py aligns streams by it
         self.event_ops: list | None = [] if record_events else None
+        # with record_events: per alloc event the storage's tensor as (shape, element size) when it
+        # spans the whole storage (else None; None for frees): measure/affine_stream.py fits each
+        # dimension of a shape, where a storage's bytes alone would be a quadratic in the batch
+        self.event_shapes: list | None = [] if record_events else None
         self._op = None
+        self._meta = None  # (shape, element size) of the tensor being counted, for _record
 
     # --- bookkeeping -------------------------------------------------------------------
     def _track(self, t: torch.Tensor) -> None:
@@ -76,6 +81,9 @@ class LiveTensorTracker(TorchDispatchMode):
             return
         st, nbytes = found
         key = id(st)
+        if self._recording:
+            size = t.element_size()
+            self._meta = (tuple(t.shape), size) if t.numel() * size == nbytes else None
         if key in self._live:
             if nbytes != self._live[key]:  # resized in place (resize_, set_)
                 if self._recording:
@@ -103,6 +111,7 @@ class LiveTensorTracker(TorchDispatchMode):
         """Append one event (subclasses may tag it too)."""
         self.events.append((kind, key, nbytes))
         self.event_ops.append(self._op)
+        self.event_shapes.append(self._meta if kind == "alloc" else None)
 
     def _track_late(self, t: torch.Tensor) -> None:
         """`t` is written in place but was never seen: it was alive since before the block (a
@@ -111,6 +120,7 @@ class LiveTensorTracker(TorchDispatchMode):
         if found is None or id(found[0]) in self._live:
             return
         st, nbytes = found
+        self._meta = (tuple(t.shape), t.element_size()) if t.numel() * t.element_size() == nbytes else None
         self._live[id(st)] = nbytes
         self.current_bytes += nbytes
         self.start_bytes += nbytes
@@ -148,20 +158,38 @@ class LiveTensorTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func._schema.is_mutable:  # in-place / out= ops: their destinations existed before
-            for i, arg in enumerate(func._schema.arguments):
-                if arg.alias_info is None or not arg.alias_info.is_write:
-                    continue
-                value = kwargs.get(arg.name) if (arg.kwarg_only or i >= len(args)) else args[i]
-                for t in tree_leaves(value):
-                    if isinstance(t, torch.Tensor):
-                        self._track_late(t)
+        if func in _METADATA_OPS:  # a device / layout query (two in three calls under fake tensors)
+            return func(*args, **kwargs)
+        written = _written_args(func)
+        for i, name, kwarg_only in written:  # in-place / out= ops: their destinations existed before
+            value = kwargs.get(name) if (kwarg_only or i >= len(args)) else args[i]
+            for t in ((value,) if isinstance(value, torch.Tensor) else tree_leaves(value)):
+                if isinstance(t, torch.Tensor):
+                    self._track_late(t)
         out = func(*args, **kwargs)
         if self._recording:
             self._op = func
-        for t in tree_leaves(out):
+        for t in ((out,) if isinstance(out, torch.Tensor) else tree_leaves(out)):
             if isinstance(t, torch.Tensor):
                 self._track(t)
         if self._recording:
             self._op = None
         return out
+
+
+# ops that return no tensor and create no storage: answered without the bookkeeping. Under fake
+# tensors C++ asks every tensor's device through prim.device (FakeTensor has a Python device).
+_METADATA_OPS = frozenset({torch.ops.prim.device.default, torch.ops.prim.layout.default})
+_WRITTEN: dict = {}
+
+
+def _written_args(func) -> tuple:
+    """(position, name, kwarg_only) of each argument `func` writes into (in place, out=), cached
+    per op: reading the schema costs more than the rest of the bookkeeping."""
+    found = _WRITTEN.get(func)
+    if found is None:
+        schema = func._schema
+        found = tuple((i, a.name, a.kwarg_only) for i, a in enumerate(schema.arguments)
+                      if schema.is_mutable and a.alias_info is not None and a.alias_info.is_write)
+        _WRITTEN[func] = found
+    return found

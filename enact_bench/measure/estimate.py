@@ -168,6 +168,7 @@ class StepMeasure:
     # with breakdown: (category per alloc index, module group per alloc index, phase per event)
     event_ops: list | None = field(default=None, repr=False)
     event_classes: tuple | None = field(default=None, repr=False)
+    event_shapes: list | None = field(default=None, repr=False)  # per alloc: (shape, element size) or None
 
     @property
     def peak_mib(self) -> float:
@@ -349,6 +350,7 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
         events=list(tracker.events) if record_events else None, input_bytes=_unique_bytes(batch.tensors()),
         breakdown=attribution.result() if attribution is not None else None,
         event_ops=list(tracker.event_ops) if record_events else None,
+        event_shapes=list(tracker.event_shapes) if record_events else None,
         event_classes=attribution.event_classes() if attribution is not None else None,
         ddp_bucket_bytes=sum(b.untyped_storage().nbytes() for b in buckets) if ddp else None,
     )

@@ -128,8 +128,9 @@ def test_validate_on_a_gpu_compares_predicted_and_measured(tmp_path):
 
 @pytest.mark.parametrize("variant", ["original", "fused", "enact"])
 def test_rows_from_the_affine_stream_equal_fake_runs_to_the_byte(variant):
-    """The fast path (fake runs at 2-5, rows synthesized from the confirmed stream) against a fake
-    run per row: every figure a row shows, at three batch sizes, identical."""
+    """The fast path (fake runs at 2-4, rows synthesized from the stream fitted through 2 and 3 and
+    confirmed at 4) against a fake run per row: every figure a row shows, at three batch sizes,
+    identical."""
     from enact_bench.plan import _Runner
 
     req = PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), enact_cluster_size=2, jobs=1)
@@ -139,14 +140,37 @@ def test_rows_from_the_affine_stream_equal_fake_runs_to_the_byte(variant):
     fast.row(2)
     fast.fit_stream()
     fast._fill_breakdown()
-    assert fast.stream is not None and fast.stream.confirmed_at == 5, fast.affine_note
+    assert fast.stream is not None and fast.stream.confirmed_at == 4, fast.affine_note
     fields = ("tensor_peak_bytes", "alloc_peak_bytes", "reserved_peak_bytes", "device_used_bytes", "fits",
               "breakdown_mib", "modules_mib", "peak_phase", "sdpa_kernels")
     for b in (2, 7, 13):
         f, s = fast.row(b), slow.row(b)
         assert f.source == ("fake" if b == 2 else "affine") and s.source == "fake"
         assert {k: getattr(f, k) for k in fields} == {k: getattr(s, k) for k in fields}, b
-    assert sorted(fast.measures) == [2, 3, 4, 5]  # no fake run beyond the probes
+    assert sorted(fast.measures) == [2, 3, 4]  # no fake run beyond the probes
+
+
+def test_without_shapes_the_quadratic_fit_through_three_probes_takes_over(monkeypatch):
+    """The shapes' fit refused (here: the shapes hidden, so every size is taken as linear in bytes
+    and DETR's (targets x targets) IoU matrix misses at batch 4): one more fake run at 5 confirms
+    the older quadratic fit, and its rows still equal fake runs to the byte."""
+    import enact_bench.measure.affine_stream as affine_stream
+    from enact_bench.plan import _Runner
+
+    real = affine_stream.fit_shapes
+    monkeypatch.setattr(affine_stream, "fit_shapes",
+                        lambda a, probes: real(a, [(ev, ops, [None] * len(sh)) for ev, ops, sh in probes]))
+    req = PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), jobs=1)
+    spec = variant_spec("detr", "original", 2)
+    fast, slow = _Runner(req, spec), _Runner(PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), jobs=1, affine=False), spec)
+    fast.row(2)
+    fast.fit_stream()
+    assert fast.stream is not None and fast.stream.confirmed_at == 5, fast.affine_note
+    assert "refused (batch 4" in fast.affine_note and sorted(fast.measures) == [2, 3, 4, 5]
+    for b in (6, 11):
+        f, s = fast.row(b), slow.row(b)
+        assert (f.source, f.tensor_peak_bytes, f.alloc_peak_bytes, f.reserved_peak_bytes) == \
+            ("affine", s.tensor_peak_bytes, s.alloc_peak_bytes, s.reserved_peak_bytes)
 
 
 def test_ddp_raises_every_rows_tensor_peak_by_the_bucket_bytes(tmp_path):
