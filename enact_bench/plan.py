@@ -247,34 +247,52 @@ AFFINE_FALLBACK = 5  # where it does not: `fit`'s quadratic through 2, 3, 4, con
 AFFINE_ORIGIN = 3  # the probe whose per-event breakdown classes the synthesized streams inherit
 
 
+def _trainer(req: PlanRequest, spec: VariantSpec):
+    """The variant's FakeTrainer: its model built once (meta device, then fake tensors)."""
+    import torch
+
+    from enact_bench.measure.cuda_target import CudaArch
+    from enact_bench.measure.estimate import FakeTrainer
+
+    torch.manual_seed(0)
+    return FakeTrainer(_factory(req.detector, spec), target=req.target, image_size=req.image_size,
+                       arch=CudaArch(*req.gpu.compute_capability),
+                       autocast_dtype=None if req.dtype == "float32" else req.dtype, ddp=req.ddp)
+
+
 class _Runner:
-    def __init__(self, req: PlanRequest, spec: VariantSpec):
-        import torch
+    """One variant's rows. `trainer` and `measures` (batch -> StepMeasure of fake runs already
+    made, e.g. the probes run beside the other variants') may come from the caller."""
 
-        from enact_bench.measure.cuda_target import CudaArch
-        from enact_bench.measure.estimate import FakeTrainer
-
-        torch.manual_seed(0)
-        self.req = req
-        arch = CudaArch(*req.gpu.compute_capability)
-        self.trainer = FakeTrainer(_factory(req.detector, spec), target=req.target, image_size=req.image_size,
-                                   arch=arch, autocast_dtype=None if req.dtype == "float32" else req.dtype,
-                                   ddp=req.ddp)
+    def __init__(self, req: PlanRequest, spec: VariantSpec, trainer=None, measures: dict | None = None):
+        self.req, self.spec = req, spec
+        self._trainer = trainer
         self.rows: dict[int, PlanRow] = {}
         self.measures: dict = {}  # batch -> StepMeasure of a fake run (rows and probes)
         self.fixed_bytes: int | None = None
         self.ddp_bucket_bytes: int | None = None
         self.stream = None  # the confirmed AffineStream, when the probes confirm one
         self.affine_note: str | None = None  # why there is none
+        for b in sorted(measures or {}):
+            self._keep(b, measures[b])
+
+    @property
+    def trainer(self):
+        if self._trainer is None:  # built when a fake run is first needed here
+            self._trainer = _trainer(self.req, self.spec)
+        return self._trainer
+
+    def _keep(self, b: int, m) -> None:
+        self.measures[b] = m
+        if self.fixed_bytes is None:  # parameters, buffers, gradients, AdamW state (+ DDP buckets)
+            self.fixed_bytes = m.start_bytes - m.input_bytes
+            self.ddp_bucket_bytes = m.ddp_bucket_bytes
 
     def _fake(self, b: int, breakdown: bool):
         m = self.measures.get(b)
         if m is None or (breakdown and m.breakdown is None):
             m = self.trainer.step(b, record_events=True, breakdown=breakdown)
-            self.measures[b] = m
-            if self.fixed_bytes is None:  # parameters, buffers, gradients, AdamW state (+ DDP buckets)
-                self.fixed_bytes = m.start_bytes - m.input_bytes
-                self.ddp_bucket_bytes = m.ddp_bucket_bytes
+            self._keep(b, m)
         return m
 
     def fit_stream(self) -> None:
@@ -340,9 +358,10 @@ class _Runner:
             # the first row of a search (batch 2, a probe of the affine stream) runs without the
             # breakdown's hooks; `fit_stream` adds it from the stream (or a second fake run)
             lazy = self.req.affine and b == AFFINE_PROBES[0] and self.stream is None and self.affine_note is None
+            ran_before = b in self.measures  # a probe: its fake run's time counts here
             m = self._fake(b, breakdown=not lazy)
-            self.rows[b] = self._row_from(b, m.events, m.peak_bytes, time.perf_counter() - t0, "fake", m.breakdown,
-                                          m.sdpa_kernels)
+            seconds = time.perf_counter() - t0 + (m.seconds if ran_before else 0.0)
+            self.rows[b] = self._row_from(b, m.events, m.peak_bytes, seconds, "fake", m.breakdown, m.sdpa_kernels)
         return self.rows[b]
 
     def _fill_breakdown(self) -> None:
@@ -423,14 +442,16 @@ def _search(run: _Runner) -> tuple[int, bool | None]:
     return lo, linear
 
 
-def plan_variant(req: PlanRequest, spec: VariantSpec) -> VariantPlan:
-    t0 = time.perf_counter()
+def plan_variant(req: PlanRequest, spec: VariantSpec, trainer=None, measures: dict | None = None) -> VariantPlan:
+    """One variant's plan; `trainer` and `measures` as _Runner takes them (their fake runs' time
+    counts in `seconds`)."""
+    t0 = time.perf_counter() - sum(m.seconds for m in (measures or {}).values())
     out = VariantPlan(spec.variant, spec.applicable, spec.reason, enact_cluster_size=spec.enact_cluster_size,
                       overrides=dict(spec.overrides))
     if not spec.applicable:
         return out
     try:
-        run = _Runner(req, spec)
+        run = _Runner(req, spec, trainer, measures)
         if req.batch_sizes:
             out.searched = False
             run.affine_note = "batch sizes given: each row a fake run"
@@ -450,10 +471,50 @@ def plan_variant(req: PlanRequest, spec: VariantSpec) -> VariantPlan:
     return out
 
 
+# What forked workers inherit from plan_detector: the variants' trainers, built and primed once
+# before the fork, and the probes' fake runs (variant -> batch -> StepMeasure).
+_FORKED: dict = {"trainers": {}, "probes": {}}
+
+
 def _plan_variant_job(args) -> VariantPlan:
     import torch
     torch.set_num_threads(1)
-    return plan_variant(*args)
+    req, spec = args
+    return plan_variant(req, spec, _FORKED["trainers"].get(spec.variant), _FORKED["probes"].get(spec.variant))
+
+
+def _probe_job(b: int) -> tuple[int, dict]:
+    """The fake runs at one probe batch size, every variant in turn, in one process: FakeTensorMode's
+    dispatch cache is shared within a process, so the backbone's, the decoder's and the loss's ops
+    (the same shapes in every variant) miss it once here instead of once per variant (a third of a
+    step's time goes to those misses). A variant that fails here runs again, and reports its
+    error, in its own job."""
+    import torch
+    torch.set_num_threads(1)
+    out = {}
+    for variant, trainer in _FORKED["trainers"].items():
+        try:
+            out[variant] = trainer.step(b, record_events=True, breakdown=(b == AFFINE_ORIGIN))
+        except Exception:  # noqa: BLE001 -- see the docstring
+            pass
+    return b, out
+
+
+def _probe_all(req: PlanRequest, specs: list[VariantSpec], pool_of) -> None:
+    """A search's probes (AFFINE_PROBES and AFFINE_CONFIRM) for all variants, one process per
+    batch size; sets _FORKED for the variants' own jobs."""
+    trainers = {}
+    for spec in specs:
+        try:
+            trainers[spec.variant] = _trainer(req, spec)
+            trainers[spec.variant].prime()
+        except Exception:  # noqa: BLE001 -- the variant's own job builds it again and reports why
+            trainers.pop(spec.variant, None)
+    _FORKED["trainers"] = trainers
+    batches = AFFINE_PROBES + (AFFINE_CONFIRM,)
+    with pool_of(len(batches)) as pool:
+        done = pool.map(_probe_job, batches, chunksize=1)
+    _FORKED["probes"] = {v: {b: per[v] for b, per in done if v in per} for v in trainers}
 
 
 # ---------------------------------------------------------------------------------------
@@ -489,17 +550,29 @@ def plan_detector(req: PlanRequest) -> DetectorPlan:
     # no longer waits for a core behind another one
     workers = req.jobs if req.jobs is not None else min(len(jobs), 4)
     if workers > 1 and len(jobs) > 1:
+        import gc
         import multiprocessing as mp
 
-        with mp.get_context("fork").Pool(workers) as pool:
-            results = pool.map(_plan_variant_job, jobs, chunksize=1)
+        # the ~400,000 objects of torch, torch._dynamo and sympy out of the garbage collector's
+        # scans (a third of a second of collections per variant) and its writes into their pages,
+        # which forked children would each copy
+        gc.freeze()
+        pool_of = mp.get_context("fork").Pool
+        try:
+            if not req.batch_sizes and req.affine:  # a search: its probes first, batch by batch
+                _probe_all(req, [s for _, s in jobs], pool_of)
+            with pool_of(workers) as pool:
+                results = pool.map(_plan_variant_job, jobs, chunksize=1)
+        finally:
+            gc.unfreeze()
+            _FORKED.update(trainers={}, probes={})
         # torch refuses autograd in a child forked after the parent ran a backward (its autograd
         # threads exist): those variants run here instead
         results = [plan_variant(*j) if r.error and "Autograd-and-Fork" in r.error else r
                    for j, r in zip(jobs, results)]
         done = iter(results)
     else:
-        done = iter([_plan_variant_job(j) for j in jobs])
+        done = iter([_plan_variant_job(j) for j in jobs])  # _FORKED is empty: each builds its own
     plans = [next(done) if s.applicable else plan_variant(req, s) for s in specs]
     return DetectorPlan(req, family, plans, time.perf_counter() - t0)
 

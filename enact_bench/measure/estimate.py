@@ -164,7 +164,8 @@ class StepMeasure:
     input_bytes: int = 0  # the batch's share of start_bytes (images, mask, targets)
     breakdown: object | None = field(default=None, repr=False)
     ddp_bucket_bytes: int | None = None  # ddp=True: DDP's gradient buckets, counted in start_bytes
-    # with record_events: per event the op dispatching when it was recorded (measure/affine_stream.py);
+    # with record_events: per event the name of the op dispatching when it was recorded (e.g.
+    # "aten.mm.default"; names, so that a measure pickles to another process; measure/affine_stream.py);
     # with breakdown: (category per alloc index, module group per alloc index, phase per event)
     event_ops: list | None = field(default=None, repr=False)
     event_classes: tuple | None = field(default=None, repr=False)
@@ -349,11 +350,16 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
         sdpa_kernels=dict(sdpa.counts) if sdpa is not None else {},
         events=list(tracker.events) if record_events else None, input_bytes=_unique_bytes(batch.tensors()),
         breakdown=attribution.result() if attribution is not None else None,
-        event_ops=list(tracker.event_ops) if record_events else None,
+        event_ops=_op_names(tracker.event_ops) if record_events else None,
         event_shapes=list(tracker.event_shapes) if record_events else None,
         event_classes=attribution.event_classes() if attribution is not None else None,
         ddp_bucket_bytes=sum(b.untyped_storage().nbytes() for b in buckets) if ddp else None,
     )
+
+
+def _op_names(ops) -> list[str | None]:
+    names: dict = {None: None}
+    return [names[o] if o in names else names.setdefault(o, str(o)) for o in ops]
 
 
 def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
@@ -475,6 +481,14 @@ class FakeTrainer:
         with self.mode:
             self.optimizer = make_optimizer(model, foreach=True if target == "cuda" else None)
         self._primed = False
+
+    def prime(self) -> None:
+        """Create the gradients and AdamW state a first step would leave (prime_optimizer_state),
+        now rather than at the first `step`: the same figures either way."""
+        if not self._primed:
+            with self.mode:
+                prime_optimizer_state(self.model, self.optimizer)
+            self._primed = True
 
     def step(self, batch_size: int, *, record_events: bool = True, breakdown: bool = False) -> StepMeasure:
         with self.mode:

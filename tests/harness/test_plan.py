@@ -49,21 +49,31 @@ def test_explicit_batch_sizes_are_run_as_given():
     assert v.rows[1].tensor_peak_bytes > v.rows[0].tensor_peak_bytes
 
 
-def test_parallel_variants_give_the_same_rows_as_one_process():
+@pytest.mark.parametrize("search", [False, True])
+def test_parallel_variants_give_the_same_rows_as_one_process(search):
     """Forked workers (in a fresh process: torch forbids autograd in a child forked after the
-    parent ran a backward, which pytest's earlier tests did) give the rows one process gives."""
+    parent ran a backward, which pytest's earlier tests did) give the rows one process gives;
+    for a search, also with the probes run batch by batch for all variants in one process each."""
     import subprocess
     import sys
 
     code = ("import json; from enact_bench.plan import PlanRequest, plan_detector; "
             "from enact_bench.measure.gpus import custom_gpu; "
-            "p = plan_detector(PlanRequest('detr_tiny', custom_gpu(1.5), (96, 128), jobs={jobs}, batch_sizes=(2,), "
-            "variants=('original', 'fused'))); "
-            "print(json.dumps([[r.tensor_peak_bytes, r.alloc_peak_bytes, r.reserved_peak_bytes, r.device_used_bytes] "
-            "for v in p.variants for r in v.rows] + [v.error for v in p.variants]))")
-    outs = [json.loads(subprocess.run([sys.executable, "-c", code.format(jobs=j)], capture_output=True, text=True,
-                                      check=True).stdout.strip().splitlines()[-1]) for j in (1, 2)]
-    assert outs[0] == outs[1] and outs[0][-2:] == [None, None] and len(outs[0]) == 4
+            "p = plan_detector(PlanRequest('detr_tiny', custom_gpu(1.5), (96, 128), jobs={jobs}, {sizes}"
+            "enact_cluster_size=2, variants=('original', 'fused', 'enact'))); "
+            "print(json.dumps([[r.batch_size, r.source, r.tensor_peak_bytes, r.alloc_peak_bytes, r.reserved_peak_bytes, "
+            "r.device_used_bytes, r.breakdown_mib, r.peak_phase] for v in p.variants for r in v.rows] "
+            "+ [[v.max_batch_size, v.fake_runs, v.affine_confirmed_at, v.error] for v in p.variants]))")
+    sizes = "" if search else "batch_sizes=(2,), "
+    outs = [json.loads(subprocess.run([sys.executable, "-c", code.format(jobs=j, sizes=sizes)], capture_output=True,
+                                      text=True, check=True).stdout.strip().splitlines()[-1]) for j in (1, 3)]
+    assert outs[0] == outs[1]
+    assert [v[-1] for v in outs[0][-3:]] == [None, None, None]
+    if search:
+        assert [v[1:3] for v in outs[0][-3:]] == [[[2, 3, 4], 4]] * 3  # the stream confirmed for each
+        assert len(outs[0]) > 3 * 3  # batch 2 and at least the largest batch and the next, per variant
+    else:
+        assert len(outs[0]) == 3 + 3
 
 
 def test_fused_does_not_apply_to_deformable_encoders_and_says_why():
