@@ -79,7 +79,12 @@ class SavedTensorCounter:
                 weakref.finalize(st, self._free, key)
                 if self._on_save is not None:
                     self._on_save(key)
-        return t
+        # a detached alias, not `t`: an op's own output saved for its backward (relu, sigmoid, exp
+        # save their result) would otherwise hold its grad_fn through the saved variable, a
+        # reference cycle that keeps a discarded graph branch (and its storages) alive until the
+        # garbage collector runs, where without the hooks it is freed at once; the detached alias
+        # shares the storage and the version counter, and autograd re-wraps what unpack returns
+        return t.detach()
 
     def _free(self, key: int) -> None:
         self.current_bytes -= self._live.pop(key, 0)

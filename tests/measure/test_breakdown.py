@@ -1,5 +1,7 @@
 """The tracker's event stream against its own peak, and the peak breakdown against quantities
 computed from the model, the optimizer and the batch."""
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
@@ -73,9 +75,10 @@ def test_breakdown_sums_to_the_peak_and_matches_what_is_alive():
     assert tuple(bd.as_dict()) == CATEGORIES and tuple(bd.modules_mib()) == MODULE_GROUPS
     params = list(model.parameters())
     assert bd.categories_bytes["parameters"] == _unique_bytes(params)
-    # measure_train_step counts the model's buffers in, not the criterion's (DETR's 368-byte
-    # empty_weight): the breakdown attributes what the tracker counted
-    assert bd.categories_bytes["buffers"] == _unique_bytes(list(model.buffers()))
+    # measure_train_step counts the model's buffers in and the criterion's (DETR's 368-byte
+    # empty_weight, on the GPU with the model in the originals)
+    assert bd.categories_bytes["buffers"] == _unique_bytes(list(model.buffers()) + list(crit.buffers()))
+    assert _unique_bytes(list(crit.buffers())) == 4 * (91 + 1)  # one weight per class and no-object
     assert bd.categories_bytes["inputs"] == _unique_bytes(batch.tensors())
     state = [v for s in _adamw_state_of_twin(model, crit, batch) for v in s]
     assert bd.categories_bytes["optimizer_state"] == _unique_bytes(state)
@@ -156,3 +159,44 @@ def test_backward_allocations_go_to_the_module_whose_forward_made_the_node():
     assert ("backbone", 1024 * 256 * 4) in bwd
     fwd = {(tag, n) for tag, ph, (kind, _, n) in zip(tr.tags, tr.phases, tr.events) if ph == "forward" and kind == "alloc"}
     assert ("backbone", 64 * 1024 * 4) in fwd and ("heads", 64 * 8 * 4) in fwd
+
+
+def test_saved_tensor_hooks_free_a_discarded_branch_at_once():
+    """The saved-tensor counter's pack hook must not return the tensor it was given: an op's own
+    output saved for its backward (sigmoid saves its result) would hold its grad_fn through the
+    saved variable, a cycle only the garbage collector frees. Discarded without a backward, the
+    branch's storages go the moment the last reference does, hooks or not."""
+    import gc
+
+    from enact_bench.measure.step_probe import SavedTensorCounter
+
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 64)
+    x = torch.randn(32, 64)
+    gc.disable()  # nothing may depend on a collection
+    try:
+        for hooks in (False, True):
+            saved = SavedTensorCounter(exclude=list(lin.parameters()))
+            with LiveTensorTracker() as t, (saved.counting() if hooks else nullcontext()):  # weights, x counted in
+                branch = lin(x).sigmoid()
+                assert t.current_bytes - t.start_bytes == 32 * 64 * 4  # the sigmoid's output (the linear's went)
+                del branch
+                assert t.current_bytes == t.start_bytes, hooks  # all of it gone with the branch
+            assert saved.saved_bytes == (2 * 32 * 64 * 4 if hooks else 0)  # x (for the weight's gradient) and the sigmoid's output
+    finally:
+        gc.enable()
+
+
+def test_the_breakdowns_hooks_leave_dinos_stream_as_it_is():
+    """DINO's step discards graph branches (the two-stage proposals' selection); with the
+    breakdown's hooks the fake step's allocation stream is the plain one, event by event."""
+    from enact_bench.measure.affine_stream import canonical
+    from enact_bench.measure.estimate import FakeTrainer
+
+    def stream(breakdown):
+        t = FakeTrainer(lambda: create_detector("dino_tiny"), target="cuda", image_size=SIZE)
+        return t.step(2, breakdown=breakdown)
+
+    plain, hooked = stream(False), stream(True)
+    assert canonical(hooked.events) == canonical(plain.events)
+    assert hooked.breakdown.peak_bytes == plain.peak_bytes
