@@ -15,6 +15,16 @@ def _mib(b: int | float | None) -> str:
     return "-" if b is None else f"{b / 2**20:,.0f}"
 
 
+def _confirmed(plan) -> str:
+    """Where the variants' streams were checked: "4", or "4 (enact: 5)" where the fallback fit ran."""
+    at = {v.variant: v.affine_confirmed_at for v in plan.variants if v.affine_confirmed_at}
+    if not at:
+        return "4 (none confirmed here)"
+    common = max(set(at.values()), key=list(at.values()).count)
+    other = ", ".join(f"{k}: {b}" for k, b in at.items() if b != common)
+    return f"{common}" + (f" ({other})" if other else "")
+
+
 def plan_table(plan):
     """A rich table: one row per (variant, batch size) fake run."""
     from rich.table import Table
@@ -24,7 +34,8 @@ def plan_table(plan):
              f"budget {req.budget_bytes / 2**20:,.0f} MiB = {100 - req.margin_pct:g}% of it), {req.image_size[0]}x{req.image_size[1]}, "
              f"{req.dtype}, one AdamW training step{', one DDP rank (gradient buckets counted)' if req.ddp else ''}: "
              f"ESTIMATES (fake tensors, CUDA target; row from: fake = a fake run at that batch, affine = the "
-             f"allocation stream fitted through fake runs at batch 2-4 and confirmed exactly at 5)")
+             f"allocation stream fitted through fake runs at batch 2 and 3 and confirmed exactly by one at "
+             f"{_confirmed(plan)})")
     t = Table(title=title, title_justify="left")
     for col in ("variant", "batch", "from", "tensor peak MiB", "alloc MiB", "reserved MiB", "device MiB", "fits", "note"):
         t.add_column(col, justify="right" if "MiB" in col or col == "batch" else "left")
