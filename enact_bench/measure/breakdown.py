@@ -156,8 +156,8 @@ class PeakBreakdown:
 
 
 class _TaggingTracker(LiveTensorTracker):
-    def __init__(self, owner: "StepAttribution"):
-        super().__init__(count_existing=False, record_events=True)
+    def __init__(self, owner: "StepAttribution", host=None):
+        super().__init__(count_existing=False, record_events=True, host=host)
         self._owner = owner
         self.tags: list[str | None] = []  # per event: the module group (None for frees)
         self.phases: list[str] = []
@@ -179,7 +179,7 @@ class StepAttribution:
     `measure_train_step(..., attribution=StepAttribution(model, criterion, optimizer, batch))`."""
 
     def __init__(self, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, batch,
-                 rules=GROUP_RULES, fake: bool = False):
+                 rules=GROUP_RULES, fake: bool = False, host=None):
         self.model, self.criterion, self.optimizer, self.batch = model, criterion, optimizer, batch
         self.rules, self.fake = rules, fake
         self.phase = "before"
@@ -190,7 +190,7 @@ class StepAttribution:
         self._start_cats: dict[int, str] = {}
         self._start_mods: dict[int, str] = {}
         self._last_seq = -1
-        self.tracker = _TaggingTracker(self)
+        self.tracker = _TaggingTracker(self, host)  # host: see cpu_memory.ObservingFakeTensorMode
         self._param_group = parameter_groups(model, rules)
         for b in criterion.buffers():
             self._param_group[id(b)] = "loss"

@@ -29,6 +29,7 @@ import warnings
 import weakref
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -53,9 +54,13 @@ class LiveTensorTracker(TorchDispatchMode):
     like `torch.cuda.reset_peak_memory_stats`.
     """
 
-    def __init__(self, count_existing: bool = True, record_events: bool = False):
+    def __init__(self, count_existing: bool = True, record_events: bool = False, host=None):
         super().__init__()
         self.count_existing = count_existing
+        # host: an ObservingFakeTensorMode that shows this tracker its ops (below), instead of the
+        # tracker being a dispatch mode of its own
+        self._host = host
+        self._attached = False
         self.events: list[tuple[str, int, int]] | None = [] if record_events else None
         self._recording = record_events
         self._live: dict[int, int] = {}
@@ -148,10 +153,21 @@ class LiveTensorTracker(TorchDispatchMode):
                         self._track(obj)
         self.start_bytes = self.current_bytes
         self.peak_bytes = self.current_bytes
+        if self._host is not None:
+            if self._host.observer is not None:
+                raise RuntimeError("an ObservingFakeTensorMode shows its ops to one tracker at a time")
+            self._host.observer = self
+            self._attached = True
+            return self
         return super().__enter__()
 
     def __exit__(self, *exc):
-        out = super().__exit__(*exc)
+        if self._attached:
+            self._host.observer = None
+            self._attached = False
+            out = None
+        else:
+            out = super().__exit__(*exc)
         self.end_bytes = self.current_bytes
         self._recording = False
         return out
@@ -160,13 +176,17 @@ class LiveTensorTracker(TorchDispatchMode):
         kwargs = kwargs or {}
         if func in _METADATA_OPS:  # a device / layout query (two in three calls under fake tensors)
             return func(*args, **kwargs)
+        return self._observe(func, args, kwargs, lambda: func(*args, **kwargs))
+
+    def _observe(self, func, args, kwargs, run):
+        """Count what the op `func` (run by `run()`) writes into and the storages it creates."""
         written = _written_args(func)
         for i, name, kwarg_only in written:  # in-place / out= ops: their destinations existed before
             value = kwargs.get(name) if (kwarg_only or i >= len(args)) else args[i]
             for t in ((value,) if isinstance(value, torch.Tensor) else tree_leaves(value)):
                 if isinstance(t, torch.Tensor):
                     self._track_late(t)
-        out = func(*args, **kwargs)
+        out = run()
         if self._recording:
             self._op = func
         for t in ((out,) if isinstance(out, torch.Tensor) else tree_leaves(out)):
@@ -175,6 +195,32 @@ class LiveTensorTracker(TorchDispatchMode):
         if self._recording:
             self._op = None
         return out
+
+
+class ObservingFakeTensorMode(FakeTensorMode):
+    """A FakeTensorMode that shows each op it is asked to dispatch to the LiveTensorTracker made
+    with `host=` this mode and entered under it. The tracker so sees every op once, inside the
+    fake mode, where as a dispatch mode of its own above it each op would cross from C++ into
+    Python a second time (13% of a warm fake DETR-R50 step, 0.79 -> 0.69 s). It sees what a mode
+    directly above the fake mode sees: the ops that reach the fake mode from outside, not those the
+    fake mode dispatches while running one (its decompositions: `_depth`). A test holds the
+    streams of both ways equal event by event."""
+
+    observer = None
+    _depth = 0  # > 0 while an observed op runs
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        observer = self.observer
+        if observer is None or self._depth or func in _METADATA_OPS:
+            return FakeTensorMode.__torch_dispatch__(self, func, types, args, kwargs)
+        return observer._observe(func, args, kwargs or {}, lambda: self._inner(func, types, args, kwargs))
+
+    def _inner(self, func, types, args, kwargs):
+        self._depth += 1
+        try:
+            return FakeTensorMode.__torch_dispatch__(self, func, types, args, kwargs)
+        finally:
+            self._depth -= 1
 
 
 # ops that return no tensor and create no storage: answered without the bookkeeping. Under fake

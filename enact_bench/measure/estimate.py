@@ -36,7 +36,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from enact_bench.measure.cpu_memory import MIB, LiveTensorTracker
+from enact_bench.measure.cpu_memory import MIB, LiveTensorTracker, ObservingFakeTensorMode
 from enact_bench.measure.cuda_target import TARGETS, CudaArch, cuda_sdpa_policy
 from enact_bench.measure.step_probe import OpRecorder, SavedTensorCounter, attention_paths
 from enact_bench.measure.steps import train_step
@@ -261,7 +261,8 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
                        clip_max_norm: float = 0.1, fake: bool = False, target: str = "cpu",
                        warmup: str = "step", count_flops: bool = True, record_events: bool = False,
                        arch: CudaArch = CudaArch(), autocast_dtype: str | None = None,
-                       probes: bool = True, breakdown: bool = False, ddp: bool = False) -> StepMeasure:
+                       probes: bool = True, breakdown: bool = False, ddp: bool = False,
+                       host=None) -> StepMeasure:
     """Warm-up, then the measured step. Call under FakeTensorMode for fake tensors.
 
     warmup: "step" runs a first training step (creates gradients and optimizer state); "prime"
@@ -273,7 +274,8 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
     docs/gpu-estimate.md says where CUDA's differ). probes=False skips the saved-for-backward
     counter and the op recorder (faster; those fields then read 0 / []). breakdown=True also
     attributes the peak (measure/breakdown.py; implies record_events and the saved-tensor
-    counter); the figures measured are the same either way."""
+    counter); the figures measured are the same either way. host: the ObservingFakeTensorMode
+    the step runs under (FakeTrainer's), for the tracker to observe from (the same figures)."""
     check_target(target)
     if warmup not in ("step", "prime", "none"):
         raise ValueError(f"warmup must be 'step', 'prime' or 'none', got {warmup!r}")
@@ -302,7 +304,7 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
         attribution = None
         if breakdown:
             from enact_bench.measure.breakdown import StepAttribution
-            attribution = StepAttribution(model, criterion, optimizer, batch, fake=fake)
+            attribution = StepAttribution(model, criterion, optimizer, batch, fake=fake, host=host)
             record_events = True
         saved = (SavedTensorCounter(exclude=params + list(model.buffers()),
                                     on_save=attribution.note_saved if attribution else None)
@@ -328,7 +330,7 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
             forward_ctx = lambda: attribution.forward(fwd_inner)  # noqa: E731
             backward_ctx = lambda: attribution.backward(bwd_inner)  # noqa: E731
         else:
-            tracker = LiveTensorTracker(count_existing=False, record_events=record_events)
+            tracker = LiveTensorTracker(count_existing=False, record_events=record_events, host=host)
         with tracker:
             for t in _live_before_step(model, optimizer, batch, target, criterion) + buckets:
                 tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
@@ -465,7 +467,8 @@ class FakeTrainer:
         check_target(target)
         self.autocast_dtype, self.ddp = autocast_dtype, ddp
         self.target, self.image_size, self.num_targets, self.arch = target, tuple(image_size), num_targets, arch
-        self.mode = FakeTensorMode(allow_non_fake_inputs=False)
+        # the step's tracker observes from inside the fake mode (cpu_memory.ObservingFakeTensorMode)
+        self.mode = ObservingFakeTensorMode(allow_non_fake_inputs=False)
         try:
             with torch.device("meta"):
                 model = model_factory()
@@ -500,6 +503,7 @@ class FakeTrainer:
                                    warmup="none" if self._primed else "prime", count_flops=False,
                                    record_events=record_events, arch=self.arch,
                                    autocast_dtype=self.autocast_dtype, probes=False, breakdown=breakdown,
-                                   ddp=self.ddp)
+                                   ddp=self.ddp,
+                                   host=self.mode if isinstance(self.mode, ObservingFakeTensorMode) else None)
         self._primed = True
         return m

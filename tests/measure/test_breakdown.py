@@ -2,6 +2,7 @@
 computed from the model, the optimizer and the batch."""
 from contextlib import nullcontext
 
+import pytest
 import torch
 from torch import nn
 
@@ -200,3 +201,35 @@ def test_the_breakdowns_hooks_leave_dinos_stream_as_it_is():
     plain, hooked = stream(False), stream(True)
     assert canonical(hooked.events) == canonical(plain.events)
     assert hooked.breakdown.peak_bytes == plain.peak_bytes
+
+
+@pytest.mark.parametrize("detector", ["detr_tiny", "deformable_detr_tiny_two_stage", "dino_tiny"])
+def test_observing_from_inside_the_fake_mode_records_what_a_mode_above_it_records(detector):
+    """FakeTrainer's tracker observes from inside its ObservingFakeTensorMode; a FakeTrainer whose
+    mode is a plain FakeTensorMode (the tracker a dispatch mode above it) records the same stream,
+    event by event, with and without the breakdown's hooks."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from enact_bench.measure.affine_stream import canonical
+    from enact_bench.measure.cpu_memory import ObservingFakeTensorMode
+    from enact_bench.measure.estimate import FakeTrainer, fake_params_from
+
+    def trainer(observing):
+        t = FakeTrainer(lambda: create_detector(detector), target="cuda", image_size=SIZE)
+        assert isinstance(t.mode, ObservingFakeTensorMode)
+        if not observing:  # the same model and state under a plain fake mode
+            mode = FakeTensorMode(allow_non_fake_inputs=False)
+            t.mode = mode
+            fake_params_from(t.model, mode)
+            fake_params_from(t.criterion, mode)
+            with mode:
+                from enact_bench.measure.estimate import make_optimizer
+                t.optimizer = make_optimizer(t.model, foreach=True)
+        return t
+
+    for breakdown in (False, True):
+        seen = [trainer(obs).step(2, breakdown=breakdown) for obs in (True, False)]
+        assert canonical(seen[0].events) == canonical(seen[1].events), breakdown
+        assert seen[0].event_ops == seen[1].event_ops and seen[0].peak_bytes == seen[1].peak_bytes
+        if breakdown:
+            assert seen[0].breakdown.as_dict() == seen[1].breakdown.as_dict()
