@@ -151,6 +151,9 @@ class FocalSetCriterion(SetCriterion):
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0,
                  losses: Iterable[str] = ("labels", "boxes", "cardinality")):
         super().__init__(num_classes, matcher, weight_dict, eos_coef=1.0, losses=losses)
+        # no no-object class weight: the focal loss has no no-object logit, and these releases'
+        # criteria hold no buffer (DETR's 368-byte empty_weight would be a tensor they do not keep)
+        del self.empty_weight
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
 
     def loss_labels(self, outputs: dict, targets: list[dict], indices: Indices, num_boxes: float,
