@@ -38,10 +38,10 @@ import time
 from dataclasses import dataclass, field
 
 from enact_bench.errors import UserInputError
+from enact_bench.suites import DTYPES
 
 MIB = 2**20
 VARIANTS = ("original", "fused", "enact")
-DTYPES = ("float32", "bfloat16", "float16")
 LINEAR_TOLERANCE = 0.01  # relative: fake run's tensor peak vs the probes' line
 DEFAULT_MARGIN_PCT = 5.0
 DEFAULT_CLUSTER_SIZE = 6

@@ -289,6 +289,9 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+_CHOICES = {"mode": MODES, "dtype": DTYPES, "launcher": LAUNCHERS}  # keys whose value is one of a list
+
+
 def _check(key: str, value: Any, where: str) -> Any:
     def bad(expected: str):
         return SuiteError(f"{where}: {key} = {value!r}: expected {expected}")
@@ -304,21 +307,13 @@ def _check(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
-    if key == "mode":
-        if value not in MODES:
-            raise bad("one of " + ", ".join(MODES))
-        return value
-    if key == "dtype":
-        if value not in DTYPES:
-            raise bad("one of " + ", ".join(DTYPES))
+    if key in _CHOICES:
+        if value not in _CHOICES[key]:
+            raise bad("one of " + ", ".join(_CHOICES[key]))
         return value
     if key == "device":
         if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
             raise bad("auto, cpu, cuda or cuda:N")
-        return value
-    if key == "launcher":
-        if value not in LAUNCHERS:
-            raise bad("one of " + ", ".join(LAUNCHERS))
         return value
     if key == "rdzv_endpoint":
         if not isinstance(value, str) or not re.fullmatch(r"[^\s:]+:\d+", value):
