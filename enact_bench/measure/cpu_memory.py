@@ -36,6 +36,12 @@ from torch.utils._pytree import tree_leaves
 MIB = 2**20
 
 
+def _shape_of(t: torch.Tensor, nbytes: int) -> tuple[tuple[int, ...], int] | None:
+    """(shape, element size) of `t` when it spans its storage's `nbytes`, else None (a view)."""
+    size = t.element_size()
+    return (tuple(t.shape), size) if t.numel() * size == nbytes else None
+
+
 def _storage_nbytes(t: torch.Tensor) -> tuple[object, int] | None:
     if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
         return None
@@ -87,8 +93,7 @@ class LiveTensorTracker(TorchDispatchMode):
         st, nbytes = found
         key = id(st)
         if self._recording:
-            size = t.element_size()
-            self._meta = (tuple(t.shape), size) if t.numel() * size == nbytes else None
+            self._meta = _shape_of(t, nbytes)
         if key in self._live:
             if nbytes != self._live[key]:  # resized in place (resize_, set_)
                 if self._recording:
@@ -125,7 +130,8 @@ class LiveTensorTracker(TorchDispatchMode):
         if found is None or id(found[0]) in self._live:
             return
         st, nbytes = found
-        self._meta = (tuple(t.shape), t.element_size()) if t.numel() * t.element_size() == nbytes else None
+        if self._recording:
+            self._meta = _shape_of(t, nbytes)
         self._live[id(st)] = nbytes
         self.current_bytes += nbytes
         self.start_bytes += nbytes

@@ -206,11 +206,11 @@ def _unique_bytes(tensors) -> int:
     return sum(seen.values())
 
 
-def _live_before_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
-                      target: str = "cpu", criterion: nn.Module | None = None) -> list[torch.Tensor]:
+def _live_before_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                      batch: Batch) -> list[torch.Tensor]:
     # the criterion's buffers too (DETR's empty_weight, the no-object class weight, 368 B): the
     # originals move the criterion to the GPU with the model
-    live = list(model.parameters()) + list(model.buffers()) + (list(criterion.buffers()) if criterion is not None else [])
+    live = list(model.parameters()) + list(model.buffers()) + list(criterion.buffers())
     live += [p.grad for p in model.parameters() if p.grad is not None]
     for state in optimizer.state.values():
         # AdamW's step counters are CPU tensors on CUDA too (not capturable, not fused), but the
@@ -332,7 +332,7 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
         else:
             tracker = LiveTensorTracker(count_existing=False, record_events=record_events, host=host)
         with tracker:
-            for t in _live_before_step(model, optimizer, batch, target, criterion) + buckets:
+            for t in _live_before_step(model, criterion, optimizer, batch) + buckets:
                 tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
             start = tracker.current_bytes
             tracker.reset_peak()
