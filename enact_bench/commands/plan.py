@@ -17,9 +17,11 @@ def _mib(b: int | float | None) -> str:
 
 def _confirmed(plan) -> str:
     """Where the variants' streams were checked: "4", or "4 (enact: 5)" where the fallback fit ran."""
+    from enact_bench.plan import AFFINE_CONFIRM
+
     at = {v.variant: v.affine_confirmed_at for v in plan.variants if v.affine_confirmed_at}
     if not at:
-        return "4 (none confirmed here)"
+        return f"{AFFINE_CONFIRM} (none confirmed here)"
     common = max(set(at.values()), key=list(at.values()).count)
     other = ", ".join(f"{k}: {b}" for k, b in at.items() if b != common)
     return f"{common}" + (f" ({other})" if other else "")
@@ -29,17 +31,18 @@ def plan_table(plan):
     """A rich table: one row per (variant, batch size) fake run."""
     from rich.table import Table
 
+    from enact_bench.plan import AFFINE_PROBES, fits_summary
+
     req = plan.request
     title = (f"{req.detector} ({plan.family}) on {req.gpu.name} ({req.gpu.memory_mib:,} MiB, {req.gpu.usable_mib:,} usable, "
              f"budget {req.budget_bytes / 2**20:,.0f} MiB = {100 - req.margin_pct:g}% of it), {req.image_size[0]}x{req.image_size[1]}, "
              f"{req.dtype}, one AdamW training step{', one DDP rank (gradient buckets counted)' if req.ddp else ''}: "
              f"ESTIMATES (fake tensors, CUDA target; row from: fake = a fake run at that batch, affine = the "
-             f"allocation stream fitted through fake runs at batch 2 and 3 and confirmed exactly by one at "
-             f"{_confirmed(plan)})")
+             f"allocation stream fitted through fake runs at batch {' and '.join(map(str, AFFINE_PROBES))} and "
+             f"confirmed exactly by one at {_confirmed(plan)})")
     t = Table(title=title, title_justify="left")
     for col in ("variant", "batch", "from", "tensor peak MiB", "alloc MiB", "reserved MiB", "device MiB", "fits", "note"):
         t.add_column(col, justify="right" if "MiB" in col or col == "batch" else "left")
-    from enact_bench.plan import fits_summary
 
     for v in plan.variants:
         if not v.applicable or v.error or not v.rows:
