@@ -6,6 +6,7 @@ Imports torch only. `EnactAttention` is a drop-in for nn.MultiheadAttention in a
 from . import ops
 from .attention import EnactAttention
 from .config import EnactConfig
+from .adapters import EnactSelfAttention
 from .patch import patch, unpatch
 
-__all__ = ["EnactConfig", "EnactAttention", "patch", "unpatch", "ops"]
+__all__ = ["EnactConfig", "EnactAttention", "EnactSelfAttention", "patch", "unpatch", "ops"]

@@ -1,6 +1,9 @@
 """patch(model, where=..., config=...) / unpatch(model): swap attention modules in place.
 
-The replaced modules are kept (the same objects) so that unpatch puts them back exactly.
+Each selected module is replaced through the adapter that accepts it (enact/adapters.py):
+nn.MultiheadAttention becomes an EnactAttention; a q/k/v/o-projection self-attention (HF
+transformers' DETR family) an EnactSelfAttention with the host's call signature. The replaced
+modules are kept (the same objects) so that unpatch puts them back exactly.
 """
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from typing import Callable, Union
 
 from torch import nn
 
-from .attention import EnactAttention
+from .adapters import adapter_for, why_no_adapter
 from .config import EnactConfig
 
 _REGISTRY = "_enact_originals"  # attribute on the root model: {qualified name: original module}
@@ -36,28 +39,31 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def patch(model: nn.Module, where: Where = None, config: EnactConfig | None = None) -> list[str]:
-    """Replace the selected nn.MultiheadAttention modules of `model` by EnactAttention copies
-    (`EnactAttention.from_multihead_attention(m, config)`), in place. Returns their names.
+    """Replace the selected attention modules of `model` by ENACT copies holding their weights,
+    in place (nn.MultiheadAttention: `EnactAttention.from_multihead_attention(m, config)`; a
+    q/k/v/o self-attention: `EnactSelfAttention.from_projections(m, config)`). Returns their names.
 
     where: None (every nn.MultiheadAttention), a type or tuple of types, or a predicate
     `(qualified_name, module) -> bool`, e.g. `lambda n, m: n.startswith("transformer.encoder")
-    and n.endswith("self_attn")`. A selected module that is not an nn.MultiheadAttention is an error.
+    and n.endswith("self_attn")`. A selected module that no adapter accepts is an error (nothing
+    is replaced then).
     """
     if config is not None and not isinstance(config, EnactConfig):
         raise TypeError(f"config must be an EnactConfig or None; got {type(config).__name__}")
     select = _selector(where)
     chosen = [(n, m) for n, m in model.named_modules() if n and select(n, m)]
+    adapters = []
     for name, module in chosen:
-        if not isinstance(module, nn.MultiheadAttention):
-            raise TypeError(
-                f"patch replaces nn.MultiheadAttention modules; {name!r} is a {type(module).__name__} "
-                f"(narrow `where`)"
-            )
+        adapter = adapter_for(module)
+        if adapter is None:
+            raise TypeError(f"patch replaces attention modules it has an adapter for; {name!r}: "
+                            f"{why_no_adapter(module)} (narrow `where`)")
+        adapters.append(adapter)
     if not chosen:
         raise ValueError("patch: `where` selected no module of the model")
     originals = model.__dict__.setdefault(_REGISTRY, {})
-    for name, module in chosen:
-        _set_submodule(model, name, EnactAttention.from_multihead_attention(module, config))
+    for (name, module), adapter in zip(chosen, adapters):
+        _set_submodule(model, name, adapter.build(module, config))
         originals[name] = module
     return [n for n, _ in chosen]
 

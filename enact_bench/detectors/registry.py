@@ -11,6 +11,9 @@ names, or None (then the factory's keyword parameters after the first three are 
 (False, True = EnactConfig.reference(), or an EnactConfig) into `enact_config`.
 Tiny configurations (`tiny=True`) are small enough for CPU tests; tests parametrise over
 `list_detectors(tiny=True)`.
+
+Names of models we did not write (`hf:detr`, `hf:PATH`, `py:pkg.mod:build`, `my_model.py:build`;
+detectors/sources.py) work in `get_spec` and `create_detector` too, without registration.
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ class DetectorSpec:
     factory: Callable[..., Detector]
     overrides: tuple[str, ...]
     description: str = ""
+    # a source model's own check of a case's overrides (raises UserInputError); None: `overrides` lists them
+    check_overrides: Callable[[dict], None] | None = None
 
 
 _REGISTRY: dict[str, DetectorSpec] = {}
@@ -75,6 +80,10 @@ def list_detectors(tiny: bool | None = None, family: str | None = None) -> list[
 
 
 def get_spec(name: str) -> DetectorSpec:
+    from .sources import is_source_name, source_spec
+
+    if is_source_name(name):
+        return source_spec(name)
     _load_families()
     if name not in _REGISTRY:
         raise KeyError(f"unknown detector {name!r}; registered detectors: {', '.join(sorted(_REGISTRY))}")
@@ -94,9 +103,21 @@ def resolve_enact(enact: Any):
     raise TypeError(f"enact must be False, True (the reference preset) or an enact.EnactConfig; got {enact!r}")
 
 
-def create_detector(name: str, *, enact: Any = False, num_classes: int = 91, pretrained_backbone: bool = False,
-                    **overrides: Any) -> Detector:
-    """Build a registered detector. Unknown names or overrides raise errors listing the valid ones."""
+def create_detector(name: str, *, enact: Any = False, num_classes: int | None = None,
+                    pretrained_backbone: bool = False, **overrides: Any) -> Detector:
+    """Build a registered detector (num_classes None: 91, COCO's ids), or a source model
+    (detectors/sources.py; num_classes None: its config's). Unknown names or overrides raise errors
+    listing the valid ones."""
+    from .sources import create_source_detector, is_source_name
+
+    if is_source_name(name):
+        if pretrained_backbone:
+            raise ValueError(f"{name}: pretrained_backbone applies to the registered detectors; a source model's "
+                             f"weights come from --checkpoint")
+        return create_source_detector(name, enact_config=resolve_enact(enact), num_classes=num_classes,
+                                      overrides=overrides)
+    if num_classes is None:
+        num_classes = 91
     spec = get_spec(name)
     unknown = sorted(set(overrides) - set(spec.overrides))
     if unknown:

@@ -56,7 +56,7 @@ def test_patch_by_type_and_errors():
     model = _Tiny()
     assert len(enact.patch(model, where=nn.MultiheadAttention)) == 3
     enact.unpatch(model)
-    with pytest.raises(TypeError, match="patch replaces nn.MultiheadAttention modules; 'encoder.0' is a ModuleDict"):
+    with pytest.raises(TypeError, match="patch replaces attention modules it has an adapter for; .encoder.0.: ModuleDict has no ENACT adapter"):
         enact.patch(model, where=lambda n, m: n == "encoder.0")
     with pytest.raises(ValueError, match="selected no module"):
         enact.patch(model, where=lambda n, m: False)
