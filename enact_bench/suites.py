@@ -299,9 +299,17 @@ def _check(key: str, value: Any, where: str) -> Any:
     if key == "detector":
         if not isinstance(value, str):
             raise bad("a detector name (string)")
+        from enact_bench.detectors.sources import SYNTAX, check_source, is_source_name
+
+        if is_source_name(value):  # hf:detr, hf:PATH, py:pkg.mod:build, my.py:build (detectors/sources.py)
+            try:
+                check_source(value)
+            except UserInputError as e:
+                raise SuiteError(f"{where}: detector = {value!r}: {e}") from None
+            return value
         known = _known_detectors()
         if value not in known:
-            raise bad("one of " + ", ".join(sorted(known)))
+            raise bad("one of " + ", ".join(sorted(known)) + f", or a model source ({SYNTAX})")
         return value
     if key in ("enact", "tf32", "cudnn_benchmark", "flops", "fake", "ddp", "trust_checkpoint"):
         if not isinstance(value, bool):
@@ -462,20 +470,28 @@ def _build_case(raw: dict, where: str, base_dir: Path | None) -> Case:
 
 def check_checkpoint_file(path: str | os.PathLike, what: str) -> None:
     """A checkpoint that is missing or is not a torch file fails at load, not in the case."""
-    from enact_bench.detectors.checkpoint import looks_like_torch_file
+    from enact_bench.detectors.checkpoint import looks_like_safetensors, looks_like_torch_file
 
     p = Path(path).expanduser()
     if not p.is_file():
         raise SuiteError(f"{what}: file not found")
-    if not looks_like_torch_file(p):
-        raise SuiteError(f"{what}: not a PyTorch checkpoint: {p} (expected a file written by torch.save)")
+    if not (looks_like_torch_file(p) or looks_like_safetensors(p)):
+        raise SuiteError(f"{what}: not a PyTorch checkpoint: {p} (expected a file written by torch.save, or a "
+                         f".safetensors file)")
 
 
 def _check_overrides(detector: str, overrides: dict, where: str) -> None:
     """Overrides the detector does not take are errors now, not after the suite started."""
     from enact_bench.detectors import get_spec
 
-    valid = get_spec(detector).overrides
+    spec = get_spec(detector)
+    if spec.check_overrides is not None:  # a source model checks its own (config fields, factory parameters)
+        try:
+            spec.check_overrides(overrides)
+        except UserInputError as e:
+            raise SuiteError(f"{where}: overrides: {e}") from None
+        return
+    valid = spec.overrides
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise SuiteError(f"{where}: overrides: unknown key(s) {', '.join(map(repr, unknown))} for detector "
@@ -526,6 +542,8 @@ def expand(doc: dict, where: str, overrides: list[tuple[str, list]] | None = Non
         for combo in itertools.product(*(vals for _, vals in axes)):
             raws.append({**defaults, **fixed, **dict(zip((k for k, _ in axes), combo))})
     for key, values in overrides or []:
+        if key.startswith("config."):  # --set config.FIELD=VALUE: a source model's config field
+            key = f"overrides.{key}"
         head = key.split(".", 1)[0]
         if head not in CASE_KEYS:
             raise SuiteError(f"override {key!r}: unknown key; valid keys: {', '.join(CASE_KEYS)}")

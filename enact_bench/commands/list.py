@@ -24,7 +24,25 @@ def list_everything() -> dict:
     detectors = [(n, get_spec(n).family, get_spec(n).tiny, get_spec(n).description) for n in list_detectors()]
     sources = [(n, get_data_source(n).description) for n in list_data_sources()]
     return {"suites": suites, "detectors": detectors, "data": sources, "evaluations": list_evaluations(),
-            "baselines": [(n, str(p)) for n, p in list_baselines().items()]}
+            "baselines": [(n, str(p)) for n, p in list_baselines().items()], "model_sources": model_sources()}
+
+
+def model_sources() -> list[tuple[str, str]]:
+    """Detector names beyond the registry (detectors/sources.py): the syntax, and for hf: the model
+    types the installed transformers builds (or how to install it)."""
+    from enact_bench.detectors import hf
+    from enact_bench.errors import UserInputError
+
+    try:
+        types = ", ".join(hf.model_types())
+        hf_line = f"transformers' object detectors, random weights, offline: {types}"
+    except UserInputError as e:
+        hf_line = str(e)
+    return [("hf:MODEL_TYPE", hf_line),
+            ("hf:PATH", "a folder (or config.json) written by save_pretrained; weights only with --checkpoint"),
+            ("py:PKG.MODULE:FACTORY", "a factory returning an nn.Module in HF's convention or a ModelSpec "
+                                      "(docs/own-model.md)"),
+            ("PATH/TO/FILE.py:FACTORY", "the same, from a Python file")]
 
 
 def register(app: typer.Typer) -> None:
@@ -48,6 +66,12 @@ def register(app: typer.Typer) -> None:
             t.add_column(col)
         for name, family, tiny, desc in info["detectors"]:
             t.add_row(name, family, "yes" if tiny else "", desc)
+        console.print(t)
+        t = Table(title="model sources (a detector name wherever one is taken)")
+        for col in ("name", "what"):
+            t.add_column(col)
+        for name, what in info["model_sources"]:
+            t.add_row(name, what)
         console.print(t)
         console.print("data sources: " + ", ".join(n for n, _ in info["data"]))
         console.print("baselines (check --baseline NAME): "

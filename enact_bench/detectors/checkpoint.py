@@ -56,12 +56,23 @@ def looks_like_torch_file(path: str | Path) -> bool:
     return head == _ZIP_MAGIC or (len(head) >= 2 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS)
 
 
+def looks_like_safetensors(path: str | Path) -> bool:
+    """True if the file starts like a safetensors file (HF's save_pretrained): an 8-byte
+    little-endian header length, then the JSON header's '{'."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100 * 2**20
+
+
 def load_torch_file(path: str | Path, trust: bool = False):
     """torch.load on the CPU with weights_only=True and SAFE_GLOBALS; the full unpickler only
     with trust=True. Raises NotACheckpointError / UntrustedCheckpointError with one-line reasons."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if looks_like_safetensors(path):  # tensors only: nothing to trust
+        from safetensors.torch import load_file
+        return load_file(str(path), device="cpu")
     if not looks_like_torch_file(path):
         raise NotACheckpointError(f"not a PyTorch checkpoint: {path} (expected a file written by torch.save)")
     try:

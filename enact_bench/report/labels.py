@@ -46,7 +46,12 @@ def device_rank(device) -> tuple:
 
 
 def detector_family(detector: str) -> str:
-    """Family from a registry name when the record does not carry one (`detr_r50` -> `detr`)."""
+    """Family from a registry name when the record does not carry one (`detr_r50` -> `detr`;
+    a source model: `hf:detr` -> `hf:detr`, a factory -> `factory`)."""
+    if detector.startswith("hf:"):
+        return detector
+    if detector.startswith("py:") or ".py:" in detector:
+        return "factory"
     for fam in ("conditional_detr", "anchor_detr", "deformable_detr", "dino", "detr"):
         if detector.startswith(fam):
             return fam

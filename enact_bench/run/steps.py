@@ -27,7 +27,9 @@ def build_model(case: Case):
         enact = EnactConfig(**case.enact_config)
     model = create_detector(case.detector, enact=enact, num_classes=case.num_classes, **case.overrides)
     if case.checkpoint:
-        load_checkpoint(model, case.checkpoint, trust=case.trust_checkpoint)
+        # a source model's checkpoint has the wrapped model's own keys (save_pretrained, its state_dict)
+        target = model.checkpoint_module() if hasattr(model, "checkpoint_module") else model
+        load_checkpoint(target, case.checkpoint, trust=case.trust_checkpoint)
     return model
 
 
