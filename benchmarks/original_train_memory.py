@@ -38,8 +38,8 @@ import torchvision  # noqa: F401  (imported before any stub: torch._dynamo inspe
 import torch._dynamo  # noqa: F401
 
 from enact_bench.detectors import create_detector
-from enact_bench.measure.cpu_memory import MIB
-from enact_bench.measure.estimate import (FakeTensorMode, fake_model, make_batch, measure_train_step,
+from enact_bench.instrument.live_tensors import MIB
+from enact_bench.predict.fake_step import (FakeTensorMode, fake_model, make_batch, measure_train_step,
                                           use_fixed_assignment)
 
 OURS = {"detr": "detr_r50", "conditional": "conditional_detr_r50", "anchor": "anchor_detr_r50_dc5",

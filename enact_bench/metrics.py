@@ -107,7 +107,7 @@ SCHEMA: tuple[Metric, ...] = (
        plot_rank=6),
     _m("fake_tracked_start_bytes", "bytes", "estimate_train_step",
        "estimated live tensor bytes before that step", real=False, fake=True, modes=TRAIN, gate_cpu=EXACT),
-    # the CUDA-target estimate's predictions (fake = true, target = "cuda"; measure/estimate.py
+    # the CUDA-target estimate's predictions (fake = true, target = "cuda"; predict/fake_step.py
     # predicted_gpu_fields): estimates, labelled so in the report
     _m("predicted_tensor_peak_mib", "MiB", "predicted_gpu_fields",
        "ESTIMATE: live tensor peak of the step under CUDA's kernel choices", real=False, fake=True, modes=TRAIN),
@@ -123,7 +123,7 @@ SCHEMA: tuple[Metric, ...] = (
     _m("predicted_gpu", "text", "predicted_gpu_fields", "the GPU the device memory was predicted for",
        real=False, fake=True, modes=TRAIN),
     _m("predicted_breakdown_mib", "MiB", "predicted_gpu_fields",
-       "ESTIMATE: the peak by category (measure/breakdown.py)", real=False, fake=True, modes=TRAIN),
+       "ESTIMATE: the peak by category (instrument/breakdown.py)", real=False, fake=True, modes=TRAIN),
     _m("predicted_sdpa_kernels", "names", "predicted_gpu_fields",
        "SDPA calls per CUDA kernel the estimate modelled (flash, efficient, cudnn, math)", real=False, fake=True,
        modes=TRAIN),

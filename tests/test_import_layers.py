@@ -9,7 +9,7 @@ a lazy import cannot hide a cycle. Granularity: a unit is a subpackage of enact_
 (`enact_bench.run`, `enact_bench.measure`, `enact_bench.data`, `enact_bench.detectors`,
 `enact_bench.report`, `enact_bench.commands`; a subpackage's own subpackages, such as
 `detectors.common`, belong to it), or a top-level module of enact_bench (`enact_bench.records`,
-`enact_bench.suites`, `enact_bench.cli`, ...), or the `enact` package as one unit. Imports inside
+`enact_bench.suite`, `enact_bench.cli`, ...), or the `enact` package as one unit. Imports inside
 a unit are its own business; the graph of units must have no cycle.
 
 `report` must not import torch: checked in a fresh interpreter, by building a report and

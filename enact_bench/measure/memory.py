@@ -15,7 +15,7 @@ import threading
 import torch
 
 from enact_bench import metrics as metrics_schema
-from enact_bench.measure.cpu_memory import LiveTensorTracker
+from enact_bench.instrument.live_tensors import LiveTensorTracker
 
 MIB = 2**20
 

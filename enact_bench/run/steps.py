@@ -1,5 +1,5 @@
 """A case's model and its steps: the detector the case names, and the closures the trackers time
-and measure, built on the one train / infer step of enact_bench.measure.steps.
+and measure, built on the one train / infer step of enact_bench.train.step.
 
 Train: AdamW over `model.param_groups()` with `model.default_optimizer_kwargs`; gradient clipping
 at the case's `clip_max_norm` (None: the detector's own, 0: off). Infer: `model.eval()`, a step is
@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from enact_bench.suites import Case
+from enact_bench.suite import Case
 
 
 def build_model(case: Case):
@@ -72,7 +72,7 @@ def case_steps(case: Case, model, device, holder: dict, forward=None) -> CaseSte
     wrapper under torchrun); the FLOPs passes call `model` itself."""
     import torch
 
-    from enact_bench.measure import steps
+    from enact_bench.train import step as steps
 
     amp = autocast_for(case, device)
     if case.mode == "train":

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from enact_bench.detectors import create_detector
-from enact_bench.measure.estimate import (estimate_train_step, make_batch, measure_train_step,
+from enact_bench.predict.fake_step import (estimate_train_step, make_batch, measure_train_step,
                                           use_fixed_assignment)
 
 SIZE = (96, 128)
