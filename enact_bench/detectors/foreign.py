@@ -40,6 +40,7 @@ class OutputLoss(nn.Module):
     """The criterion of a foreign model: {"loss": the model's loss}, weight 1."""
 
     weight_dict = {"loss": 1.0}
+    matcher_in_model = True  # no `matcher` to swap for a fake step: the fake-tensor policy answers the model's own
 
     def __init__(self, loss_fn=None, name: str = "the model"):
         super().__init__()
@@ -86,6 +87,8 @@ def pad_images(images, mask: Tensor | None, multiple: int = 1) -> tuple[Tensor, 
 
 
 class ForeignDetector(Detector):
+    fake_policy = True  # a fake step answers its data-dependent code through predict/fake_policy.py
+
     def __init__(self, spec: ModelSpec, *, name: str, family: str, attention: str, num_classes: int,
                  enact_config=None, notes: tuple[str, ...] = ()):
         super().__init__()

@@ -39,7 +39,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from enact_bench.instrument.live_tensors import MIB, LiveTensorTracker, ObservingFakeTensorMode
 from enact_bench.predict.cuda_policy import TARGETS, CudaArch, cuda_sdpa_policy
 from enact_bench.instrument.step_probe import OpRecorder, SavedTensorCounter, attention_paths
-from enact_bench.train.step import train_step
+from enact_bench.predict.fake_policy import FakePolicy, params_with_grad, wants_policy
+from enact_bench.train.step import loss_of, train_step
 
 
 class FixedAssignmentMatcher(nn.Module):
@@ -64,8 +65,12 @@ class FixedAssignmentMatcher(nn.Module):
 
 
 def use_fixed_assignment(criterion: nn.Module) -> nn.Module:
-    """Replace `criterion.matcher` (DETR-style criteria) by a FixedAssignmentMatcher, in place."""
+    """Replace `criterion.matcher` (DETR-style criteria) by a FixedAssignmentMatcher, in place. A
+    criterion whose matcher is inside the model (`matcher_in_model`: a source model's; its fake step
+    answers the matcher through predict/fake_policy.py) is returned as it is."""
     if not hasattr(criterion, "matcher"):
+        if getattr(criterion, "matcher_in_model", False):
+            return criterion
         raise TypeError(f"{type(criterion).__name__} has no `matcher` attribute to replace with a fixed assignment")
     criterion.matcher = FixedAssignmentMatcher()
     return criterion
@@ -170,6 +175,8 @@ class StepMeasure:
     event_ops: list | None = field(default=None, repr=False)
     event_classes: tuple | None = field(default=None, repr=False)
     event_shapes: list | None = field(default=None, repr=False)  # per alloc: (shape, element size) or None
+    # a source model's fake step: what predict/fake_policy.py answered for its data-dependent code
+    assumptions: list = field(default_factory=list)
 
     @property
     def peak_mib(self) -> float:
@@ -236,15 +243,16 @@ def make_optimizer(model: nn.Module, foreach: bool | None = None) -> torch.optim
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4, **extra)
 
 
-def prime_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def prime_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, only: set[int] | None = None) -> None:
     """Create what a first training step leaves behind, without running it: a zero gradient for
     every trainable parameter and AdamW's state (step, exp_avg, exp_avg_sq; max_exp_avg_sq with
     amsgrad) as torch.optim.Adam._init_group creates them. A step after this one sees the same
     live tensors as after a warm-up step, provided every trainable parameter gets a gradient
-    (tests/predict check it per family)."""
+    (tests/predict check it per family). `only`: the ids of the parameters that get one (a source
+    model's, found by fake_policy.params_with_grad); None: every trainable parameter."""
     for group in optimizer.param_groups:
         for p in group["params"]:
-            if not p.requires_grad:
+            if not p.requires_grad or (only is not None and id(p) not in only):
                 continue
             p.grad = torch.zeros_like(p)
             state = optimizer.state[p]
@@ -286,12 +294,16 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
     optimizer = optimizer or make_optimizer(model, foreach=foreach)
     policy = cuda_sdpa_policy(arch) if target == "cuda" else nullcontext(None)
     amp = (lambda: torch.autocast("cpu", dtype=getattr(torch, autocast_dtype))) if autocast_dtype else nullcontext
-    with policy as sdpa:
+    # a source model's data-dependent code, answered and counted (predict/fake_policy.py)
+    answers = FakePolicy() if fake and wants_policy(model) else None
+    with policy as sdpa, (answers.applied(model) if answers is not None else nullcontext()):
         if warmup == "step":
             train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
                        clip_max_norm=clip_max_norm, autocast=amp, foreach=foreach)  # grads + state
         elif warmup == "prime":
-            prime_optimizer_state(model, optimizer)
+            prime_optimizer_state(model, optimizer, grad_receivers(model, criterion, batch, amp))
+        if answers is not None:
+            answers.answers.clear()  # count the measured step only
         if sdpa is not None:
             sdpa.counts.clear()  # count the measured step only
         if ddp:  # DDP's gradient buckets, alive until this function returns
@@ -358,7 +370,19 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
         event_shapes=list(tracker.event_shapes) if record_events else None,
         event_classes=attribution.event_classes() if attribution is not None else None,
         ddp_bucket_bytes=sum(b.untyped_storage().nbytes() for b in buckets) if ddp else None,
+        assumptions=answers.summary() if answers is not None else [],
     )
+
+
+def grad_receivers(model: nn.Module, criterion: nn.Module, batch: Batch, amp=nullcontext) -> set[int] | None:
+    """For a source model (fake_policy.wants_policy): the ids of the parameters its loss reaches,
+    from one forward + loss and its autograd graph (no backward); None for the presets, every one
+    of whose trainable parameters gets a gradient."""
+    if not wants_policy(model):
+        return None
+    with amp():
+        loss = loss_of(criterion, model(batch.images, batch.mask, targets=batch.targets), batch.targets)
+    return params_with_grad(loss)
 
 
 def _op_names(ops) -> list[str | None]:
@@ -492,7 +516,12 @@ class FakeTrainer:
         now rather than at the first `step`: the same figures either way."""
         if not self._primed:
             with self.mode:
-                prime_optimizer_state(self.model, self.optimizer)
+                only = None
+                if wants_policy(self.model):  # which parameters get a gradient: one forward at batch 1
+                    with FakePolicy().applied(self.model):
+                        batch = make_batch(1, self.image_size, self.num_targets, self.num_classes)
+                        only = grad_receivers(self.model, self.criterion, batch)
+                prime_optimizer_state(self.model, self.optimizer, only)
             self._primed = True
 
     def step(self, batch_size: int, *, record_events: bool = True, breakdown: bool = False) -> StepMeasure:

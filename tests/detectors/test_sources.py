@@ -12,8 +12,8 @@ from enact_bench.detectors import ModelSpec, create_detector, get_spec
 from enact_bench.detectors.foreign import ForeignDetector, ModelOutputError
 from enact_bench.detectors.sources import SourceName, parse_source
 from enact_bench.errors import UserInputError
-from enact_bench.measure.estimate import make_batch
-from enact_bench.measure.steps import loss_of
+from enact_bench.predict.fake_step import make_batch
+from enact_bench.train.step import loss_of
 
 
 def test_names_parse_to_their_source_and_registered_names_to_none():

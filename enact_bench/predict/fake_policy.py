@@ -1,0 +1,380 @@
+"""Answers to a model's data-dependent code under FakeTensorMode, each one counted and listed.
+
+Fake tensors carry shapes, not values, so code that reads a value (`bool(t)`, `t.item()`,
+`t.tolist()`) or whose output's shape depends on values (`nonzero`, `masked_select`, `unique`)
+cannot run on them. Models we did not write (HF transformers', a user's) have such code in their
+training step; instead of copies of their code, `FakePolicy.applied(model)` answers it while a
+fake step runs, and `FakePolicy.answers` counts every answer by what was assumed:
+
+- **Values known from the batch.** Small tensors whose inputs are all known (built from shapes
+  and constants: the pixel mask of an unpadded batch, RT-DETR's denoising masks, the matcher's
+  indices) get a real "shadow" computed beside the fake one (`_Shadows`, at most SHADOW_LIMIT
+  elements per op). Reads of them, and `nonzero` & co. over them, are exact.
+- **Guards, answered as a valid batch answers them.** `isfinite(x).all()` -> True (DETR-family
+  encoder layers clamp activations otherwise), `isnan(x).any()` / `isinf(x).any()` -> False,
+  `(a >= b).all()` over unknown values -> True (the GIoU box-format asserts).
+- **Data-dependent sizes of unknown values**, bounded above: `nonzero` of an unknown mask counts
+  every element.
+- **The Hungarian matcher**: any `scipy.optimize.linear_sum_assignment` a loaded module calls
+  returns a fixed assignment (query i <-> target i, min(queries, targets) pairs: the real
+  assignment's size), as the presets' FixedAssignmentMatcher does.
+- **HF's tracing test**: transformers' `is_tracing(tensor)` is True for fake tensors, so HF would
+  keep a 4-D padding mask that eager mode drops; answered as in eager mode (False).
+- **HF's lru caches** of tensors (`compile_compatible_method_lru_cache`: position embeddings,
+  anchors) are cleared when a fake step starts and ends: a cache filled under one fake mode fails
+  under the next ("Mixing fake modes").
+
+Anything else that reads a value of an unknown tensor fails with a message naming the op chain,
+never a silent guess.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import weakref
+from collections import Counter
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._pytree import tree_flatten, tree_map_only
+from torch.utils.weak import WeakTensorKeyDictionary
+
+aten = torch.ops.aten
+SHADOW_LIMIT = 1 << 22  # elements an op may output and still get a real shadow (16 MiB of float32)
+
+# ops whose output's shape depends on the input's values
+_DYNAMIC = {aten.nonzero.default, aten.masked_select.default, aten._unique2.default, aten.unique_dim.default,
+            aten.unique_consecutive.default, aten.repeat_interleave.Tensor}
+_NO_SHADOW = {aten.empty.memory_format, aten.empty_strided.default, aten.empty_like.default,
+              aten.new_empty.default, aten.new_empty_strided.default}  # uninitialised memory
+_COMPARE = {aten.ge.Tensor, aten.ge.Scalar, aten.gt.Tensor, aten.gt.Scalar, aten.le.Tensor, aten.le.Scalar,
+            aten.lt.Tensor, aten.lt.Scalar}
+_AND = {aten.mul.Tensor, aten.logical_and.default, aten.bitwise_and.Tensor}
+_OR = {aten.logical_or.default, aten.bitwise_or.Tensor, aten.add.Tensor}
+_ALL = {aten.all.default, aten.all.dim, aten.all.dims}
+_ANY = {aten.any.default, aten.any.dim, aten.any.dims}
+
+# what a reduction of a tagged boolean tensor answers when its value is read, and how it is listed
+_GUARDS = {
+    "all:isfinite": (True, "isfinite(x).all() guard: True (finite activations)"),
+    "any:isnan": (False, "isnan(x).any() guard: False"),
+    "any:isinf": (False, "isinf(x).any() guard: False"),
+    "any:nonfinite": (False, "isnan/isinf(x).any() guard: False"),
+    "all:compare": (True, "(a >= b).all() check over unknown values (e.g. GIoU's box-format assert): True"),
+}
+
+
+def is_fake(t) -> bool:
+    return isinstance(t, FakeTensor)
+
+
+class FakePolicy:
+    """The answers of one fake step. `applied(model)` is a context manager entered inside the
+    FakeTensorMode (its dispatch mode must see the ops before the fake mode does)."""
+
+    def __init__(self):
+        self.answers: Counter = Counter()
+
+    def note(self, what: str) -> None:
+        self.answers[what] += 1
+
+    def summary(self) -> list[str]:
+        """"isfinite(x).all() guard: True (finite activations) x6", ... in a stable order."""
+        return [f"{what} x{n}" if n > 1 else what for what, n in sorted(self.answers.items())]
+
+    @contextlib.contextmanager
+    def applied(self, model):
+        self.answers.clear()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_fixed_assignment(self))
+            stack.enter_context(_hf_not_tracing(self))
+            stack.enter_context(_lru_caches_cleared(model))
+            stack.enter_context(_Shadows(self))
+            yield self
+
+
+# --- the dispatch mode: shadows, tags and answers --------------------------------------------
+class _Shadows(TorchDispatchMode):
+    def __init__(self, policy: FakePolicy):
+        super().__init__()
+        self.policy = policy
+        self.shadow = WeakTensorKeyDictionary()  # fake tensor -> real tensor of its values
+        self.tag = WeakTensorKeyDictionary()  # fake bool tensor -> what it says ("isfinite", "all:compare", ...)
+        self._stale: set[int] = set()  # storages written with unknown values: their shadows are void
+
+    # values ---------------------------------------------------------------------------------
+    def _value(self, t):
+        if not is_fake(t):
+            return t
+        if getattr(t, "constant", None) is not None:
+            return t.constant
+        v = self.shadow.get(t)
+        if v is None or id(t.untyped_storage()) in self._stale:
+            return None
+        return v
+
+    def _void(self, t) -> None:
+        st = t.untyped_storage()
+        key = id(st)
+        if key not in self._stale:
+            self._stale.add(key)
+            weakref.finalize(st, self._stale.discard, key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is aten._local_scalar_dense.default:
+            return self._read(args[0])
+        if func in _DYNAMIC:
+            return self._dynamic(func, args, kwargs)
+        if func is aten.equal.default:
+            values = [self._value(a) for a in args]
+            if all(v is not None for v in values):
+                self.policy.note("torch.equal of tensors known from the batch: exact")
+                return self._real(func, values, {})
+        out = func(*args, **kwargs)
+        self._follow(func, args, kwargs, out)
+        return out
+
+    def _real(self, func, args, kwargs):
+        with _disable_current_modes(), torch.no_grad():
+            return func(*args, **kwargs)
+
+    def _follow(self, func, args, kwargs, out) -> None:
+        flat_in, _ = tree_flatten((args, kwargs))
+        tensors_in = [a for a in flat_in if isinstance(a, torch.Tensor)]
+        flat_out = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+        written = _written(func, args, kwargs)
+        known = func not in _NO_SHADOW and torch.Tag.nondeterministic_seeded not in func.tags
+        values = [self._value(a) for a in tensors_in] if known else []
+        if known and all(v is not None for v in values) and sum(o.numel() for o in flat_out) <= SHADOW_LIMIT:
+            real_args, real_kwargs = tree_map_only(torch.Tensor, lambda a: self._value(a), (args, kwargs))
+            try:
+                result = self._real(func, real_args, real_kwargs)
+            except Exception:  # noqa: BLE001 -- a shadow is an extra; the fake op already ran
+                for t in written:
+                    self._void(t)
+                return
+            if not written:
+                for o, r in zip(flat_out, [r for r in tree_flatten(result)[0] if isinstance(r, torch.Tensor)]):
+                    if is_fake(o):
+                        self.shadow[o] = r
+            return
+        for t in written:  # unknown values written into a tensor: its storage's shadows are void
+            if _whole(t) and func in (aten.fill_.Scalar, aten.zero_.default) and t.numel() <= SHADOW_LIMIT:
+                self.shadow[t] = self._real(aten.empty_strided.default, (tuple(t.shape), tuple(t.stride())),
+                                            {"dtype": t.dtype})
+                self._real(func, (self.shadow[t], *args[1:]), kwargs)
+                self._stale.discard(id(t.untyped_storage()))
+                continue
+            self._void(t)
+        self._tag(func, args, flat_out)
+
+    # tags: what an unknown boolean says ---------------------------------------------------------
+    def _tag(self, func, args, flat_out) -> None:
+        if len(flat_out) != 1 or not args:
+            return
+        out, a = flat_out[0], args[0]
+        b = args[1] if len(args) > 1 else None
+        tag = None
+        ta = self.tag.get(a) if isinstance(a, torch.Tensor) else None
+        tb = self.tag.get(b) if isinstance(b, torch.Tensor) else None
+        if func is aten.abs.default:
+            tag = "abs"
+        elif func is aten.eq.Tensor and a is b:
+            tag = "notnan"  # x == x
+        elif func is aten.ne.Tensor and a is b:
+            tag = "isnan"  # x != x
+        elif func is aten.isnan.default:
+            tag = "isnan"
+        elif func in (aten.isinf.default,) or (func is aten.eq.Scalar and ta == "abs" and _is_inf(b)):
+            tag = "isinf"
+        elif func is aten.ne.Scalar and ta == "abs" and _is_inf(b):
+            tag = "notinf"
+        elif func is aten.isfinite.default:
+            tag = "isfinite"
+        elif func in _AND and {ta, tb} == {"notnan", "notinf"}:
+            tag = "isfinite"
+        elif func in _OR and {ta, tb} <= {"isnan", "isinf"} and ta and tb:
+            tag = "nonfinite"
+        elif func in _COMPARE:
+            tag = "compare"
+        elif func in _ALL and ta in ("isfinite", "compare"):
+            tag = f"all:{ta}"
+        elif func in _ANY and ta in ("isnan", "isinf", "nonfinite"):
+            tag = f"any:{ta}"
+        if tag is not None:
+            self.tag[out] = tag
+
+    # answers -------------------------------------------------------------------------------
+    def _read(self, t):
+        v = self._value(t)
+        if v is not None:
+            self.policy.note("values read from tensors known from the batch (shapes, masks, indices): exact")
+            with _disable_current_modes():
+                return v.item()
+        tag = self.tag.get(t)
+        if tag in _GUARDS:
+            answer, what = _GUARDS[tag]
+            self.policy.note(what)
+            return answer
+        raise RuntimeError(f"fake step: code reads the value of a tensor whose values are unknown under fake "
+                           f"tensors ({tuple(t.shape)} {t.dtype}{', ' + tag if tag else ''}) and the fake-tensor "
+                           f"policy has no answer for it (enact_bench/predict/fake_policy.py)")
+
+    def _dynamic(self, func, args, kwargs):
+        values = [self._value(a) if isinstance(a, torch.Tensor) else a for a in args]
+        name = func.__name__.split(".")[0]
+        if all(v is not None for v in values):
+            result = self._real(func, values, kwargs)
+            self.policy.note(f"{name} over tensors known from the batch: exact size")
+            results = result if isinstance(result, tuple) else (result,)
+            fakes = tuple(torch.empty_strided(tuple(r.shape), tuple(r.stride()), dtype=r.dtype, device=args[0].device)
+                          for r in results)
+            for f, r in zip(fakes, results):
+                self.shadow[f] = r
+            return fakes if isinstance(result, tuple) else fakes[0]
+        if func is aten.nonzero.default:
+            x = args[0]
+            self.policy.note("nonzero of unknown values: bounded above (every element counted)")
+            return torch.empty((x.numel(), x.dim()), dtype=torch.int64, device=x.device)
+        if func is aten.masked_select.default:
+            x, mask = args[0], args[1]
+            n = torch.broadcast_shapes(x.shape, mask.shape)
+            self.policy.note("masked_select of an unknown mask: bounded above (every element selected)")
+            return torch.empty((math.prod(n),), dtype=x.dtype, device=x.device)
+        raise RuntimeError(f"fake step: {func} over unknown values has a data-dependent size and the fake-tensor "
+                           f"policy has no bound for it (enact_bench/predict/fake_policy.py)")
+
+
+def _is_inf(v) -> bool:
+    return isinstance(v, float) and math.isinf(v)
+
+
+def _whole(t) -> bool:
+    """t covers its whole storage, contiguously (a write into it defines all of the storage)."""
+    return t.is_contiguous() and t.numel() * t.element_size() == t.untyped_storage().nbytes()
+
+
+def _written(func, args, kwargs) -> list:
+    schema = func._schema
+    if not schema.is_mutable:
+        return []
+    out = []
+    for i, a in enumerate(schema.arguments):
+        if a.alias_info is not None and a.alias_info.is_write:
+            v = kwargs.get(a.name) if (a.kwarg_only or i >= len(args)) else args[i]
+            out += [t for t in tree_flatten(v)[0] if isinstance(t, torch.Tensor)]
+    return out
+
+
+# --- Python-level answers ---------------------------------------------------------------------
+@contextlib.contextmanager
+def _patched(targets: list[tuple[object, str, object]]):
+    """setattr(obj, name, new) for each target; the old values back on exit."""
+    old = [(obj, name, getattr(obj, name)) for obj, name, _ in targets]
+    try:
+        for obj, name, new in targets:
+            setattr(obj, name, new)
+        yield
+    finally:
+        for obj, name, value in old:
+            setattr(obj, name, value)
+
+
+def _modules_holding(value) -> list:
+    return [m for m in list(sys.modules.values()) if m is not None and getattr(m, "__dict__", {}).get(
+        getattr(value, "__name__", ""), None) is value]
+
+
+def _fixed_assignment(policy: FakePolicy):
+    """Every loaded module's `linear_sum_assignment` (scipy's) answers fake cost matrices with query i
+    <-> target i, min(rows, columns) pairs; real ones go to scipy as before."""
+    try:
+        from scipy.optimize import linear_sum_assignment as scipy_lsa
+    except ImportError:
+        return contextlib.nullcontext()
+    import numpy as np
+
+    def fixed(cost_matrix, maximize=False):
+        if not is_fake(cost_matrix):
+            return scipy_lsa(cost_matrix, maximize)
+        k = min(cost_matrix.shape[0], cost_matrix.shape[1])
+        policy.note("Hungarian matcher (scipy linear_sum_assignment): fixed assignment, query i <-> target i")
+        return np.arange(k), np.arange(k)
+
+    fixed.__name__ = "linear_sum_assignment"
+    return _patched([(m, "linear_sum_assignment", fixed) for m in _modules_holding(scipy_lsa)])
+
+
+def _hf_not_tracing(policy: FakePolicy):
+    """transformers' is_tracing(tensor) without its fake-tensor test (eager mode's answer)."""
+    mod = sys.modules.get("transformers.utils.import_utils")
+    original = getattr(mod, "is_tracing", None) if mod is not None else None
+    if original is None:
+        return contextlib.nullcontext()
+
+    def is_tracing(tensor=None):
+        traced = original(None)
+        if tensor is not None and not traced and is_fake(tensor):
+            policy.note("HF is_tracing(fake tensor): False, as in eager mode (padding masks dropped as eager drops them)")
+        return traced or (tensor is not None and not is_fake(tensor) and original(tensor))
+
+    return _patched([(m, "is_tracing", is_tracing) for m in _modules_holding(original)])
+
+
+def _lru_caches(model) -> list:
+    """The lru caches (functools) behind the methods of the model's module classes (HF's
+    compile_compatible_method_lru_cache wraps one in a closure)."""
+    found, seen = [], set()
+    for cls in {type(m) for m in model.modules()}:
+        for klass in cls.__mro__:
+            for value in vars(klass).values():
+                fn = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+                for cell in getattr(fn, "__closure__", None) or ():
+                    try:
+                        inner = cell.cell_contents
+                    except ValueError:
+                        continue
+                    if hasattr(inner, "cache_clear") and id(inner) not in seen:
+                        seen.add(id(inner))
+                        found.append(inner)
+    return found
+
+
+@contextlib.contextmanager
+def _lru_caches_cleared(model):
+    caches = _lru_caches(model)
+    for c in caches:
+        c.cache_clear()
+    try:
+        yield
+    finally:
+        for c in caches:
+            c.cache_clear()
+
+
+# --- which parameters get a gradient -----------------------------------------------------------
+def params_with_grad(loss: torch.Tensor) -> set[int]:
+    """ids of the leaf tensors (parameters) the backward of `loss` would give a gradient: the
+    AccumulateGrad nodes of its graph. A fake step primes optimizer state for these only, as a
+    real first step leaves it (HF's Conditional DETR leaves its first query_scale without one)."""
+    found: set[int] = set()
+    seen: set = set()
+    stack = [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        var = getattr(node, "variable", None)
+        if var is not None:
+            found.add(id(var))
+        stack.extend(n for n, _ in node.next_functions)
+    return found
+
+
+def wants_policy(model) -> bool:
+    """Models we did not write opt in (ForeignDetector.fake_policy); the presets answer their own."""
+    return bool(getattr(model, "fake_policy", False))
