@@ -43,6 +43,9 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 aten = torch.ops.aten
 SHADOW_LIMIT = 1 << 22  # elements an op may output and still get a real shadow (16 MiB of float32)
+# an uninitialised tensor gets a shadow (to be filled element by element, e.g. RT-DETR v2's spatial
+# shapes) only when this small: autograd's and the optimizer's large empty buffers never need one
+EMPTY_SHADOW_LIMIT = 1 << 12
 
 # ops whose output's shape depends on the input's values
 _DYNAMIC = {aten.nonzero.default, aten.masked_select.default, aten._unique2.default, aten.unique_dim.default,
@@ -53,8 +56,13 @@ _COMPARE = {aten.ge.Tensor, aten.ge.Scalar, aten.gt.Tensor, aten.gt.Scalar, aten
             aten.lt.Tensor, aten.lt.Scalar}
 _AND = {aten.mul.Tensor, aten.logical_and.default, aten.bitwise_and.Tensor}
 _OR = {aten.logical_or.default, aten.bitwise_or.Tensor, aten.add.Tensor}
+_OVERWRITE = {aten.fill_.Scalar, aten.fill_.Tensor, aten.zero_.default, aten.copy_.default}
+_METADATA_OPS = frozenset({torch.ops.prim.device.default, torch.ops.prim.layout.default})
 _ALL = {aten.all.default, aten.all.dim, aten.all.dims}
 _ANY = {aten.any.default, aten.any.dim, aten.any.dims}
+_TAG_OPS = frozenset({aten.abs.default, aten.eq.Tensor, aten.ne.Tensor, aten.eq.Scalar, aten.ne.Scalar,
+                      aten.isnan.default, aten.isinf.default, aten.isfinite.default} | _COMPARE | _AND | _OR
+                     | _ALL | _ANY)
 
 # what a reduction of a tagged boolean tensor answers when its value is read, and how it is listed
 _GUARDS = {
@@ -97,33 +105,69 @@ class FakePolicy:
 
 # --- the dispatch mode: shadows, tags and answers --------------------------------------------
 class _Shadows(TorchDispatchMode):
+    """Real values beside fake tensors where they are known.
+
+    `shadow[t]` is a real tensor laid out as the fake `t` (a view of its base's shadow when `t` is a
+    view, so writes through views reach the base). A storage whose elements are not all known (made
+    by `empty`, or written with unknown values) has a boolean mask over its elements in `_known`;
+    a tensor's value is known when every element it covers is."""
+
     def __init__(self, policy: FakePolicy):
         super().__init__()
         self.policy = policy
         self.shadow = WeakTensorKeyDictionary()  # fake tensor -> real tensor of its values
         self.tag = WeakTensorKeyDictionary()  # fake bool tensor -> what it says ("isfinite", "all:compare", ...)
-        self._stale: set[int] = set()  # storages written with unknown values: their shadows are void
+        self._known: dict[int, torch.Tensor] = {}  # storage id -> bool (elements,) where not all are known
 
     # values ---------------------------------------------------------------------------------
-    def _value(self, t):
+    def _raw(self, t):
+        """The shadow of `t` (whether or not all of it is known); a real tensor is its own."""
         if not is_fake(t):
             return t
         if getattr(t, "constant", None) is not None:
             return t.constant
-        v = self.shadow.get(t)
-        if v is None or id(t.untyped_storage()) in self._stale:
+        return self.shadow.get(t)
+
+    def _region(self, t):
+        mask = self._known.get(id(t.untyped_storage()))
+        if mask is None:
             return None
+        with _disable_current_modes():
+            if t.untyped_storage().nbytes() // t.element_size() != mask.numel():
+                return mask[:0]  # viewed as another dtype: not tracked element by element
+            return torch.as_strided(mask, tuple(t.shape), tuple(t.stride()), t.storage_offset())
+
+    def _value(self, t):
+        v = self._raw(t)
+        if v is None or not is_fake(t):
+            return v
+        region = self._region(t)
+        if region is not None:
+            with _disable_current_modes():
+                if region.numel() == 0 or not bool(region.all()):
+                    return None
         return v
 
-    def _void(self, t) -> None:
+    def _mark(self, t, known: bool) -> None:
+        """Record that the elements `t` covers are (un)known."""
         st = t.untyped_storage()
         key = id(st)
-        if key not in self._stale:
-            self._stale.add(key)
-            weakref.finalize(st, self._stale.discard, key)
+        with _disable_current_modes():
+            if key not in self._known:
+                if known:
+                    return
+                self._known[key] = torch.ones(st.nbytes() // max(t.element_size(), 1), dtype=torch.bool)
+                weakref.finalize(st, self._known.pop, key, None)
+            region = self._region(t)
+            if region is None or region.numel() == 0:
+                self._known[key].fill_(False)
+            else:
+                region.fill_(known)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in _METADATA_OPS:
+            return func(*args, **kwargs)
         if func is aten._local_scalar_dense.default:
             return self._read(args[0])
         if func in _DYNAMIC:
@@ -141,35 +185,78 @@ class _Shadows(TorchDispatchMode):
         with _disable_current_modes(), torch.no_grad():
             return func(*args, **kwargs)
 
+    def _shadow_outputs(self, out, result) -> None:
+        for o, r in zip([o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)],
+                        [r for r in tree_flatten(result)[0] if isinstance(r, torch.Tensor)]):
+            if is_fake(o):
+                self.shadow[o] = r
+
     def _follow(self, func, args, kwargs, out) -> None:
-        flat_in, _ = tree_flatten((args, kwargs))
-        tensors_in = [a for a in flat_in if isinstance(a, torch.Tensor)]
-        flat_out = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+        """Shadows and tags of one op's outputs. Most ops of a step read large activations that
+        have no shadow: they leave at the first input without one."""
         written = _written(func, args, kwargs)
-        known = func not in _NO_SHADOW and torch.Tag.nondeterministic_seeded not in func.tags
-        values = [self._value(a) for a in tensors_in] if known else []
-        if known and all(v is not None for v in values) and sum(o.numel() for o in flat_out) <= SHADOW_LIMIT:
-            real_args, real_kwargs = tree_map_only(torch.Tensor, lambda a: self._value(a), (args, kwargs))
-            try:
-                result = self._real(func, real_args, real_kwargs)
-            except Exception:  # noqa: BLE001 -- a shadow is an extra; the fake op already ran
-                for t in written:
-                    self._void(t)
-                return
-            if not written:
-                for o, r in zip(flat_out, [r for r in tree_flatten(result)[0] if isinstance(r, torch.Tensor)]):
-                    if is_fake(o):
-                        self.shadow[o] = r
+        tensors_in = _tensors(args, kwargs)
+        if not written and func not in _NO_SHADOW:
+            for a in tensors_in:
+                if is_fake(a) and a not in self.shadow and getattr(a, "constant", None) is None:
+                    if func in _TAG_OPS:
+                        self._tag(func, args, _tensors(out, {}))
+                    return
+        flat_out = _tensors(out, {})
+        small = sum(o.numel() for o in flat_out) <= SHADOW_LIMIT
+        if written:
+            self._follow_write(func, args, kwargs, tensors_in, written)
+        elif func.is_view:  # a view of a shadowed tensor: the same view of its shadow
+            raw = [self._raw(a) for a in tensors_in]
+            if all(r is not None for r in raw):
+                self._shadow_outputs(out, self._real(func, *tree_map_only(torch.Tensor, self._raw, (args, kwargs))))
+        elif func in _NO_SHADOW:  # uninitialised: a shadow whose elements are all unknown
+            if sum(o.numel() for o in flat_out) <= EMPTY_SHADOW_LIMIT:
+                for o in flat_out:
+                    with _disable_current_modes():
+                        self.shadow[o] = torch.zeros_like(torch.empty_strided(tuple(o.shape), tuple(o.stride()),
+                                                                               dtype=o.dtype))
+                    self._mark(o, False)
+        elif small and torch.Tag.nondeterministic_seeded not in func.tags:
+            if all(self._value(a) is not None for a in tensors_in):
+                try:
+                    self._shadow_outputs(out, self._real(func, *tree_map_only(torch.Tensor, self._value,
+                                                                               (args, kwargs))))
+                except Exception:  # noqa: BLE001 -- a shadow is an extra; the fake op already ran
+                    pass
+        if func in _TAG_OPS:
+            self._tag(func, args, flat_out)
+
+    def _follow_write(self, func, args, kwargs, tensors_in, written) -> None:
+        """An in-place op: its destinations' shadows follow when its other inputs are known; an
+        overwrite (fill_, zero_, copy_) makes the elements it writes known."""
+        overwrite = func in _OVERWRITE
+        dests = {id(t) for t in written}
+        sources_known = all(self._value(a) is not None for a in tensors_in if id(a) not in dests)
+        for t in written:
+            if self._raw(t) is None and _whole(t) and t.numel() <= SHADOW_LIMIT and overwrite and sources_known:
+                with _disable_current_modes():
+                    self.shadow[t] = torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype)
+        if not all(self._raw(t) is not None for t in written):
+            for t in written:  # (a tensor without a shadow is unknown already)
+                if self._raw(t) is not None:
+                    self._mark(t, False)
             return
-        for t in written:  # unknown values written into a tensor: its storage's shadows are void
-            if _whole(t) and func in (aten.fill_.Scalar, aten.zero_.default) and t.numel() <= SHADOW_LIMIT:
-                self.shadow[t] = self._real(aten.empty_strided.default, (tuple(t.shape), tuple(t.stride())),
-                                            {"dtype": t.dtype})
-                self._real(func, (self.shadow[t], *args[1:]), kwargs)
-                self._stale.discard(id(t.untyped_storage()))
-                continue
-            self._void(t)
-        self._tag(func, args, flat_out)
+        dests_known = overwrite or all(self._value(t) is not None for t in written)
+        if sources_known and dests_known:
+            try:
+                self._real(func, *tree_map_only(
+                    torch.Tensor, lambda a: self._raw(a) if id(a) in dests else self._value(a), (args, kwargs)))
+            except Exception:  # noqa: BLE001
+                for t in written:
+                    self._mark(t, False)
+                return
+            if overwrite:
+                for t in written:
+                    self._mark(t, True)
+            return
+        for t in written:
+            self._mark(t, False)
 
     # tags: what an unknown boolean says ---------------------------------------------------------
     def _tag(self, func, args, flat_out) -> None:
@@ -257,16 +344,36 @@ def _whole(t) -> bool:
     return t.is_contiguous() and t.numel() * t.element_size() == t.untyped_storage().nbytes()
 
 
+_WRITES: dict = {}
+
+
 def _written(func, args, kwargs) -> list:
-    schema = func._schema
-    if not schema.is_mutable:
+    """The tensors an op writes into (in place, out=); the schema's answer cached per op."""
+    where = _WRITES.get(func)
+    if where is None:
+        schema = func._schema
+        where = tuple((i, a.name, a.kwarg_only) for i, a in enumerate(schema.arguments)
+                      if schema.is_mutable and a.alias_info is not None and a.alias_info.is_write)
+        _WRITES[func] = where
+    if not where:
         return []
     out = []
-    for i, a in enumerate(schema.arguments):
-        if a.alias_info is not None and a.alias_info.is_write:
-            v = kwargs.get(a.name) if (a.kwarg_only or i >= len(args)) else args[i]
-            out += [t for t in tree_flatten(v)[0] if isinstance(t, torch.Tensor)]
+    for i, name, kwarg_only in where:
+        v = kwargs.get(name) if (kwarg_only or i >= len(args)) else args[i]
+        out += _tensors((v,), {})
     return out
+
+
+def _tensors(args, kwargs) -> list:
+    """The tensors among an op's arguments (or outputs): plain, or in a list / tuple."""
+    found = []
+    for group in (args if isinstance(args, (tuple, list)) else (args,), kwargs.values()):
+        for a in group:
+            if isinstance(a, torch.Tensor):
+                found.append(a)
+            elif isinstance(a, (list, tuple)):
+                found.extend(x for x in a if isinstance(x, torch.Tensor))
+    return found
 
 
 # --- Python-level answers ---------------------------------------------------------------------
