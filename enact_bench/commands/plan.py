@@ -120,6 +120,59 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _set_options(items: list[str] | None) -> dict:
+    """--set KEY=VALUE items as a dict (values read as TOML, else as strings)."""
+    from enact_bench.suite import parse_set_option
+
+    return dict(parse_set_option(t) for t in items or ())
+
+
+def _default_variants(detector: str, overrides: dict) -> str:
+    """A source model's default variants (and its --set checked now, before any fake step);
+    a registered detector's, which takes no --set."""
+    from enact_bench.detectors.sources import (DEFAULT_SOURCE_VARIANTS, check_source_build, is_source_name)
+    from enact_bench.errors import UserInputError
+
+    if not is_source_name(detector):
+        if overrides:
+            raise UserInputError(f"--set applies to source models (hf:..., factories); {detector} is a registered "
+                                 f"detector (its options are a suite's overrides)")
+        return "original,fused,enact"
+    check_source_build(detector, overrides)
+    return ",".join(DEFAULT_SOURCE_VARIANTS)
+
+
+def _raise_if_all_user_errors(plan) -> None:
+    """Every applicable variant failed on the same kind of user error (a factory model whose output
+    has no loss, ...): one line, exit 2, rather than a table of errors."""
+    from enact_bench.errors import UserInputError
+
+    tried = [v for v in plan.variants if v.applicable]
+    if tried and all(v.user_error for v in tried):
+        raise UserInputError(tried[0].error)
+
+
+def source_lines(plan) -> list[str]:
+    """Lines under a source model's table: its padded size, HF's quirks planned as they are, and
+    per variant the attention it recorded and what the fake-tensor policy assumed."""
+    lines = []
+    if plan.size_note:
+        lines.append(f"[dim]{plan.request.detector}: {plan.size_note}[/]")
+    for note in plan.notes:
+        lines.append(f"[dim]{plan.request.detector}: note: {note}[/]")
+    ran = [v for v in plan.variants if v.attention or v.assumptions]
+    if ran:
+        lines.append(f"[dim]{plan.request.detector}: attention as built: "
+                     + ", ".join(f"{v.variant} {v.attention or '-'}" for v in ran) + "[/]")
+    groups: dict[tuple, list[str]] = {}
+    for v in ran:
+        groups.setdefault(tuple(v.assumptions), []).append(v.variant)
+    for assumed, names in groups.items():
+        which = "every variant" if len(names) == len(ran) else ", ".join(names)
+        lines.append(f"[dim]{plan.request.detector}, {which}: the fake step assumed: {'; '.join(assumed) or 'nothing'}[/]")
+    return lines
+
+
 def register(app: typer.Typer) -> None:
     @app.command("plan")
     @user_errors
@@ -133,7 +186,13 @@ def register(app: typer.Typer) -> None:
                                              help="batch sizes to estimate (repeatable); default: search the largest that fits"),
         dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16 (autocast)"),
         enact_cluster_size: int = typer.Option(6, "--enact-cluster-size", help="ENACT's fixed cluster size L"),
-        variants: str = typer.Option("original,fused,enact", "--variants", help="comma list of original, fused, enact"),
+        variants: str = typer.Option(None, "--variants",
+                                     help="comma list of original, fused, enact (registered detectors; the default) "
+                                          "and, for hf:/factory models, eager and enact+fused (default for them: "
+                                          "original,eager,enact)"),
+        set_: list[str] = typer.Option(None, "--set", help="KEY=VALUE for a source model, every variant: "
+                                                           "config.FIELD=VALUE (hf:), attn_implementation, tiny=true, "
+                                                           "or a factory's parameter (repeatable)"),
         margin: float = typer.Option(5.0, "--margin", help="percent of the GPU's memory kept free"),
         json_out: Path = typer.Option(None, "--json", help="write the plan(s) as JSON to this file"),
         validate: bool = typer.Option(False, "--validate",
@@ -161,16 +220,21 @@ def register(app: typer.Typer) -> None:
             raise UserInputError(str(e)) from None
         from enact_bench.predict.plan import PlanRequest, detector_family, parse_hw, plan_detector
 
+        overrides = _set_options(set_)
         requests = []
         for det in detectors:
             family = detector_family(det)
+            chosen = variants or _default_variants(det, overrides)
             requests.append(PlanRequest(det, spec, parse_hw(image_size, family), tuple(batch_size or ()), dtype,
-                                        enact_cluster_size, tuple(v.strip() for v in variants.split(",") if v.strip()),
-                                        margin, jobs=jobs, ddp=ddp, affine=not fake_runs))
+                                        enact_cluster_size, tuple(v.strip() for v in chosen.split(",") if v.strip()),
+                                        margin, jobs=jobs, ddp=ddp, affine=not fake_runs, overrides=overrides))
         out = []
         for req in requests:
             p = plan_detector(req)
+            _raise_if_all_user_errors(p)
             console.print(plan_table(p))
+            for line in source_lines(p):
+                console.print(line, highlight=False)
             bt = breakdown_table(p)
             if bt is not None:
                 console.print(bt)

@@ -116,6 +116,18 @@ def check_source(name: str) -> None:
     check_source_overrides(name, {})
 
 
+def check_source_build(name: str, overrides: dict) -> None:
+    """Everything `create_source_detector` would refuse, now (before a long plan): the overrides,
+    and for a factory its call, on the meta device (nothing allocated)."""
+    import torch
+
+    check_source_overrides(name, overrides)
+    if parse_source(name).is_hf:
+        return
+    with torch.device("meta"):
+        create_source_detector(name, overrides=overrides)
+
+
 def source_spec(name: str):
     """The registry's DetectorSpec of a source name."""
     from .registry import DetectorSpec
@@ -185,6 +197,19 @@ def _patch_enact(model, name: str, where, config, skip: str | None) -> list[str]
         return enact.patch(model, where=where, config=config)
     except (TypeError, ValueError) as e:
         raise EnactNotApplicable(f"{name}: ENACT does not apply: {str(e).splitlines()[0]}") from None
+
+
+def source_facts(name: str) -> tuple[tuple[str, ...], int]:
+    """(notes, size multiple) of a source model without building it: HF's quirks and the side
+    multiple its model type needs (detectors/hf.py); a factory's are known once it is built (its
+    ModelSpec): (), 1 here."""
+    src = parse_source(name)
+    if not src.is_hf:
+        return (), 1
+    from . import hf
+
+    _, model_type = _hf_config(src, {}, None)
+    return ((hf.NOTES[model_type],) if model_type in hf.NOTES else ()), hf.SIZE_MULTIPLE.get(model_type, 1)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,10 @@ from enact_bench.suite import DTYPES
 
 MIB = 2**20
 VARIANTS = ("original", "fused", "enact")
+# a source model's (hf:..., factories; detectors/sources.py) variants besides these: HF's eager
+# attention, and ENACT with SDPA elsewhere
+SOURCE_ONLY_VARIANTS = ("eager", "enact+fused")
+ALL_VARIANTS = VARIANTS + SOURCE_ONLY_VARIANTS
 LINEAR_TOLERANCE = 0.01  # relative: fake run's tensor peak vs the probes' line
 DEFAULT_MARGIN_PCT = 5.0
 DEFAULT_CLUSTER_SIZE = 6
@@ -90,8 +94,8 @@ class VariantSpec:
     overrides: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.variant not in ALL_VARIANTS:
+            raise ValueError(f"variant must be one of {ALL_VARIANTS}, got {self.variant!r}")
 
 
 # Overrides every variant of a family needs under fake tensors, with the reason shown in the plan.
@@ -101,7 +105,17 @@ class VariantSpec:
 FAKE_OVERRIDES: dict[str, tuple[dict, str]] = {}
 
 
-def variant_spec(family: str, variant: str, cluster_size: int) -> VariantSpec:
+def variant_spec(family: str, variant: str, cluster_size: int, detector: str | None = None,
+                 overrides: dict | None = None) -> VariantSpec:
+    """How a variant of `detector` is built. A source model (hf:..., a factory) takes its variants
+    from detectors/sources.py, with the plan's --set overrides in every one."""
+    from enact_bench.detectors.sources import is_source_name
+
+    if detector is not None and is_source_name(detector):
+        return _source_variant_spec(detector, variant, cluster_size, overrides or {})
+    if variant in SOURCE_ONLY_VARIANTS:
+        return VariantSpec(variant, False, f"{variant!r} is a variant of source models (hf:..., factories); "
+                                           f"{family} has original, fused and enact")
     extra, why = FAKE_OVERRIDES.get(family, ({}, ""))
     note = f"; {why}" if why else ""
     if variant == "original":
@@ -113,6 +127,15 @@ def variant_spec(family: str, variant: str, cluster_size: int) -> VariantSpec:
         return VariantSpec("fused", False, FUSED_SKIP_REASON.get(family, f"no fused attention variant for {family}"))
     return VariantSpec("enact", True, f"ENACT at a fixed cluster size L = {cluster_size}" + note,
                        enact_cluster_size=cluster_size, overrides=dict(extra))
+
+
+def _source_variant_spec(detector: str, variant: str, cluster_size: int, overrides: dict) -> VariantSpec:
+    from enact_bench.detectors.sources import source_variants
+
+    (sv,) = source_variants(detector, (variant,))
+    reason = sv.reason + (f" (L = {cluster_size})" if sv.enact else "")
+    return VariantSpec(variant, sv.applicable, reason, enact_cluster_size=cluster_size if sv.enact else None,
+                       overrides={**overrides, **sv.overrides} if sv.applicable else {})
 
 
 @dataclass(frozen=True)
@@ -129,6 +152,7 @@ class PlanRequest:
     jobs: int | None = None  # parallel variant processes (None: min(cores, variants))
     ddp: bool = False  # one DistributedDataParallel rank: its gradient buckets are live all step
     affine: bool = True  # search rows from the confirmed affine stream (False: a fake run per row)
+    overrides: dict = field(default_factory=dict)  # --set KEY=VALUE: every variant's (a source model's config)
 
     def __post_init__(self):
         if any((not isinstance(b, int)) or b < 1 for b in self.batch_sizes):
@@ -137,9 +161,10 @@ class PlanRequest:
             raise UserInputError(f"--dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
         if self.enact_cluster_size < 1:
             raise UserInputError(f"--enact-cluster-size must be >= 1, got {self.enact_cluster_size}")
-        bad = [v for v in self.variants if v not in VARIANTS]
+        bad = [v for v in self.variants if v not in ALL_VARIANTS]
         if bad or not self.variants:
-            raise UserInputError(f"--variants {','.join(self.variants)!r}: expected a comma list of {', '.join(VARIANTS)}")
+            raise UserInputError(f"--variants {','.join(self.variants)!r}: expected a comma list of "
+                                 f"{', '.join(ALL_VARIANTS)}")
         if not 0 <= self.margin_pct < 100:
             raise UserInputError(f"--margin {self.margin_pct}: expected a percentage in [0, 100)")
         if self.target not in ("cuda", "cpu"):
@@ -191,15 +216,21 @@ class VariantPlan:
     searched: bool = True
     seconds: float = 0.0
     error: str | None = None
+    user_error: bool = False  # the error is the user's to fix (a UserInputError: one line, exit 2 when all fail)
     enact_cluster_size: int | None = None
     overrides: dict = field(default_factory=dict)
     fake_runs: list[int] = field(default_factory=list)  # batch sizes run as fake steps (rows and probes)
     affine_confirmed_at: int | None = None  # the confirmed affine stream's check batch (None: none)
     affine_note: str | None = None
     ddp_bucket_bytes: int | None = None
+    # a source model: what the fake-tensor policy answered (predict/fake_policy.py) and the attention
+    # implementation the built model recorded (HF's config._attn_implementation)
+    assumptions: list[str] = field(default_factory=list)
+    attention: str | None = None
 
     def as_dict(self) -> dict:
         return {"variant": self.variant, "applicable": self.applicable, "reason": self.reason,
+                "assumptions": self.assumptions, "attention": self.attention,
                 "fake_runs": self.fake_runs, "affine_confirmed_at": self.affine_confirmed_at,
                 "affine_note": self.affine_note, "ddp_bucket_bytes": self.ddp_bucket_bytes,
                 "max_batch_size": self.max_batch_size, "rows": [r.as_dict() for r in self.rows],
@@ -213,16 +244,36 @@ class DetectorPlan:
     family: str
     variants: list[VariantPlan]
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # a source model's quirks, planned as they are
+    padded_size: tuple[int, int] | None = None  # the size the model pads the batch to (its multiple)
+
+    @property
+    def size_note(self) -> str | None:
+        h, w = self.request.image_size
+        if self.padded_size is None or self.padded_size == (h, w):
+            return None
+        return (f"{h}x{w} padded to {self.padded_size[0]}x{self.padded_size[1]} (sides a multiple of "
+                f"{_multiple_of(self.padded_size, (h, w))}, as the model needs)")
 
     def as_dict(self) -> dict:
         r = self.request
         return {"detector": r.detector, "family": self.family, "target": r.target, "ddp": r.ddp, "gpu": r.gpu.as_dict(),
+                "notes": self.notes, "padded_image_size": list(self.padded_size or r.image_size),
+                "size_note": self.size_note, "overrides": r.overrides,
                 "usable_mib": r.gpu.usable_mib,
                 "image_size": list(r.image_size), "dtype": r.dtype, "margin_pct": r.margin_pct,
                 "budget_mib": round(r.budget_bytes / MIB, 1), "enact_cluster_size": r.enact_cluster_size,
                 "variants": [v.as_dict() for v in self.variants], "seconds": round(self.seconds, 2),
                 "estimate": "FakeTensorMode training step (AdamW, clip), CUDA kernel policies, caching-allocator model; "
                             "device memory adds the CUDA context (an estimate per GPU) and cuBLAS workspaces"}
+
+
+def _multiple_of(padded: tuple[int, int], size: tuple[int, int]) -> int:
+    """The largest power of two dividing both padded sides (the model's multiple)."""
+    m = 1
+    while all(p % (m * 2) == 0 for p in padded) and m < 1024:
+        m *= 2
+    return m
 
 
 # ---------------------------------------------------------------------------------------
@@ -471,6 +522,10 @@ def plan_variant(req: PlanRequest, spec: VariantSpec, trainer=None, measures: di
         out.fake_runs = sorted(run.measures)
         out.affine_confirmed_at = run.stream.confirmed_at if run.stream is not None else None
         out.affine_note, out.ddp_bucket_bytes = run.affine_note, run.ddp_bucket_bytes
+        out.assumptions = next((m.assumptions for m in run.measures.values() if m.assumptions), [])
+        out.attention = getattr(getattr(run._trainer, "model", None), "attention", None) if run._trainer else None
+    except UserInputError as e:  # e.g. a source model whose output has no loss: the user's to fix
+        out.error, out.user_error = str(e).splitlines()[0][:300], True
     except Exception as e:  # noqa: BLE001 -- one variant failing is a result of the plan
         out.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
     out.seconds = time.perf_counter() - t0
@@ -535,6 +590,17 @@ def detector_family(detector: str) -> str:
         raise UserInputError(str(e).strip("'\"")) from None
 
 
+def _source_facts(req: PlanRequest) -> tuple[list[str], tuple[int, int] | None]:
+    """A source model's notes (HF's quirks, planned as they are) and the size it pads the batch to."""
+    from enact_bench.detectors.sources import is_source_name, source_facts
+
+    if not is_source_name(req.detector):
+        return [], None
+    notes, multiple = source_facts(req.detector)
+    h, w = req.image_size
+    return list(notes), (-(-h // multiple) * multiple, -(-w // multiple) * multiple)
+
+
 def _preload() -> None:
     import torch  # noqa: F401
 
@@ -549,7 +615,8 @@ def _preload() -> None:
 def plan_detector(req: PlanRequest) -> DetectorPlan:
     t0 = time.perf_counter()
     family = detector_family(req.detector)
-    specs = [variant_spec(family, v, req.enact_cluster_size) for v in req.variants]
+    specs = [variant_spec(family, v, req.enact_cluster_size, req.detector, req.overrides) for v in req.variants]
+    notes, padded = _source_facts(req)
     jobs = [(req, s) for s in specs if s.applicable]
     _preload()  # imported once here, shared by the forked workers
     # one process per variant even on fewer cores: the OS shares them, and the slowest variant
@@ -580,7 +647,7 @@ def plan_detector(req: PlanRequest) -> DetectorPlan:
     else:
         done = iter([_plan_variant_job(j) for j in jobs])  # _FORKED is empty: each builds its own
     plans = [next(done) if s.applicable else plan_variant(req, s) for s in specs]
-    return DetectorPlan(req, family, plans, time.perf_counter() - t0)
+    return DetectorPlan(req, family, plans, time.perf_counter() - t0, notes, padded)
 
 
 def margin_mib(req: PlanRequest) -> float:
