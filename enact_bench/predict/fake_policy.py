@@ -42,7 +42,9 @@ from torch.utils._pytree import tree_flatten, tree_map_only
 from torch.utils.weak import WeakTensorKeyDictionary
 
 aten = torch.ops.aten
-SHADOW_LIMIT = 1 << 22  # elements an op may output and still get a real shadow (16 MiB of float32)
+# elements an op may output and still get a real shadow: 2^25 holds the pixel mask of 31 images of
+# 800x1333 (int64: 256 MiB while it lives; only masks and small index tensors ever get one)
+SHADOW_LIMIT = 1 << 25
 # an uninitialised tensor gets a shadow (to be filled element by element, e.g. RT-DETR v2's spatial
 # shapes) only when this small: autograd's and the optimizer's large empty buffers never need one
 EMPTY_SHADOW_LIMIT = 1 << 12
@@ -57,9 +59,19 @@ _COMPARE = {aten.ge.Tensor, aten.ge.Scalar, aten.gt.Tensor, aten.gt.Scalar, aten
 _AND = {aten.mul.Tensor, aten.logical_and.default, aten.bitwise_and.Tensor}
 _OR = {aten.logical_or.default, aten.bitwise_or.Tensor, aten.add.Tensor}
 _OVERWRITE = {aten.fill_.Scalar, aten.fill_.Tensor, aten.zero_.default, aten.copy_.default}
+UNIFORM_FROM = 1 << 16  # outputs above this many elements get a uniform shadow where they can
+# factories of one value: the index of their size argument
+_FACTORY_SIZE = {aten.ones.default: 0, aten.zeros.default: 0, aten.full.default: 0, aten.new_ones.default: 1,
+                 aten.new_zeros.default: 1, aten.new_full.default: 1}
+_LIKE = {aten.ones_like.default, aten.zeros_like.default, aten.full_like.default}
+# ops whose output holds the input's one value (cast to the output's dtype)
+_VALUE_PRESERVING = {aten._to_copy.default, aten.clone.default, aten.upsample_nearest2d.default,
+                     aten.upsample_nearest2d.vec, aten.upsample_bilinear2d.default, aten.upsample_bilinear2d.vec,
+                     aten.upsample_nearest1d.default, aten.upsample_nearest3d.default}
 _METADATA_OPS = frozenset({torch.ops.prim.device.default, torch.ops.prim.layout.default})
 _ALL = {aten.all.default, aten.all.dim, aten.all.dims}
 _ANY = {aten.any.default, aten.any.dim, aten.any.dims}
+_UNIFORM_REDUCTIONS = _ALL | _ANY | {aten.amax.default, aten.amin.default}
 _TAG_OPS = frozenset({aten.abs.default, aten.eq.Tensor, aten.ne.Tensor, aten.eq.Scalar, aten.ne.Scalar,
                       aten.isnan.default, aten.isinf.default, aten.isfinite.default} | _COMPARE | _AND | _OR
                      | _ALL | _ANY)
@@ -118,6 +130,11 @@ class _Shadows(TorchDispatchMode):
         self.shadow = WeakTensorKeyDictionary()  # fake tensor -> real tensor of its values
         self.tag = WeakTensorKeyDictionary()  # fake bool tensor -> what it says ("isfinite", "all:compare", ...)
         self._known: dict[int, torch.Tensor] = {}  # storage id -> bool (elements,) where not all are known
+        self.too_large = 0  # ops whose values were known but whose output exceeded SHADOW_LIMIT
+        # storages with a uniform shadow (one value expanded, any size: the pixel mask of an unpadded
+        # batch), and storages written after that (their uniform shadows are void)
+        self._uniform: set[int] = set()
+        self._void: set[int] = set()
 
     # values ---------------------------------------------------------------------------------
     def _raw(self, t):
@@ -141,6 +158,8 @@ class _Shadows(TorchDispatchMode):
         v = self._raw(t)
         if v is None or not is_fake(t):
             return v
+        if self._void and id(t.untyped_storage()) in self._void:
+            return None
         region = self._region(t)
         if region is not None:
             with _disable_current_modes():
@@ -185,6 +204,46 @@ class _Shadows(TorchDispatchMode):
         with _disable_current_modes(), torch.no_grad():
             return func(*args, **kwargs)
 
+    def _set_uniform(self, o, scalar: torch.Tensor) -> None:
+        """A shadow of one value for every element of `o` (no memory of o's size)."""
+        with _disable_current_modes():
+            self.shadow[o] = scalar.reshape(()).to(o.dtype).expand(tuple(o.shape))
+        st = o.untyped_storage()
+        if id(st) not in self._uniform:
+            self._uniform.add(id(st))
+            weakref.finalize(st, self._uniform.discard, id(st))
+
+    def _uniform_result(self, func, args, kwargs, tensors_in, flat_out) -> bool:
+        """An op over inputs that are uniform (or one element) whose output is uniform too: factories
+        filling one value, pointwise ops, value-preserving ones (casts, upsampling, copies) and
+        all/any/amax/amin. Its value from one element; its shadow that value expanded."""
+        if len(flat_out) != 1:
+            return False
+        values = [self._value(a) for a in tensors_in]
+        if not all(v is not None and (v.numel() == 1 or _uniform(v)) for v in values):
+            return False
+        o = flat_out[0]
+        with _disable_current_modes(), torch.no_grad():
+            one = {id(a): _one(v) for a, v in zip(tensors_in, values)}
+            small_args, small_kwargs = tree_map_only(torch.Tensor, lambda a: one[id(a)], (args, kwargs))
+            if func in _FACTORY_SIZE:
+                i = _FACTORY_SIZE[func]
+                small_args = (*small_args[:i], [1] * len(small_args[i]), *small_args[i + 1:])
+            elif func in _VALUE_PRESERVING:
+                result = one[id(tensors_in[0])].to(o.dtype)
+                self._set_uniform(o, result.reshape(-1)[0])
+                return True
+            elif not (torch.Tag.pointwise in func.tags or func in _UNIFORM_REDUCTIONS or func in _LIKE):
+                return False
+            try:
+                result = func(*small_args, **small_kwargs)
+            except Exception:  # noqa: BLE001
+                return False
+        if not isinstance(result, torch.Tensor) or result.numel() != 1:
+            return False
+        self._set_uniform(o, result)
+        return True
+
     def _shadow_outputs(self, out, result) -> None:
         for o, r in zip([o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)],
                         [r for r in tree_flatten(result)[0] if isinstance(r, torch.Tensor)]):
@@ -209,7 +268,15 @@ class _Shadows(TorchDispatchMode):
         elif func.is_view:  # a view of a shadowed tensor: the same view of its shadow
             raw = [self._raw(a) for a in tensors_in]
             if all(r is not None for r in raw):
-                self._shadow_outputs(out, self._real(func, *tree_map_only(torch.Tensor, self._raw, (args, kwargs))))
+                if len(raw) == 1 and _uniform(raw[0]) and id(tensors_in[0].untyped_storage()) not in self._void:
+                    for o in flat_out:  # a view of one value expanded is that value expanded
+                        self._set_uniform(o, _one(raw[0]))
+                    return
+                try:
+                    self._shadow_outputs(out, self._real(func, *tree_map_only(torch.Tensor, self._raw,
+                                                                               (args, kwargs))))
+                except Exception:  # noqa: BLE001 -- a shadow is an extra; the fake op already ran
+                    pass
         elif func in _NO_SHADOW:  # uninitialised: a shadow whose elements are all unknown
             if sum(o.numel() for o in flat_out) <= EMPTY_SHADOW_LIMIT:
                 for o in flat_out:
@@ -217,8 +284,14 @@ class _Shadows(TorchDispatchMode):
                         self.shadow[o] = torch.zeros_like(torch.empty_strided(tuple(o.shape), tuple(o.stride()),
                                                                                dtype=o.dtype))
                     self._mark(o, False)
-        elif small and torch.Tag.nondeterministic_seeded not in func.tags:
-            if all(self._value(a) is not None for a in tensors_in):
+        elif torch.Tag.nondeterministic_seeded not in func.tags:
+            known = all(self._value(a) is not None for a in tensors_in)
+            if known and sum(o.numel() for o in flat_out) > UNIFORM_FROM and self._uniform_result(
+                    func, args, kwargs, tensors_in, flat_out):
+                pass
+            elif known and not small:
+                self.too_large += 1
+            elif known:
                 try:
                     self._shadow_outputs(out, self._real(func, *tree_map_only(torch.Tensor, self._value,
                                                                                (args, kwargs))))
@@ -231,6 +304,10 @@ class _Shadows(TorchDispatchMode):
         """An in-place op: its destinations' shadows follow when its other inputs are known; an
         overwrite (fill_, zero_, copy_) makes the elements it writes known."""
         overwrite = func in _OVERWRITE
+        if self._uniform and any(id(t.untyped_storage()) in self._uniform for t in written):
+            for t in written:  # a uniform shadow cannot follow a write into part of it: void
+                self._void.add(id(t.untyped_storage()))
+            return
         dests = {id(t) for t in written}
         sources_known = all(self._value(a) is not None for a in tensors_in if id(a) not in dests)
         for t in written:
@@ -306,9 +383,11 @@ class _Shadows(TorchDispatchMode):
             answer, what = _GUARDS[tag]
             self.policy.note(what)
             return answer
+        large = (f"; {self.too_large} op(s) over known values had outputs above SHADOW_LIMIT ({SHADOW_LIMIT:,} "
+                 f"elements), e.g. the pixel mask of a large batch" if self.too_large else "")
         raise RuntimeError(f"fake step: code reads the value of a tensor whose values are unknown under fake "
                            f"tensors ({tuple(t.shape)} {t.dtype}{', ' + tag if tag else ''}) and the fake-tensor "
-                           f"policy has no answer for it (enact_bench/predict/fake_policy.py)")
+                           f"policy has no answer for it (enact_bench/predict/fake_policy.py){large}")
 
     def _dynamic(self, func, args, kwargs):
         values = [self._value(a) if isinstance(a, torch.Tensor) else a for a in args]
@@ -333,6 +412,17 @@ class _Shadows(TorchDispatchMode):
             return torch.empty((math.prod(n),), dtype=x.dtype, device=x.device)
         raise RuntimeError(f"fake step: {func} over unknown values has a data-dependent size and the fake-tensor "
                            f"policy has no bound for it (enact_bench/predict/fake_policy.py)")
+
+
+def _uniform(r) -> bool:
+    """r is one value expanded (every stride 0), of more than one element."""
+    return r.numel() > 1 and all(st == 0 for st in r.stride())
+
+
+def _one(r) -> torch.Tensor:
+    """A one-element view of r's first element, with r's number of dimensions."""
+    with _disable_current_modes():
+        return r.as_strided([1] * r.dim(), [1] * r.dim(), r.storage_offset())
 
 
 def _is_inf(v) -> bool:

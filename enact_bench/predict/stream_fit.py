@@ -341,4 +341,12 @@ def _pieces(tb, j1: int, j2: int) -> list[tuple[int, int]]:
             size = rest
         out.append((pos, pos + size))
         pos += size
-    return out
+    # neighbouring pieces of the same tokens are one image's block (HF's matcher makes each image's
+    # two index tensors with the same op, and frees them together: i, j per image, not i then j)
+    merged: list[tuple[int, int]] = []
+    for p1, p2 in out:
+        if merged and merged[-1][1] == p1 and tb[merged[-1][0]:merged[-1][1]] == tb[p1:p2]:
+            merged[-1] = (merged[-1][0], p2)
+        else:
+            merged.append((p1, p2))
+    return merged
