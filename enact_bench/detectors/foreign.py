@@ -60,6 +60,23 @@ class OutputLoss(nn.Module):
         return {"loss": loss}
 
 
+# module names -> the presets' breakdown groups (instrument/breakdown.py): HF's DETR family
+# (backbone, input_projection, encoder, decoder, class_labels_classifier, bbox_predictor,
+# class_embed, bbox_embed, enc_score_head, enc_bbox_head, YOLOS's ViT embeddings) and the like
+_GROUP_NAMES = {
+    "backbone": "backbone", "embeddings": "backbone",
+    "input_proj": "input_proj", "input_projection": "input_proj", "encoder_input_proj": "input_proj",
+    "decoder_input_proj": "input_proj",
+    "encoder": "encoder", "decoder": "decoder",
+    "class_labels_classifier": "heads", "bbox_predictor": "heads", "class_embed": "heads", "bbox_embed": "heads",
+    "enc_score_head": "heads", "enc_bbox_head": "heads", "class_head": "heads", "box_head": "heads",
+}
+
+
+def module_group(name: str) -> str | None:
+    return _GROUP_NAMES.get(name)
+
+
 def hf_labels(targets: list[dict]) -> list[dict]:
     """DETR-style targets -> HF's labels (the same tensors: `labels` named `class_labels`)."""
     return [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets]
@@ -102,6 +119,23 @@ class ForeignDetector(Detector):
         self.grad_clip_max_norm = spec.clip_max_norm or None
         self.size_multiple = spec.size_multiple
         self.notes = tuple(notes) + tuple(spec.notes)
+
+    @property
+    def breakdown_rules(self) -> tuple[tuple[str, str], ...]:
+        """(path prefix, group) for instrument/breakdown.py: the wrapped model's own paths mapped to
+        the presets' groups by their names (module_group)."""
+        rules = []
+        taken: list[str] = []  # paths of backbone / encoder / decoder found: their insides stay theirs
+        for path, _ in self.named_modules():
+            group = module_group(path.rsplit(".", 1)[-1])
+            if group is None:
+                continue
+            if group != "heads" and any(path.startswith(t + ".") for t in taken):
+                continue
+            rules.append((path, group))
+            if group != "heads":
+                taken.append(path)
+        return tuple(rules)
 
     def checkpoint_module(self) -> nn.Module:
         return self.model

@@ -32,6 +32,10 @@ components; a module reached by several paths takes the first group of GROUP_PRE
     other         everything else: glue code in the detector's and transformer's own forward
                   (query embeddings, padding the image list, two-stage proposals, ...)
 
+A model may give its own rules as `model.breakdown_rules` (same form): a source model (HF's, a
+factory's; detectors/foreign.py) maps its paths, e.g. HF's `model.model.backbone`,
+`model.model.encoder`, `model.model.decoder`, `model.class_labels_classifier`, to these groups.
+
 Parameters, their gradients and optimizer state go to the group owning the parameter; an
 activation to the group running when it was allocated: in the forward a stack kept by forward
 pre/post hooks on the group modules; in the backward the group whose forward created the autograd
@@ -181,6 +185,8 @@ class StepAttribution:
     def __init__(self, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, batch,
                  rules=GROUP_RULES, fake: bool = False, host=None):
         self.model, self.criterion, self.optimizer, self.batch = model, criterion, optimizer, batch
+        # a model may name its own groups (a source model's HF paths: detectors/foreign.py)
+        rules = getattr(model, "breakdown_rules", None) or rules
         self.rules, self.fake = rules, fake
         self.phase = "before"
         self._stack: list[str] = ["other"]
