@@ -38,6 +38,13 @@ _RT_DETR_LIKE = {"encoder_hidden_dim": 32, "d_model": 32, "encoder_ffn_dim": 64,
                  "backbone_config": {"model_type": "rt_detr_resnet", "hidden_sizes": [16, 32, 64, 128],
                                      "depths": [1, 1, 1, 1], "embedding_size": 16, "layer_type": "basic",
                                      "out_features": ["stage2", "stage3", "stage4"]}}
+# D-FINE / DEIMv2: a small HGNetV2 (its hidden_sizes are the stages' output channels)
+_HGNET_TINY = {"model_type": "hgnet_v2", "embedding_size": 16, "depths": [1, 1, 1, 1],
+               "hidden_sizes": [32, 64, 96, 128], "stem_channels": [3, 8, 16], "stage_in_channels": [16, 32, 64, 96],
+               "stage_mid_channels": [8, 16, 24, 32], "stage_out_channels": [32, 64, 96, 128],
+               "stage_num_blocks": [1, 1, 1, 1], "stage_numb_of_layers": [2, 2, 2, 2],
+               "out_features": ["stage2", "stage3", "stage4"]}
+_D_FINE_LIKE = {**_RT_DETR_LIKE, "encoder_in_channels": [64, 96, 128], "backbone_config": _HGNET_TINY, "head_dim": 16}
 # `tiny = true`: config overrides per model type (CPU tests; one real step in about a second)
 TINY: dict[str, dict] = {
     "detr": {**_DETR_LIKE, "backbone_config": _TIMM_TINY},
@@ -51,6 +58,8 @@ TINY: dict[str, dict] = {
               "num_detection_tokens": 10, "image_size": [64, 96]},
     "rt_detr": _RT_DETR_LIKE,
     "rt_detr_v2": _RT_DETR_LIKE,
+    "d_fine": _D_FINE_LIKE,
+    "deimv2": _D_FINE_LIKE,
 }
 
 # Model types whose inputs include text: refused (enact-bench feeds images and boxes only).
@@ -58,7 +67,7 @@ TEXT_INPUT_NOTE = "needs text inputs (a zero-shot detector); enact-bench trains 
 
 # Image sides the model needs to be a multiple of (its strides / patch grids); a requested size
 # is rounded up to it, and the plan says so.
-SIZE_MULTIPLE = {"rt_detr": 32, "rt_detr_v2": 32, "d_fine": 32, "deimv2": 32, "lw_detr": 64, "rf_detr": 64,
+SIZE_MULTIPLE = {"rt_detr": 32, "rt_detr_v2": 32, "d_fine": 32, "deimv2": 32, "lw_detr": 64, "rf_detr": 56,
                  "yolos": 16}
 
 # Why ENACT does not apply, for model types whose encoder has no dense self-attention it adapts.

@@ -20,6 +20,7 @@ fake step runs, and `FakePolicy.answers` counts every answer by what was assumed
   assignment's size), as the presets' FixedAssignmentMatcher does.
 - **HF's tracing test**: transformers' `is_tracing(tensor)` is True for fake tensors, so HF would
   keep a 4-D padding mask that eager mode drops; answered as in eager mode (False).
+- **`module.to()` inside the step** (D-FINE's loss): swapping a fake tensor with itself is skipped.
 - **HF's lru caches** of tensors (`compile_compatible_method_lru_cache`: position embeddings,
   anchors) are cleared when a fake step starts and ends: a cache filled under one fake mode fails
   under the next ("Mixing fake modes").
@@ -39,7 +40,6 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_map_only
-from torch.utils.weak import WeakTensorKeyDictionary
 
 aten = torch.ops.aten
 # elements an op may output and still get a real shadow: 2^25 holds the pixel mask of 31 images of
@@ -110,6 +110,7 @@ class FakePolicy:
         with contextlib.ExitStack() as stack:
             stack.enter_context(_fixed_assignment(self))
             stack.enter_context(_hf_not_tracing(self))
+            stack.enter_context(_swap_self_is_noop(self))
             stack.enter_context(_lru_caches_cleared(model))
             stack.enter_context(_Shadows(self))
             yield self
@@ -127,8 +128,8 @@ class _Shadows(TorchDispatchMode):
     def __init__(self, policy: FakePolicy):
         super().__init__()
         self.policy = policy
-        self.shadow = WeakTensorKeyDictionary()  # fake tensor -> real tensor of its values
-        self.tag = WeakTensorKeyDictionary()  # fake bool tensor -> what it says ("isfinite", "all:compare", ...)
+        self.shadow = _OnTensor(f"_enact_shadow_{id(self)}")  # fake tensor -> real tensor of its values
+        self.tag = _OnTensor(f"_enact_tag_{id(self)}")  # fake bool tensor -> what it says ("isfinite", ...)
         self._known: dict[int, torch.Tensor] = {}  # storage id -> bool (elements,) where not all are known
         self.too_large = 0  # ops whose values were known but whose output exceeded SHADOW_LIMIT
         # storages with a uniform shadow (one value expanded, any size: the pixel mask of an unpadded
@@ -414,6 +415,24 @@ class _Shadows(TorchDispatchMode):
                            f"policy has no bound for it (enact_bench/predict/fake_policy.py)")
 
 
+class _OnTensor:
+    """A mapping from fake tensors, kept in each tensor's own __dict__: no weak reference, because
+    `module.to()` swaps fake tensors (torch.utils.swap_tensors), which one forbids (D-FINE's loss
+    moves itself inside the step)."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def get(self, t, default=None):
+        return t.__dict__.get(self.key, default)
+
+    def __setitem__(self, t, value) -> None:
+        t.__dict__[self.key] = value
+
+    def __contains__(self, t) -> bool:
+        return self.key in t.__dict__
+
+
 def _uniform(r) -> bool:
     """r is one value expanded (every stride 0), of more than one element."""
     return r.numel() > 1 and all(st == 0 for st in r.stride())
@@ -519,6 +538,27 @@ def _hf_not_tracing(policy: FakePolicy):
         return traced or (tensor is not None and not is_fake(tensor) and original(tensor))
 
     return _patched([(m, "is_tracing", is_tracing) for m in _modules_holding(original)])
+
+
+def _swap_self_is_noop(policy: FakePolicy):
+    """`module.to(device)` swaps every fake parameter with its converted copy (nn.Module._apply uses
+    torch.utils.swap_tensors for fake tensors), which fails for a parameter made from a literal
+    (FakeTensorMode keeps a weak reference to its constant). A converted copy of the same device,
+    dtype, shape and strides is the same fake tensor, so that swap is skipped (D-FINE's and
+    DEIMv2's loss modules move themselves to the device inside the step)."""
+    import torch.utils
+
+    original = torch.utils.swap_tensors
+
+    def swap_tensors(t1, t2):
+        same = (is_fake(t1) and is_fake(t2) and t1.device == t2.device and t1.dtype == t2.dtype
+                and t1.shape == t2.shape and t1.stride() == t2.stride())
+        if same:
+            policy.note("module.to() onto the device its fake tensors are on: kept as they are")
+            return None
+        return original(t1, t2)
+
+    return _patched([(torch.utils, "swap_tensors", swap_tensors)])
 
 
 def _lru_caches(model) -> list:
