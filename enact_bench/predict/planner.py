@@ -45,7 +45,7 @@ def plan_detector(req: PlanRequest) -> DetectorPlan:
     applicable = [s for s in specs if s.applicable]
     _preload()  # imported once here, shared by the forked workers
     # one process per variant even on fewer cores: the OS shares them, and the slowest variant
-    # no longer waits for a core behind another one
+    # does not wait for a core behind another one
     workers = req.jobs if req.jobs is not None else min(len(applicable), 4)
     if workers > 1 and len(applicable) > 1:
         done = iter(run_all(req, applicable, workers))
