@@ -31,8 +31,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-TARGETS = ("cpu", "cuda")
-
 
 @dataclass(frozen=True)
 class CudaArch:

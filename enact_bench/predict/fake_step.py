@@ -37,8 +37,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from enact_bench.instrument.live_tensors import MIB, LiveTensorTracker, ObservingFakeTensorMode
-from enact_bench.predict.cuda_policy import TARGETS, CudaArch, cuda_sdpa_policy
+from enact_bench.predict.cuda_policy import CudaArch, cuda_sdpa_policy
 from enact_bench.instrument.step_probe import OpRecorder, SavedTensorCounter, attention_paths
+from enact_bench.targets import TARGETS
 from enact_bench.train.step import train_step
 
 

@@ -18,15 +18,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from enact_bench.dtypes import DTYPES
 from enact_bench.errors import SuiteError, UserInputError
+from enact_bench.sizes import split_hw
+from enact_bench.targets import DEFAULT_FAKE_TARGET, TARGETS
 
 MODES = ("train", "infer")
-DTYPES = ("float32", "bfloat16", "float16")
 SIZE_DISTS = ("coco",)
 LAUNCHERS = ("process", "torchrun")
 TOP_KEYS = ("name", "description", "defaults", "matrix", "plan")
-TARGETS = ("cpu", "cuda")
-DEFAULT_FAKE_TARGET = "cuda"  # a fake case without `target` estimates what a CUDA GPU keeps
 PLAN_KEYS = ("detectors", "gpu", "image_size", "variants", "enact_cluster_size")
 # Case keys that do not change what is measured, only how long or where: not in the case_id.
 NOT_IN_ID = ("iters", "warmup", "device", "flops", "cpu_threads", "node_rank", "rdzv_endpoint",
@@ -271,10 +271,10 @@ def parse_image_size(value: Any) -> tuple[tuple[int, int] | None, str | None]:
     if isinstance(value, str):
         if value in SIZE_DISTS:
             return None, value
-        m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
-        if not m:
+        hw = split_hw(value)
+        if hw is None:
             raise ValueError(expected)
-        h, w = int(m.group(1)), int(m.group(2))
+        h, w = hw
     elif isinstance(value, (list, tuple)) and len(value) == 2 and all(
             isinstance(v, int) and not isinstance(v, bool) for v in value):
         h, w = value
