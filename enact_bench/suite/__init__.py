@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from enact_bench.dtypes import DTYPES
-from enact_bench.errors import SuiteError, UserInputError
+from enact_bench.errors import SuiteError
 from enact_bench.sizes import split_hw
 from enact_bench.targets import DEFAULT_FAKE_TARGET, TARGETS
 
@@ -212,32 +212,6 @@ def list_suites() -> dict[str, Path]:
         for p in sorted(d.glob("*.toml")):
             found.setdefault(p.stem, p)
     return found
-
-
-def list_baselines() -> dict[str, Path]:
-    """Shipped baselines by name (file stem): <suite folder>/baselines/*.json."""
-    found: dict[str, Path] = {}
-    for d in suite_dirs():
-        for p in sorted((d / "baselines").glob("*.json")):
-            found.setdefault(p.stem, p)
-    return found
-
-
-def find_baseline(name_or_path: str | os.PathLike) -> Path:
-    """`--baseline ci-cpu` (a shipped baseline's name) or a path. A path is returned as given
-    (it need not exist: `check --update` writes it); a bare name must be shipped."""
-    text = str(name_or_path)
-    p = Path(text).expanduser()
-    if p.suffix == ".json" or os.sep in text or "/" in text or p.exists():
-        if p.is_dir():
-            raise UserInputError(f"--baseline {text}: is a folder; expected a baseline .json file "
-                                 f"(e.g. suites/baselines/ci-cpu.json) or a shipped baseline name")
-        return p
-    shipped = list_baselines()
-    if text in shipped:
-        return shipped[text]
-    raise UserInputError(f"unknown baseline {text!r}: expected a path to a .json file or a shipped "
-                         f"baseline name ({', '.join(sorted(shipped)) or 'none shipped'})")
 
 
 def find_suite(name_or_path: str) -> Path:

@@ -121,7 +121,7 @@ def test_set_option_parses_toml_values():
 
 def test_shipped_baseline_is_found_by_name_or_path(tmp_path):
     from enact_bench.errors import UserInputError
-    from enact_bench.suite import find_baseline, list_baselines
+    from enact_bench.regress import find_baseline, list_baselines
 
     assert find_baseline("ci-cpu") == list_baselines()["ci-cpu"]
     assert find_baseline("ci-cpu").name == "ci-cpu.json" and find_baseline("ci-cpu").is_file()
@@ -184,7 +184,7 @@ def test_case_ids_are_short_readable_and_stable():
 def test_ci_case_ids_are_the_baseline_keys():
     import json
 
-    from enact_bench.suite import find_baseline
+    from enact_bench.regress import find_baseline
 
     baseline = json.loads(find_baseline("ci-cpu").read_text())
     assert [c.case_id for c in load_suite("ci").cases] == list(baseline["cases"])
