@@ -27,7 +27,7 @@ from typing import Any
 from enact_bench import metrics as metrics_schema
 from enact_bench.errors import UserInputError
 from enact_bench.records import latest_per_case, read_record_dicts, records_file
-from enact_bench.suite import suite_dirs
+from enact_bench.suite.load import suite_dirs
 
 BASELINE_FORMAT = 1
 

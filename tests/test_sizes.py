@@ -6,7 +6,7 @@ import pytest
 from enact_bench.errors import UserInputError
 from enact_bench.predict.plan import parse_hw
 from enact_bench.sizes import MIN_PLAN_SIDE_PX, split_hw
-from enact_bench.suite import parse_image_size
+from enact_bench.suite.checks import parse_image_size
 
 GOOD = {"800x1333": (800, 1333), " 64 X 96 ": (64, 96), "\t33x40\n": (33, 40), "0x5": (0, 5)}
 BAD = ["800", "800x", "x800", "800x1333x3", "-8x8", "+8x8", "8.5x8", "8 0x8", "²x3", "eight x eight", ""]

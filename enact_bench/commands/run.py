@@ -11,7 +11,7 @@ from enact_bench.commands import output_folder, user_errors
 from enact_bench.errors import UserInputError
 from enact_bench.run.run_dir import edit_suite, load_run_suite, prepare_run
 from enact_bench.run.suite_run import RunResult, run_suite
-from enact_bench.suite import load_suite, parse_set_option
+from enact_bench.suite.load import load_suite, parse_set_option
 
 
 def cli_overrides(*, detector: list[str] | None = None, device: str | None = None,
