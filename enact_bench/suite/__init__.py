@@ -1,8 +1,9 @@
 """Suites: a TOML file -> a Suite of frozen, checked Cases (defaults, matrix expansion, checks).
 
     case.py       Case (one measured configuration) and its stable case_id
-    load.py       finding suites by name, reading the TOML, expanding the matrix, [plan]
+    load.py       finding suites by name, reading the TOML, expanding the matrix (Suite, load_suite)
     checks.py     one validator per case key (VALIDATORS), the checks across keys, the choice tables
+    plan_spec.py  the [plan] table as a checked PlanSpec
     edits.py      per-run edits from the command line (--checkpoint, --coco-root, --max-images)
 
 Unknown keys, bad values and unknown detectors raise SuiteError naming the key and the file.
@@ -15,7 +16,8 @@ from enact_bench.suite.case import CASE_KEYS, NOT_IN_ID, Case, options_hash
 from enact_bench.suite.checks import DTYPES, LAUNCHERS, MODES, check_checkpoint_file, parse_image_size
 from enact_bench.suite.load import (Suite, expand, find_suite, list_suites, load_suite, load_suite_text,
                                     parse_set_option, resolve_device, suite_dirs)
+from enact_bench.suite.plan_spec import PlanSpec
 
-__all__ = ["CASE_KEYS", "DTYPES", "LAUNCHERS", "MODES", "NOT_IN_ID", "Case", "Suite",
+__all__ = ["CASE_KEYS", "DTYPES", "LAUNCHERS", "MODES", "NOT_IN_ID", "Case", "PlanSpec", "Suite",
            "check_checkpoint_file", "expand", "find_suite", "list_suites", "load_suite", "load_suite_text",
            "options_hash", "parse_image_size", "parse_set_option", "resolve_device", "suite_dirs"]

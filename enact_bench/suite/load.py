@@ -2,7 +2,7 @@
 
 A suite file has `name`, `description`, a `[defaults]` table and a `[matrix]` table (or several
 `[[matrix]]` tables, each expanded on its own and concatenated), and may have a `[plan]` table
-(checked by _check_plan). In a matrix, a list is an axis and a scalar is fixed for that group; the
+(suite/plan_spec.py). In a matrix, a list is an axis and a scalar is fixed for that group; the
 cases are the product of the axes, in file order. Every key's check is in suite/checks.py.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 from enact_bench.errors import SuiteError
 from enact_bench.suite.case import CASE_KEYS, Case
 from enact_bench.suite.checks import check_case_keys, check_checkpoint_file, check_value, is_int
+from enact_bench.suite.plan_spec import PlanSpec
 
 TOP_KEYS = ("name", "description", "defaults", "matrix", "plan")
-PLAN_KEYS = ("detectors", "gpu", "image_size", "variants", "enact_cluster_size")
 SUITES_PACKAGE_DIR = "suite_files"  # suites/ as installed inside the package (setup.py)
 
 Overrides = list[tuple[str, list]]  # (key, values): a key's value everywhere; several values: an axis
@@ -32,7 +32,7 @@ class Suite:
     path: Path | None
     text: str  # the TOML as read (copied into reports/<run_id>/suite.toml)
     cases: tuple[Case, ...]
-    plan: dict | None = None  # [plan]: full-size estimates `run` prints first (enact_bench.predict.plan)
+    plan: PlanSpec | None = None  # [plan]: full-size estimates `run` prints first (enact_bench.predict.plan)
 
 
 # ---------------------------------------------------------------------------------------
@@ -117,8 +117,8 @@ def load_suite_text(text: str, path: Path | None = None,
     cases = expand(doc, where, overrides, base_dir=base_dir or (path.parent if path else None))
     if not cases:
         raise SuiteError(f"{where}: the suite expands to no cases")
-    return Suite(name=name, description=description, path=path, text=text, cases=tuple(cases),
-                 plan=_check_plan(doc.get("plan"), where))
+    plan = PlanSpec.from_table(doc["plan"], where) if "plan" in doc else None
+    return Suite(name=name, description=description, path=path, text=text, cases=tuple(cases), plan=plan)
 
 
 def expand(doc: dict, where: str, overrides: Overrides | None = None,
@@ -228,24 +228,3 @@ def _build_case(raw: dict, where: str, base_dir: Path | None) -> Case:
         return Case(**kw)
     except ValueError as e:
         raise SuiteError(f"{where}: {e}") from None
-
-
-def _check_plan(plan: Any, where: str) -> dict | None:
-    """[plan]: detectors (list), gpu, image_size ("HxW"), variants (list), enact_cluster_size."""
-    if plan is None:
-        return None
-    if not isinstance(plan, dict):
-        raise SuiteError(f"{where}: [plan] must be a table with keys {', '.join(PLAN_KEYS)}")
-    for k in plan:
-        if k not in PLAN_KEYS:
-            raise SuiteError(f"{where}: [plan]: unknown key {k!r}; valid keys: {', '.join(PLAN_KEYS)}")
-    dets = plan.get("detectors")
-    if not isinstance(dets, list) or not dets or not all(isinstance(d, str) for d in dets):
-        raise SuiteError(f"{where}: [plan]: detectors must be a list of detector names")
-    out = {"detectors": dets, "gpu": check_value("gpu", plan.get("gpu", "h100-80gb"), where + " [plan]"),
-           "image_size": list(check_value("image_size", plan.get("image_size", "800x1333"), where + " [plan]")[0]),
-           "variants": list(plan.get("variants", ["original", "fused", "enact"])),
-           "enact_cluster_size": plan.get("enact_cluster_size", 6)}
-    if not is_int(out["enact_cluster_size"]) or out["enact_cluster_size"] < 1:
-        raise SuiteError(f"{where}: [plan]: enact_cluster_size must be an integer >= 1")
-    return out
