@@ -12,12 +12,11 @@ package's public ones; code inside enact_bench imports them from their modules.
 """
 from __future__ import annotations
 
-from enact_bench.suite.case import CASE_KEYS, NOT_IN_ID, Case, options_hash
-from enact_bench.suite.checks import DTYPES, LAUNCHERS, MODES, check_checkpoint_file, parse_image_size
-from enact_bench.suite.load import (Suite, expand, find_suite, list_suites, load_suite, load_suite_text,
-                                    parse_set_option, resolve_device, suite_dirs)
+from enact_bench.suite.case import Case
+from enact_bench.suite.checks import DTYPES, check_checkpoint_file, parse_image_size
+from enact_bench.suite.load import (Suite, find_suite, list_suites, load_suite, load_suite_text, parse_set_option,
+                                    resolve_device)
 from enact_bench.suite.plan_spec import PlanSpec
 
-__all__ = ["CASE_KEYS", "DTYPES", "LAUNCHERS", "MODES", "NOT_IN_ID", "Case", "PlanSpec", "Suite",
-           "check_checkpoint_file", "expand", "find_suite", "list_suites", "load_suite", "load_suite_text",
-           "options_hash", "parse_image_size", "parse_set_option", "resolve_device", "suite_dirs"]
+__all__ = ["DTYPES", "Case", "PlanSpec", "Suite", "check_checkpoint_file", "find_suite", "list_suites", "load_suite",
+           "load_suite_text", "parse_image_size", "parse_set_option", "resolve_device"]

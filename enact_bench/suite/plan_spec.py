@@ -55,8 +55,8 @@ class PlanSpec:
 
         if not isinstance(self.variants, tuple) or not self.variants or not all(
                 v in VARIANTS for v in self.variants):
-            raise ValueError(f"variants = {_as_written(self.variants)!r}: expected a list of one or more of "
-                             f"{', '.join(VARIANTS)}")
+            written = list(self.variants) if isinstance(self.variants, tuple) else self.variants
+            raise ValueError(f"variants = {written!r}: expected a list of one or more of {', '.join(VARIANTS)}")
 
     @classmethod
     def from_table(cls, table: Any, where: str) -> "PlanSpec":
@@ -77,7 +77,3 @@ class PlanSpec:
                        table.get("enact_cluster_size", cls.enact_cluster_size))
         except ValueError as e:
             raise SuiteError(f"{where}: [plan]: {e}") from None
-
-
-def _as_written(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
