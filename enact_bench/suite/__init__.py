@@ -12,8 +12,9 @@ package's public ones; code inside enact_bench imports them from their modules.
 """
 from __future__ import annotations
 
+from enact_bench.choices import DTYPES
 from enact_bench.suite.case import Case
-from enact_bench.suite.checks import DTYPES, check_checkpoint_file, parse_image_size
+from enact_bench.suite.checks import check_checkpoint_file, parse_image_size
 from enact_bench.suite.load import (Suite, find_suite, list_suites, load_suite, load_suite_text, parse_set_option,
                                     resolve_device)
 from enact_bench.suite.plan_spec import PlanSpec

@@ -8,9 +8,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from enact_bench.dtypes import DTYPES
-from enact_bench.suite.checks import LAUNCHERS, MODES
-from enact_bench.targets import DEFAULT_FAKE_TARGET, TARGETS
+from enact_bench.choices import DEFAULT_FAKE_TARGET, DTYPES, MODES, TARGETS
+from enact_bench.suite.checks import LAUNCHERS
 
 # Case keys that do not change what is measured, only how long or where: not in the case_id.
 NOT_IN_ID = ("iters", "warmup", "device", "flops", "cpu_threads", "node_rank", "rdzv_endpoint",

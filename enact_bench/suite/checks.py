@@ -14,13 +14,11 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from enact_bench.dtypes import DTYPES
+from enact_bench.choices import DTYPES, MODES, TARGETS
 from enact_bench.errors import SuiteError
 from enact_bench.sizes import split_hw
-from enact_bench.targets import TARGETS
 
-# the choice tables of the case keys (DTYPES and TARGETS are shared with predict/)
-MODES = ("train", "infer")
+# the choice tables only the case keys use (MODES, DTYPES and TARGETS are shared: enact_bench/choices.py)
 SIZE_DISTS = ("coco",)
 LAUNCHERS = ("process", "torchrun")
 

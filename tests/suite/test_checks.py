@@ -6,8 +6,8 @@ import pytest
 
 from enact_bench.errors import SuiteError
 from enact_bench.suite.case import CASE_KEYS
-from enact_bench.suite.checks import DTYPES, LAUNCHERS, MODES, VALIDATORS, check_value
-from enact_bench.targets import TARGETS
+from enact_bench.choices import DTYPES, MODES, TARGETS
+from enact_bench.suite.checks import LAUNCHERS, VALIDATORS, check_value
 
 IMAGE_SIZE = '"HxW" (e.g. "800x1333"), [H, W] or "coco"'
 
