@@ -59,8 +59,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Compare a run with a baseline: exit 0 ok, 1 regression, 2 not comparable."""
         from enact_bench.console import console, err_console
-        from enact_bench.regress import run_check
-        from enact_bench.suite import find_baseline
+        from enact_bench.regress import find_baseline, run_check
 
         result = run_check(run_dirs, find_baseline(baseline), update=update)
         if result.comparison is not None:

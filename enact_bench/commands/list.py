@@ -12,7 +12,8 @@ def list_everything() -> dict:
     from enact_bench.detectors import get_spec, list_detectors
     from enact_bench.errors import UserInputError
     from enact_bench.evaluate.registry import list_evaluations
-    from enact_bench.suite import list_baselines, list_suites, load_suite
+    from enact_bench.regress import list_baselines
+    from enact_bench.suite.load import list_suites, load_suite
 
     suites = []
     for name, path in list_suites().items():

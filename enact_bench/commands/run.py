@@ -11,7 +11,8 @@ from enact_bench.commands import output_folder, user_errors
 from enact_bench.errors import UserInputError
 from enact_bench.run.run_dir import edit_suite, load_run_suite, prepare_run
 from enact_bench.run.suite_run import RunResult, run_suite
-from enact_bench.suite import load_suite, parse_set_option
+from enact_bench.suite.load import load_suite, parse_set_option
+from enact_bench.suite.plan_spec import PlanSpec
 
 
 def cli_overrides(*, detector: list[str] | None = None, device: str | None = None,
@@ -165,9 +166,10 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
 
-def _plan_first(plan_cfg: dict, run_dir: Path) -> None:
-    """A suite's [plan]: the full-size estimates, printed before the measured cases and kept in
-    RUN_DIR/plan.json (the report shows them, labelled as estimates). Reused on --resume."""
+def _plan_first(plan_cfg: PlanSpec, run_dir: Path) -> None:
+    """A suite's [plan] (checked when the suite loaded): the full-size estimates, printed before
+    the measured cases and kept in RUN_DIR/plan.json (the report shows them, labelled as
+    estimates). Reused on --resume."""
     import json
 
     from enact_bench.commands.plan import plan_summary_table
@@ -182,10 +184,9 @@ def _plan_first(plan_cfg: dict, run_dir: Path) -> None:
     else:
         plans = []
         try:
-            for det in plan_cfg["detectors"]:
-                req = PlanRequest(det, get_gpu(plan_cfg["gpu"]), tuple(plan_cfg["image_size"]),
-                                  enact_cluster_size=plan_cfg["enact_cluster_size"],
-                                  variants=tuple(plan_cfg["variants"]))
+            for det in plan_cfg.detectors:
+                req = PlanRequest(det, get_gpu(plan_cfg.gpu), plan_cfg.image_size,
+                                  enact_cluster_size=plan_cfg.enact_cluster_size, variants=plan_cfg.variants)
                 plans.append(plan_detector(req).as_dict())
         except Exception as e:  # noqa: BLE001 -- the estimate is an extra: the measured cases still run
             err_console.print(f"[yellow]full-size estimate failed[/]: {type(e).__name__}: {e}", highlight=False)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from enact_bench.metrics import MIB
 from enact_bench.errors import UserInputError
 from enact_bench.choices import DTYPES, TARGETS
+from enact_bench.sizes import MIN_PLAN_SIDE_PX, split_hw
 
 VARIANTS = ("original", "fused", "enact")
 LINEAR_TOLERANCE = 0.01  # relative: fake run's tensor peak vs the probes' line
@@ -64,12 +65,13 @@ def parse_hw(text: str, family: str | None = None) -> tuple[int, int]:
     t = str(text).strip().lower()
     if t == "worst":
         return (FAMILY_MAX_SIZE.get(family or "detr", 1333),) * 2
-    parts = t.split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    hw = split_hw(t)
+    if hw is None:
         raise UserInputError(f"--image-size {text!r}: expected HxW (e.g. 800x1333) or 'worst'")
-    h, w = (int(p) for p in parts)
-    if h < 32 or w < 32:
-        raise UserInputError(f"--image-size {text!r}: both sides must be >= 32 pixels (the backbone's stride)")
+    h, w = hw
+    if h < MIN_PLAN_SIDE_PX or w < MIN_PLAN_SIDE_PX:
+        raise UserInputError(f"--image-size {text!r}: both sides must be >= {MIN_PLAN_SIDE_PX} pixels "
+                             "(the backbone's stride)")
     return h, w
 
 

@@ -18,7 +18,7 @@ import traceback
 from enact_bench import metrics as metrics_schema
 from enact_bench.records import Record, utc_now
 from enact_bench.run import steps as case_steps_mod
-from enact_bench.suite import Case
+from enact_bench.suite.case import Case
 
 METRIC_KEYS = metrics_schema.record_metric_names()  # every real record starts with these, null
 FAKE_NOT_MEASURED = metrics_schema.fake_not_measured()
