@@ -557,13 +557,14 @@ def plan_detector(req: PlanRequest) -> DetectorPlan:
     workers = req.jobs if req.jobs is not None else min(len(jobs), 4)
     if workers > 1 and len(jobs) > 1:
         import gc
-        import multiprocessing as mp
+
+        from enact_bench.lifeline import fork_pool
 
         # the ~400,000 objects of torch, torch._dynamo and sympy out of the garbage collector's
         # scans (a third of a second of collections per variant) and its writes into their pages,
         # which forked children would each copy
         gc.freeze()
-        pool_of = mp.get_context("fork").Pool
+        pool_of = fork_pool  # workers end with this process, even when it is killed
         try:
             if not req.batch_sizes and req.affine:  # a search: its probes first, batch by batch
                 _probe_all(req, [s for _, s in jobs], pool_of)
