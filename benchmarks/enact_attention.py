@@ -14,7 +14,7 @@ DETR passes them (q = k = src + pos, v = src, (S, B, C)):
 Time: median (and p10/p90) over --iters timed calls after --warmup, the variants interleaved
 round-robin so that a shared machine's load falls on all of them alike; CUDA events on GPU,
 perf_counter on CPU. Memory: CUDA max_memory_allocated on GPU; on CPU the peak of live tensor
-bytes (enact_bench.measure.cpu_memory.LiveTensorTracker, not RSS). "own" is the peak of what the
+bytes (enact_bench.instrument.live_tensors.LiveTensorTracker, not RSS). "own" is the peak of what the
 call allocates (gradients included); "peak" adds what must be alive before it (inputs src and pos,
 the layer's parameters), i.e. max_memory_allocated of a process holding only this layer. All ENACT variants (and the released code) share one state_dict, so they
 cluster alike.
@@ -39,7 +39,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from enact import EnactAttention, EnactConfig  # noqa: E402
-from enact_bench.measure.cpu_memory import LiveTensorTracker  # noqa: E402
+from enact_bench.instrument.live_tensors import LiveTensorTracker  # noqa: E402
 
 MIB = 2**20
 SHAPES = [(2, 25, 34), (8, 25, 42)]  # (B, H, W)

@@ -5,7 +5,7 @@
 #   2. `enact-bench plan --validate` for the five families with and without ENACT at batch 1 and 2
 #      (800x1333): the real training step beside the estimate (max_memory_allocated/reserved, NVML);
 #   3. a markdown table of predicted vs measured: $OUT/gpu_check.md (put it in docs/gpu-estimate.md).
-# Usage: benchmarks/gpu_check.sh [OUT_DIR] [GPU_NAME]   (GPU_NAME from measure/gpus.py, default h100-80gb)
+# Usage: benchmarks/gpu_check.sh [OUT_DIR] [GPU_NAME]   (GPU_NAME from predict/gpus.py, default h100-80gb)
 set -euo pipefail
 
 OUT=${1:-reports/gpu_check}

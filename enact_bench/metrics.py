@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MIB = 2**20  # the unit of every *_mib field: a mebibyte, 2^20 bytes (the one definition)
+
 TRAIN_INFER = ("train", "infer")
 TRAIN = ("train",)
 UNITS = ("count", "MiB", "bytes", "ms", "images/s", "GFLOPs", "GMACs", "tokens", "names", "text", "flag")
@@ -107,7 +109,7 @@ SCHEMA: tuple[Metric, ...] = (
        plot_rank=6),
     _m("fake_tracked_start_bytes", "bytes", "estimate_train_step",
        "estimated live tensor bytes before that step", real=False, fake=True, modes=TRAIN, gate_cpu=EXACT),
-    # the CUDA-target estimate's predictions (fake = true, target = "cuda"; measure/estimate.py
+    # the CUDA-target estimate's predictions (fake = true, target = "cuda"; predict/fake_step.py
     # predicted_gpu_fields): estimates, labelled so in the report
     _m("predicted_tensor_peak_mib", "MiB", "predicted_gpu_fields",
        "ESTIMATE: live tensor peak of the step under CUDA's kernel choices", real=False, fake=True, modes=TRAIN),
@@ -123,7 +125,7 @@ SCHEMA: tuple[Metric, ...] = (
     _m("predicted_gpu", "text", "predicted_gpu_fields", "the GPU the device memory was predicted for",
        real=False, fake=True, modes=TRAIN),
     _m("predicted_breakdown_mib", "MiB", "predicted_gpu_fields",
-       "ESTIMATE: the peak by category (measure/breakdown.py)", real=False, fake=True, modes=TRAIN),
+       "ESTIMATE: the peak by category (instrument/breakdown.py)", real=False, fake=True, modes=TRAIN),
     _m("predicted_sdpa_kernels", "names", "predicted_gpu_fields",
        "SDPA calls per CUDA kernel the estimate modelled (flash, efficient, cudnn, math)", real=False, fake=True,
        modes=TRAIN),

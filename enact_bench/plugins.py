@@ -1,6 +1,6 @@
 """A named registry of plug-ins whose built-in members live in modules imported on first lookup.
 
-Data sources (enact_bench.data.sources) and evaluation hooks (enact_bench.measure.evaluation)
+Data sources (enact_bench.data.sources) and evaluation hooks (enact_bench.evaluate.registry)
 are both such registries: a module registers its members at import time, and lookups import the
 built-in modules lazily, so `import enact_bench` stays light.
 """

@@ -11,8 +11,8 @@ def list_everything() -> dict:
     from enact_bench.data.sources import get_data_source, list_data_sources
     from enact_bench.detectors import get_spec, list_detectors
     from enact_bench.errors import UserInputError
-    from enact_bench.measure.evaluation import list_evaluations
-    from enact_bench.suites import list_baselines, list_suites, load_suite
+    from enact_bench.evaluate.registry import list_evaluations
+    from enact_bench.suite import list_baselines, list_suites, load_suite
 
     suites = []
     for name, path in list_suites().items():

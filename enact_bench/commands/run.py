@@ -6,12 +6,12 @@ from typing import Any, Optional
 
 import typer
 
-from enact_bench.case_edits import CaseEdits
+from enact_bench.suite.edits import CaseEdits
 from enact_bench.commands import output_folder, user_errors
 from enact_bench.errors import SuiteError, UserInputError
 from enact_bench.run.run_dir import edit_suite, load_run_suite, prepare_run
 from enact_bench.run.suite_run import RunResult, run_suite
-from enact_bench.suites import load_suite, parse_set_option
+from enact_bench.suite import load_suite, parse_set_option
 
 
 # the command-line option that sets each case key (flag errors name the flag, not the suite file)
@@ -23,7 +23,7 @@ FLAGS = {"detector": "--detector", "device": "--device", "batch_size": "--batch-
 def check_flag(label: str, key: str, value: Any) -> None:
     """A command-line value checked as the suite key it sets; the error names the option
     (`label`, e.g. "--image-size 0x0" or "--set iters=0"), not the suite file."""
-    from enact_bench import suites
+    from enact_bench import suite as suites
 
     try:
         suites._check(key, value, label)
@@ -274,8 +274,9 @@ def _plan_first(plan_cfg: dict, run_dir: Path) -> None:
 
     from enact_bench.commands.plan import plan_summary_table
     from enact_bench.console import console, err_console
-    from enact_bench.measure.gpus import get_gpu
-    from enact_bench.plan import PlanRequest, plan_detector
+    from enact_bench.predict.gpus import get_gpu
+    from enact_bench.predict.plan import PlanRequest
+    from enact_bench.predict.planner import plan_detector
 
     path = Path(run_dir) / "plan.json"
     if path.is_file():

@@ -1,5 +1,5 @@
 """Data sources "coco" and "toy" for the harness (the "coco" evaluation hook that scores a model on
-their val split is enact_bench.measure.coco_hook: data/ does not import measure/).
+their val split is enact_bench.evaluate.coco_hook: data/ does not import measure/).
 
 train mode: batches from train2017 through the originals' training transforms (seeded per batch
 index, so the same index gives the same batch). infer mode: batches from val2017 through the

@@ -1,7 +1,7 @@
 """Where and how a Case runs (nothing here is imported by measure/, data/ or detectors/):
 
 - steps.py: the case's model (`build_model`) and its steps (`case_steps`) over the one train /
-  infer step of enact_bench.measure.steps;
+  infer step of enact_bench.train.step;
 - case.py: the trackers around a case's steps -> a Record (`run_case`, `measure_case_fake`);
 - launch.py: where a case runs (`launch_subprocess` in its own process group, `launch_inline`)
   and the child's entry point `python -m enact_bench.run.launch`;

@@ -5,7 +5,7 @@ Protocol (docs/harness.md): build the detector (optionally load a checkpoint); w
 trackers around it (and the saved-for-backward bytes in training); the NVML sampler runs from
 the first warm-up step to the end of that step; then ENACT statistics, FLOPs (one forward, one
 forward+backward) and evaluation hooks. A `fake = true` case instead estimates one training
-step under FakeTensorMode (measure/estimate.py). A torch.OutOfMemoryError gives status "oom",
+step under FakeTensorMode (predict/fake_step.py). A torch.OutOfMemoryError gives status "oom",
 anything else "error"; a CUDA case on a machine without CUDA "skipped".
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import traceback
 from enact_bench import metrics as metrics_schema
 from enact_bench.records import Record, utc_now
 from enact_bench.run import steps as case_steps_mod
-from enact_bench.suites import Case
+from enact_bench.suite import Case
 
 METRIC_KEYS = metrics_schema.record_metric_names()  # every real record starts with these, null
 FAKE_NOT_MEASURED = metrics_schema.fake_not_measured()
@@ -83,10 +83,10 @@ def measure_case(case: Case, metrics: dict, reasons: dict, record_case: dict, *,
     import torch
 
     from enact_bench.data.sources import make_data_source
-    from enact_bench.measure.evaluation import get_evaluation
-    from enact_bench.measure.flops import count_flops
+    from enact_bench.evaluate.registry import get_evaluation
+    from enact_bench.instrument.flops import count_flops
     from enact_bench.measure.memory import CpuPeakMemory, CudaPeakMemory, NvmlSampler, rss_peak_mib
-    from enact_bench.measure.step_probe import OpRecorder, SavedTensorCounter, attention_paths
+    from enact_bench.instrument.step_probe import OpRecorder, SavedTensorCounter, attention_paths
     from enact_bench.measure.timing import StepTimer, summarize_ms, time_steps
     from enact_bench.detectors.common.ms_deform_attn_op import msda_impl_metric, reset_msda_impls
 
@@ -180,7 +180,7 @@ def measure_case_fake(case: Case, metrics: dict, reasons: dict, record_case: dic
     import torch
 
     from enact_bench.detectors.common.ms_deform_attn_op import msda_impl_metric, reset_msda_impls
-    from enact_bench.measure.estimate import estimate_train_step
+    from enact_bench.predict.fake_step import estimate_train_step
 
     if case.mode != "train":
         raise ValueError(f"fake = true estimates a training step: mode must be 'train', got {case.mode!r}")
@@ -200,10 +200,10 @@ def measure_case_fake(case: Case, metrics: dict, reasons: dict, record_case: dic
                                 num_classes=case.num_classes, clip_max_norm=clip or 0.0, ddp=case.ddp)
         for k in metrics_schema.names(tracker="predicted_gpu_fields"):
             reasons[k] = "target = cpu: the estimate follows the CPU's kernels (set target = \"cuda\" for a GPU)"
-    else:  # what a CUDA GPU would keep (measure/cuda_target.py), and its allocator and device memory
-        from enact_bench.measure.cuda_target import CudaArch
-        from enact_bench.measure.estimate import predicted_gpu_fields
-        from enact_bench.measure.gpus import get_gpu
+    else:  # what a CUDA GPU would keep (predict/cuda_policy.py), and its allocator and device memory
+        from enact_bench.predict.cuda_policy import CudaArch
+        from enact_bench.predict.fake_step import predicted_gpu_fields
+        from enact_bench.predict.gpus import get_gpu
 
         gpu = get_gpu(case.gpu) if case.gpu else None
         m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,

@@ -126,7 +126,7 @@ def run_rank(case, rank: int, local_rank: int, world: int) -> dict:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from enact_bench.measure.ddp import reducer_bucket_bytes
+    from enact_bench.predict.ddp_buckets import reducer_bucket_bytes
     from enact_bench.run import case as case_mod
     from enact_bench.records import capture_env
 
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from enact_bench.records import Record, utc_now
     from enact_bench.run.case import is_oom
-    from enact_bench.suites import Case
+    from enact_bench.suite import Case
 
     import importlib
 

@@ -7,7 +7,7 @@ import dataclasses
 import json
 
 from enact_bench.errors import UserInputError
-from enact_bench.suites import Case, Suite
+from enact_bench.suite import Case, Suite
 
 
 def check_devices(suite: Suite, device_flag: str | None = None) -> None:

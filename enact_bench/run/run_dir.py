@@ -9,7 +9,7 @@ from pathlib import Path
 
 from enact_bench.errors import UserInputError
 from enact_bench.records import utc_now
-from enact_bench.suites import Suite, load_suite_text
+from enact_bench.suite import Suite, load_suite_text
 
 
 def new_run_id(suite_name: str) -> str:
@@ -46,7 +46,7 @@ def read_run_meta(run_dir: str | Path) -> tuple[str, dict]:
 
 def load_run_suite(run_dir: str | Path) -> tuple[Suite, dict]:
     """The suite of an existing run (its suite.toml copy, overrides and case edits re-applied)."""
-    from enact_bench.case_edits import CaseEdits
+    from enact_bench.suite.edits import CaseEdits
 
     run_dir = Path(run_dir)
     text, meta = read_run_meta(run_dir)

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from enact_bench.case_edits import CaseEdits, CheckpointSpec
+from enact_bench.suite.edits import CaseEdits, CheckpointSpec
 from enact_bench.commands.run import run_command
 from enact_bench.data.coco_source import CocoSource
 from enact_bench.detectors import create_detector
@@ -14,7 +14,7 @@ from enact_bench.errors import UserInputError
 from enact_bench.records import read_records
 from enact_bench.run.case import run_case
 from enact_bench.run.run_dir import edit_suite
-from enact_bench.suites import Case, load_suite
+from enact_bench.suite import Case, load_suite
 
 CHEAP = [("iters", [1]), ("warmup", [1]), ("flops", [False])]
 

@@ -10,8 +10,8 @@ from torch.library import opcheck
 
 from enact_bench.detectors.common import ms_deform_attn_op as op
 from enact_bench.detectors.common.ms_deform_attn import LevelShapes, ms_deform_attn_core
-from enact_bench.measure.cpu_memory import LiveTensorTracker
-from enact_bench.measure.flops import count_flops
+from enact_bench.instrument.live_tensors import LiveTensorTracker
+from enact_bench.instrument.flops import count_flops
 
 from detector_helpers import msda_direct as direct
 

@@ -6,7 +6,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from enact import EnactAttention, EnactConfig
-from enact_bench.measure.cpu_memory import LiveTensorTracker
+from enact_bench.instrument.live_tensors import LiveTensorTracker
 
 C, HEADS = 32, 4
 

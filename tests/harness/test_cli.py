@@ -133,10 +133,10 @@ def test_piped_output_has_a_line_when_each_case_starts_and_ends(smoke_run):
 def test_device_cuda_without_a_gpu_fails_before_any_work(tmp_path, monkeypatch):
     # --device cuda on a machine without a GPU used to run the 20 s estimate, skip every case
     # and write an empty report before failing: now one line, exit 2, and no run folder at all
-    import enact_bench.plan as plan
+    import enact_bench.predict.planner as planner
 
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    monkeypatch.setattr(plan, "plan_detector", lambda req: pytest.fail("the estimate ran"))
+    monkeypatch.setattr(planner, "plan_detector", lambda req: pytest.fail("the estimate ran"))
     res = cli.invoke(app, ["run", "--suite", "smoke", "--device", "cuda", "--out", str(tmp_path / "out"),
                            "--iters", "1", "--warmup", "1"])
     _one_line_error(res, "--device cuda: no CUDA device is available here", "--device cpu")

@@ -135,12 +135,12 @@ def test_run_list_prints_the_expanded_cases_and_runs_nothing(tmp_path, monkeypat
 def test_a_checkpoint_of_another_architecture_fails_once_before_any_case(tmp_path, monkeypatch):
     import torch
 
+    import enact_bench.commands.run as run_cmd
     from enact_bench.detectors import create_detector
-    import enact_bench.run.suite_run as suite_run
 
     wrong = tmp_path / "wide.pth"
     torch.save(create_detector("detr_tiny", hidden_dim=32, nheads=2).state_dict(), wrong)
-    monkeypatch.setattr(suite_run, "run_suite", lambda *a, **k: pytest.fail("a case ran"))
+    monkeypatch.setattr(run_cmd, "run_suite", lambda *a, **k: pytest.fail("a case ran"))
     suite = tmp_path / "tiny.toml"
     suite.write_text(TINY)
     t0 = time.monotonic()

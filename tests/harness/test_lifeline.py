@@ -205,8 +205,9 @@ def test_plan_workers_end_with_a_killed_parent_without_tracebacks(tmp_path):
 
 def test_plan_forks_its_workers_through_the_lifeline_pool(monkeypatch):
     import enact_bench.lifeline as lifeline
-    from enact_bench.measure.gpus import get_gpu
-    from enact_bench.plan import PlanRequest, plan_detector
+    from enact_bench.predict.gpus import get_gpu
+    from enact_bench.predict.plan import PlanRequest
+    from enact_bench.predict.planner import plan_detector
 
     class Used(Exception):
         pass

@@ -12,7 +12,7 @@ from enact_bench.commands.run import what_the_figures_are
 from enact_bench.console import pairs_table
 from enact_bench.records import Record
 from enact_bench.run.case import run_case
-from enact_bench.suites import Case, load_suite
+from enact_bench.suite import Case, load_suite
 from enact_bench.summary import within_noise
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from enact_bench.run.launch import CASE_IMPORTS_ENV, launch_subprocess
-from enact_bench.suites import Case
+from enact_bench.suite import Case
 
 ROOT = Path(__file__).resolve().parents[2]
 HANG_PLUGIN = '''

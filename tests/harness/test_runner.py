@@ -10,7 +10,7 @@ from enact_bench.records import Record
 from enact_bench.run import case as run_case_mod
 from enact_bench.run import launch, run_dir as run_dir_mod, steps as run_steps, suite_run
 from enact_bench.records import read_records
-from enact_bench.suites import Case, load_suite_text
+from enact_bench.suite import Case, load_suite_text
 
 TINY = dict(detector="detr_tiny", image_size=(64, 96), batch_size=1, iters=1, warmup=1, device="cpu",
             cpu_threads=1)

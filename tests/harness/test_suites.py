@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from enact_bench.errors import SuiteError
-from enact_bench.suites import Case, find_suite, list_suites, load_suite, load_suite_text, parse_set_option
+from enact_bench.suite import Case, find_suite, list_suites, load_suite, load_suite_text, parse_set_option
 
 
 def test_shipped_suites_found_by_name():
@@ -124,7 +124,7 @@ def test_set_option_parses_toml_values():
 
 def test_shipped_baseline_is_found_by_name_or_path(tmp_path):
     from enact_bench.errors import UserInputError
-    from enact_bench.suites import find_baseline, list_baselines
+    from enact_bench.suite import find_baseline, list_baselines
 
     assert find_baseline("ci-cpu") == list_baselines()["ci-cpu"]
     assert find_baseline("ci-cpu").name == "ci-cpu.json" and find_baseline("ci-cpu").is_file()
@@ -187,7 +187,7 @@ def test_case_ids_are_short_readable_and_stable():
 def test_ci_case_ids_are_the_baseline_keys():
     import json
 
-    from enact_bench.suites import find_baseline
+    from enact_bench.suite import find_baseline
 
     baseline = json.loads(find_baseline("ci-cpu").read_text())
     assert [c.case_id for c in load_suite("ci").cases] == list(baseline["cases"])

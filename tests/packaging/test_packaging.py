@@ -75,7 +75,7 @@ def test_list_from_another_directory_shows_the_shipped_suites(wheel, tmp_path):
         assert p.stem in proc.stdout, (p.stem, proc.stdout)
     assert "ci-cpu" in proc.stdout
     # the installed copy is the one found (not the checkout)
-    where = subprocess.run([sys.executable, "-c", "from enact_bench.suites import list_suites; "
+    where = subprocess.run([sys.executable, "-c", "from enact_bench.suite import list_suites; "
                             "print(list_suites()['smoke'])"], cwd=tmp_path, capture_output=True, text=True,
                            env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
                                 "PYTHONPATH": str(tmp_path / "site")})
@@ -101,7 +101,7 @@ def test_editable_install_finds_the_suites_from_another_directory(tmp_path):
     proc = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
                            "-e", str(src)], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    proc = subprocess.run([str(py), "-c", "from enact_bench.suites import find_baseline, list_suites; "
+    proc = subprocess.run([str(py), "-c", "from enact_bench.suite import find_baseline, list_suites; "
                            "print(list_suites()['smoke']); print(find_baseline('ci-cpu'))"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-import enact_bench.measure.estimate as estimate
+import enact_bench.predict.fake_step as estimate
 import enact_bench.run.steps as run_steps
 from enact_bench.regress import load_baseline, run_check
 from enact_bench.run import prepare_run, run_suite
-from enact_bench.suites import Case, load_suite_text
+from enact_bench.suite import Case, load_suite_text
 
 SUITE = """
 name = "gate-test"

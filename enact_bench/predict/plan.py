@@ -1,0 +1,225 @@
+"""The plan's vocabulary: what is asked (PlanRequest), how each variant is built (VariantSpec,
+variant_spec), and what comes back (PlanRow per batch size, VariantPlan per variant, DetectorPlan).
+
+`enact-bench plan` answers "will this detector train at batch N on that GPU, and what do fused
+attention or ENACT buy?" without a GPU. Per detector and variant (original / fused / enact) the
+training step (forward, loss, backward, gradient clipping, AdamW, as the originals train) runs
+under FakeTensorMode with CUDA's kernel choices (predict/cuda_policy.py); its ordered allocation
+stream goes through the model of PyTorch's caching allocator (predict/allocator.py) for
+`max_memory_allocated` and `max_memory_reserved`, and the CUDA context and library workspaces are
+added for the device memory NVML would show (predict/gpus.py, predict/device_memory.py). A batch
+size "fits" when that device memory stays under the GPU's memory less the margin.
+
+Search (no --batch-size): a fake run at batch 2, then fake runs at 3 and 4. The allocation
+streams at 2 and 3 are aligned op by op and every tensor's dimensions fitted, affine in the batch
+(so DETR's loss's (targets x targets) box-IoU matrix over the batch is a quadratic in bytes), with
+the per-image blocks (inputs, matcher, per-image loss indexing) repeated once per image
+(predict/stream_fit.py); the stream synthesized for batch 4 must equal the fake run at 4
+event by event. Where it does not, a fake run at 5 checks the older fit (every event's bytes
+quadratic through 2, 3 and 4); where neither holds, every row stays a fake run of its own. With the
+stream confirmed, the search's rows (the largest batch the secant guesses, the one after it, ...)
+are that stream at the row's batch, replayed through the allocator model (~20 ms each, against
+1-2 s for a fake step); each row says where it came from (`source`: "fake" | "affine"). The
+breakdown hooks run in one probe (batch 3): the synthesized streams inherit its per-event
+categories, and batch 2's row gets its breakdown the same way once the stream reproduces its
+fake run. `--fake-runs` (affine=False) runs a fake step per row.
+
+The control flow is predict/planner.py (plan_detector), the search predict/search.py
+(VariantSearch), the process pool predict/pool.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from enact_bench.metrics import MIB
+from enact_bench.errors import UserInputError
+from enact_bench.choices import DTYPES, TARGETS
+
+VARIANTS = ("original", "fused", "enact")
+LINEAR_TOLERANCE = 0.01  # relative: fake run's tensor peak vs the probes' line
+DEFAULT_MARGIN_PCT = 5.0
+DEFAULT_CLUSTER_SIZE = 6
+MAX_SEARCH_STEPS = 12
+
+# Largest side the originals' multi-scale training augmentation can produce (RandomResize(scales,
+# max_size=1333) in each release's datasets/coco.py; DINO: data_aug_max_size = 1333 in
+# config/DINO/DINO_4scale.py). `--image-size worst` pads a batch to max_size x max_size.
+FAMILY_MAX_SIZE = {"detr": 1333, "conditional_detr": 1333, "anchor_detr": 1333, "deformable_detr": 1333,
+                   "dino": 1333}
+
+# Families whose encoder self-attention is dense (nn.MultiheadAttention): "fused" applies to them.
+FUSED_FAMILIES = {"detr", "conditional_detr"}
+FUSED_SKIP_REASON = {
+    "anchor_detr": "Anchor DETR's encoder uses row-column decoupled attention (RCDA), not "
+                   "nn.MultiheadAttention; there is no fused SDPA variant of it",
+    "deformable_detr": "the encoder's self-attention is multi-scale deformable attention (no dense "
+                       "attention matrix to fuse); its original is already the compiled op's memory",
+    "dino": "the encoder's self-attention is multi-scale deformable attention (no dense attention "
+            "matrix to fuse); its original is already the compiled op's memory",
+}
+
+
+def parse_hw(text: str, family: str | None = None) -> tuple[int, int]:
+    """"HxW" -> (H, W); "worst" -> (max_size, max_size) of the family's augmentation."""
+    t = str(text).strip().lower()
+    if t == "worst":
+        return (FAMILY_MAX_SIZE.get(family or "detr", 1333),) * 2
+    parts = t.split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise UserInputError(f"--image-size {text!r}: expected HxW (e.g. 800x1333) or 'worst'")
+    h, w = (int(p) for p in parts)
+    if h < 32 or w < 32:
+        raise UserInputError(f"--image-size {text!r}: both sides must be >= 32 pixels (the backbone's stride)")
+    return h, w
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """How a variant is built from a detector name: create_detector(name, enact=..., **overrides)."""
+
+    variant: str
+    applicable: bool
+    reason: str = ""
+    enact_cluster_size: int | None = None
+    overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+
+
+def variant_spec(family: str, variant: str, cluster_size: int) -> VariantSpec:
+    if variant == "original":
+        return VariantSpec("original", True, "the release's attention")
+    if variant == "fused":
+        if family in FUSED_FAMILIES:
+            return VariantSpec("fused", True, "encoder and decoder attention through SDPA (need_weights=False)",
+                               overrides={"attention": "sdpa"})
+        return VariantSpec("fused", False, FUSED_SKIP_REASON.get(family, f"no fused attention variant for {family}"))
+    return VariantSpec("enact", True, f"ENACT at a fixed cluster size L = {cluster_size}",
+                       enact_cluster_size=cluster_size)
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    detector: str
+    gpu: object  # measure.gpus.GpuSpec
+    image_size: tuple[int, int] = (800, 1333)
+    batch_sizes: tuple[int, ...] = ()  # empty: search for the limit
+    dtype: str = "float32"
+    enact_cluster_size: int = DEFAULT_CLUSTER_SIZE
+    variants: tuple[str, ...] = VARIANTS
+    margin_pct: float = DEFAULT_MARGIN_PCT
+    target: str = "cuda"
+    jobs: int | None = None  # parallel variant processes (None: min(cores, variants))
+    ddp: bool = False  # one DistributedDataParallel rank: its gradient buckets are live all step
+    affine: bool = True  # search rows from the confirmed affine stream (False: a fake run per row)
+
+    def __post_init__(self):
+        if any((not isinstance(b, int)) or b < 1 for b in self.batch_sizes):
+            raise UserInputError(f"--batch-size must be positive integers, got {list(self.batch_sizes)}")
+        if self.dtype not in DTYPES:
+            raise UserInputError(f"--dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        if self.enact_cluster_size < 1:
+            raise UserInputError(f"--enact-cluster-size must be >= 1, got {self.enact_cluster_size}")
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad or not self.variants:
+            raise UserInputError(f"--variants {','.join(self.variants)!r}: expected a comma list of {', '.join(VARIANTS)}")
+        if not 0 <= self.margin_pct < 100:
+            raise UserInputError(f"--margin {self.margin_pct}: expected a percentage in [0, 100)")
+        if self.target not in TARGETS:
+            raise UserInputError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+
+    @property
+    def budget_bytes(self) -> int:
+        """Device memory a plan may use: what a process can hold on the GPU (CUDA's total, see
+        predict/gpus.py usable_mib) less the margin."""
+        return int(self.gpu.usable_bytes * (1 - self.margin_pct / 100))
+
+
+@dataclass
+class PlanRow:
+    batch_size: int
+    tensor_peak_bytes: int  # every live tensor at the peak (the tracker's exact figure)
+    alloc_peak_bytes: int  # predicted max_memory_allocated (caching-allocator model)
+    reserved_peak_bytes: int  # predicted max_memory_reserved
+    device_used_bytes: int  # predicted NVML used: reserved + workspaces + CUDA context
+    fits: bool
+    seconds: float
+    breakdown_mib: dict | None = None
+    sdpa_kernels: dict = field(default_factory=dict)
+    modules_mib: dict | None = None
+    peak_phase: str | None = None
+    source: str = "fake"  # "fake": a fake run at this batch; "affine": the confirmed affine stream
+
+    def as_dict(self) -> dict:
+        return {"batch_size": self.batch_size,
+                "tensor_peak_mib": round(self.tensor_peak_bytes / MIB, 1),
+                "alloc_peak_mib": round(self.alloc_peak_bytes / MIB, 1),
+                "reserved_peak_mib": round(self.reserved_peak_bytes / MIB, 1),
+                "device_used_mib": round(self.device_used_bytes / MIB, 1),
+                "fits": self.fits, "breakdown_mib": self.breakdown_mib, "modules_mib": self.modules_mib,
+                "peak_phase": self.peak_phase,
+                "tensor_peak_bytes": self.tensor_peak_bytes, "alloc_peak_bytes": self.alloc_peak_bytes,
+                "reserved_peak_bytes": self.reserved_peak_bytes, "device_used_bytes": self.device_used_bytes,
+                "sdpa_kernels": self.sdpa_kernels, "estimate_s": round(self.seconds, 2), "source": self.source}
+
+
+@dataclass
+class VariantPlan:
+    variant: str
+    applicable: bool
+    reason: str
+    max_batch_size: int | None = None  # None: not applicable; 0: not even batch 1 fits
+    rows: list[PlanRow] = field(default_factory=list)
+    linear: bool | None = None  # the probes' line agreed with the far fake runs (search only)
+    searched: bool = True
+    seconds: float = 0.0
+    error: str | None = None
+    enact_cluster_size: int | None = None
+    overrides: dict = field(default_factory=dict)
+    fake_runs: list[int] = field(default_factory=list)  # batch sizes run as fake steps (rows and probes)
+    affine_confirmed_at: int | None = None  # the confirmed affine stream's check batch (None: none)
+    affine_note: str | None = None
+    ddp_bucket_bytes: int | None = None
+
+    def as_dict(self) -> dict:
+        return {"variant": self.variant, "applicable": self.applicable, "reason": self.reason,
+                "fake_runs": self.fake_runs, "affine_confirmed_at": self.affine_confirmed_at,
+                "affine_note": self.affine_note, "ddp_bucket_bytes": self.ddp_bucket_bytes,
+                "max_batch_size": self.max_batch_size, "rows": [r.as_dict() for r in self.rows],
+                "linear_in_batch": self.linear, "searched": self.searched, "seconds": round(self.seconds, 2),
+                "error": self.error, "enact_cluster_size": self.enact_cluster_size, "overrides": self.overrides}
+
+
+@dataclass
+class DetectorPlan:
+    request: PlanRequest
+    family: str
+    variants: list[VariantPlan]
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        r = self.request
+        return {"detector": r.detector, "family": self.family, "target": r.target, "ddp": r.ddp, "gpu": r.gpu.as_dict(),
+                "usable_mib": r.gpu.usable_mib,
+                "image_size": list(r.image_size), "dtype": r.dtype, "margin_pct": r.margin_pct,
+                "budget_mib": round(r.budget_bytes / MIB, 1), "enact_cluster_size": r.enact_cluster_size,
+                "variants": [v.as_dict() for v in self.variants], "seconds": round(self.seconds, 2),
+                "estimate": "FakeTensorMode training step (AdamW, clip), CUDA kernel policies, caching-allocator model; "
+                            "device memory adds the CUDA context (an estimate per GPU) and cuBLAS workspaces"}
+
+
+def fits_summary(plan: VariantPlan, req: PlanRequest) -> str:
+    """One line: the largest batch and the headroom it leaves."""
+    if not plan.applicable:
+        return f"n/a: {plan.reason}"
+    if plan.error:
+        return f"error: {plan.error}"
+    if plan.max_batch_size == 0:
+        return "batch 1 does not fit"
+    row = next((r for r in plan.rows if r.batch_size == plan.max_batch_size), None)
+    if row is None:
+        return f"max batch {plan.max_batch_size}"
+    free = req.gpu.usable_mib - row.device_used_bytes / MIB
+    return f"max batch {plan.max_batch_size} ({free:,.0f} MiB left of {req.gpu.usable_mib:,} usable)"

@@ -1,0 +1,205 @@
+"""`enact-bench plan`: the JSON schema of the issue, the batch-size search's bracket, variants that
+do not apply, and one-line errors (exit 2), including --validate without a GPU."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from enact_bench.cli import app
+from enact_bench.predict.gpus import custom_gpu
+from enact_bench.predict.plan import PlanRequest, parse_hw, variant_spec
+from enact_bench.predict.planner import plan_detector
+
+cli = CliRunner()
+SIZE = "96x128"
+
+
+def test_plan_json_schema_and_the_largest_batch_bracket(tmp_path):
+    out = tmp_path / "plan.json"
+    r = cli.invoke(app, ["plan", "detr_tiny", "--gpu-mem", "1.5", "--image-size", SIZE,
+                         "--variants", "original,enact", "--enact-cluster-size", "2", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    assert d["detector"] == "detr_tiny" and d["target"] == "cuda" and d["dtype"] == "float32"
+    assert d["image_size"] == [96, 128] and d["gpu"]["memory_mib"] == 1536
+    budget = d["budget_mib"]
+    assert [v["variant"] for v in d["variants"]] == ["original", "enact"]
+    for v in d["variants"]:
+        rows = {row["batch_size"]: row for row in v["rows"]}
+        b = v["max_batch_size"]
+        assert b >= 2 and rows[b]["fits"] and not rows[b + 1]["fits"]  # the rows at max and the next show it
+        for row in v["rows"]:
+            assert set(row) >= {"batch_size", "tensor_peak_mib", "alloc_peak_mib", "reserved_peak_mib",
+                                "device_used_mib", "fits", "breakdown_mib"}
+            assert row["tensor_peak_mib"] <= row["alloc_peak_mib"] <= row["reserved_peak_mib"] < row["device_used_mib"]
+            assert row["fits"] == (row["device_used_bytes"] <= budget * 2**20 + 0.05 * 2**20)
+            # the breakdown's categories add up to the tensor peak it attributes
+            assert sum(row["breakdown_mib"].values()) == pytest.approx(row["tensor_peak_mib"], abs=0.1)
+    assert "max batch" in r.output and "ESTIMATES" in r.output
+
+
+def test_explicit_batch_sizes_are_run_as_given():
+    req = PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), batch_sizes=(1, 3), variants=("original",), jobs=1)
+    v = plan_detector(req).variants[0]
+    assert [r.batch_size for r in v.rows] == [1, 3] and not v.searched
+    assert v.max_batch_size == 3  # both fit in 1.5 GiB at this size
+    # tensor peak grows with the batch; the fake runs are independent of each other's order
+    assert v.rows[1].tensor_peak_bytes > v.rows[0].tensor_peak_bytes
+
+
+@pytest.mark.parametrize("search", [False, True])
+def test_parallel_variants_give_the_same_rows_as_one_process(search):
+    """Forked workers (in a fresh process: torch forbids autograd in a child forked after the
+    parent ran a backward, which pytest's earlier tests did) give the rows one process gives;
+    for a search, also with the probes run batch by batch for all variants in one process each."""
+    import subprocess
+    import sys
+
+    code = ("import json; from enact_bench.predict.plan import PlanRequest; from enact_bench.predict.planner import plan_detector; "
+            "from enact_bench.predict.gpus import custom_gpu; "
+            "p = plan_detector(PlanRequest('detr_tiny', custom_gpu(1.5), (96, 128), jobs={jobs}, {sizes}"
+            "enact_cluster_size=2, variants=('original', 'fused', 'enact'))); "
+            "print(json.dumps([[r.batch_size, r.source, r.tensor_peak_bytes, r.alloc_peak_bytes, r.reserved_peak_bytes, "
+            "r.device_used_bytes, r.breakdown_mib, r.peak_phase] for v in p.variants for r in v.rows] "
+            "+ [[v.max_batch_size, v.fake_runs, v.affine_confirmed_at, v.error] for v in p.variants]))")
+    sizes = "" if search else "batch_sizes=(2,), "
+    outs = [json.loads(subprocess.run([sys.executable, "-c", code.format(jobs=j, sizes=sizes)], capture_output=True,
+                                      text=True, check=True).stdout.strip().splitlines()[-1]) for j in (1, 3)]
+    assert outs[0] == outs[1]
+    assert [v[-1] for v in outs[0][-3:]] == [None, None, None]
+    if search:
+        assert [v[1:3] for v in outs[0][-3:]] == [[[2, 3, 4], 4]] * 3  # the stream confirmed for each
+        assert len(outs[0]) > 3 * 3  # batch 2 and at least the largest batch and the next, per variant
+    else:
+        assert len(outs[0]) == 3 + 3
+
+
+def test_fused_does_not_apply_to_deformable_encoders_and_says_why():
+    for family in ("deformable_detr", "dino", "anchor_detr"):
+        spec = variant_spec(family, "fused", 6)
+        assert not spec.applicable and spec.reason
+    assert variant_spec("detr", "fused", 6).overrides == {"attention": "sdpa"}
+    plan = plan_detector(PlanRequest("deformable_detr_tiny", custom_gpu(4), (96, 128), batch_sizes=(1,),
+                                     variants=("fused",)))
+    v = plan.variants[0]
+    assert not v.applicable and v.rows == [] and v.max_batch_size is None and "deformable" in v.reason
+
+
+def test_dino_plans_train_with_their_denoising_queries():
+    """No variant of DINO's plan turns denoising off (fake steps run it: dino_denoising.py)."""
+    for variant in ("original", "enact"):
+        spec = variant_spec("dino", variant, 6)
+        assert "dn_number" not in spec.overrides and "denoising" not in spec.reason
+
+
+def test_worst_image_size_is_the_augmentations_max_size():
+    assert parse_hw("worst", "detr") == (1333, 1333)
+    assert parse_hw("800x1333") == (800, 1333)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["detr_tiny", "--gpu", "tpu-9000"], "unknown GPU"),
+    (["detr_tiny"], "exactly one of --gpu"),
+    (["detr_tiny", "--gpu", "h100", "--gpu-mem", "80"], "exactly one of --gpu"),
+    (["detr_tiny", "--gpu", "h100", "--image-size", "big"], "--image-size"),
+    (["detr_tiny", "--gpu", "h100", "--variants", "original,turbo"], "--variants"),
+    (["detr_tiny", "--gpu", "h100", "--batch-size", "0"], "--batch-size"),
+    (["detr_tiny", "--gpu", "h100", "--dtype", "int8"], "--dtype"),
+    (["no_such_detector", "--gpu", "h100"], "unknown detector"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    r = cli.invoke(app, ["plan", *args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path; a CUDA device is present")
+def test_validate_without_a_gpu_exits_2_with_one_line():
+    r = cli.invoke(app, ["plan", "detr_tiny", "--gpu", "h100", "--validate"])
+    assert r.exit_code == 2
+    assert "--validate" in r.output and "CUDA" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.gpu
+def test_validate_on_a_gpu_compares_predicted_and_measured(tmp_path):
+    out = tmp_path / "v.json"
+    r = cli.invoke(app, ["plan", "detr_tiny", "--gpu", "h100", "--image-size", "256x320", "-b", "1", "-b", "2",
+                         "--variants", "original,fused", "--validate", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    assert len(d["validation"]) == 4
+    for v in d["validation"]:
+        assert v["measured"]["status"] == "ok"
+        assert 0.8 < v["ratios"]["alloc"] < 1.25  # the allocator model within 25% on a tiny model
+
+
+@pytest.mark.parametrize("variant", ["original", "fused", "enact"])
+def test_rows_from_the_affine_stream_equal_fake_runs_to_the_byte(variant):
+    """The fast path (fake runs at 2-4, rows synthesized from the stream fitted through 2 and 3 and
+    confirmed at 4) against a fake run per row: every figure a row shows, at three batch sizes,
+    identical."""
+    from enact_bench.predict.search import VariantSearch
+
+    req = PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), enact_cluster_size=2, jobs=1)
+    slow_req = PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), enact_cluster_size=2, jobs=1, affine=False)
+    spec = variant_spec("detr", variant, 2)
+    fast, slow = VariantSearch(req, spec), VariantSearch(slow_req, spec)
+    fast.row(2)
+    fast.fit_stream()
+    fast.fill_breakdown()
+    assert fast.stream is not None and fast.stream.confirmed_at == 4, fast.affine_note
+    fields = ("tensor_peak_bytes", "alloc_peak_bytes", "reserved_peak_bytes", "device_used_bytes", "fits",
+              "breakdown_mib", "modules_mib", "peak_phase", "sdpa_kernels")
+    for b in (2, 7, 13):
+        f, s = fast.row(b), slow.row(b)
+        assert f.source == ("fake" if b == 2 else "affine") and s.source == "fake"
+        assert {k: getattr(f, k) for k in fields} == {k: getattr(s, k) for k in fields}, b
+    assert sorted(fast.measures) == [2, 3, 4]  # no fake run beyond the probes
+
+
+def test_without_shapes_the_quadratic_fit_through_three_probes_takes_over(monkeypatch):
+    """The shapes' fit refused (here: the shapes hidden, so every size is taken as linear in bytes
+    and DETR's (targets x targets) IoU matrix misses at batch 4): one more fake run at 5 confirms
+    the older quadratic fit, and its rows still equal fake runs to the byte."""
+    import enact_bench.predict.stream_fit as affine_stream
+    from enact_bench.predict.search import VariantSearch
+
+    real = affine_stream.fit_shapes
+    monkeypatch.setattr(affine_stream, "fit_shapes",
+                        lambda a, probes: real(a, [(ev, ops, [None] * len(sh)) for ev, ops, sh in probes]))
+    req = PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), jobs=1)
+    spec = variant_spec("detr", "original", 2)
+    fast, slow = VariantSearch(req, spec), VariantSearch(PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), jobs=1, affine=False), spec)
+    fast.row(2)
+    fast.fit_stream()
+    assert fast.stream is not None and fast.stream.confirmed_at == 5, fast.affine_note
+    assert "refused (batch 4" in fast.affine_note and sorted(fast.measures) == [2, 3, 4, 5]
+    for b in (6, 11):
+        f, s = fast.row(b), slow.row(b)
+        assert (f.source, f.tensor_peak_bytes, f.alloc_peak_bytes, f.reserved_peak_bytes) == \
+            ("affine", s.tensor_peak_bytes, s.alloc_peak_bytes, s.reserved_peak_bytes)
+
+
+def test_ddp_raises_every_rows_tensor_peak_by_the_bucket_bytes(tmp_path):
+    from enact_bench.detectors import create_detector
+    from enact_bench.predict.ddp_buckets import trainable_param_bytes
+
+    base = dict(batch_sizes=(2, 3), variants=("original",), jobs=1)
+    plain = plan_detector(PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), **base)).variants[0]
+    ddp = plan_detector(PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), ddp=True, **base)).variants[0]
+    with torch.device("meta"):
+        buckets = trainable_param_bytes(create_detector("detr_tiny"))
+    assert ddp.ddp_bucket_bytes == buckets > 0 and plain.ddp_bucket_bytes is None
+    for p, d in zip(plain.rows, ddp.rows):
+        assert d.tensor_peak_bytes - p.tensor_peak_bytes == buckets
+    out = tmp_path / "ddp.json"
+    r = cli.invoke(app, ["plan", "detr_tiny", "--gpu-mem", "1.5", "--image-size", SIZE, "-b", "2",
+                         "--variants", "original", "--ddp", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    assert d["ddp"] is True and d["variants"][0]["ddp_bucket_bytes"] == buckets
+    assert "DDP rank" in r.output
