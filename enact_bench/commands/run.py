@@ -250,8 +250,7 @@ def print_case_list(suite) -> None:
 
     from enact_bench.console import console
 
-    t = Table(title=f"suite {suite.name}: {len(suite.cases)} case(s)" + (f" ({suite.description})"
-                                                                         if suite.description else ""))
+    t = Table(title=f"suite {suite.name}: {len(suite.cases)} case(s)")
     for col in ("case id", "detector", "variant", "mode", "batch", "size", "device", "warmup+iters"):
         t.add_column(col, justify="right" if col in ("batch", "warmup+iters") else "left")
     for c in suite.cases:
@@ -259,6 +258,8 @@ def print_case_list(suite) -> None:
         variant = ("ENACT" if c.enact else "baseline") + (" (estimate)" if c.fake else "")
         t.add_row(c.case_id, c.detector, variant, c.mode, str(c.batch_size), size, c.device,
                   f"{c.warmup}+{c.iters}")
+    if suite.description:
+        console.print(f"{suite.name}: {suite.description}", highlight=False, soft_wrap=True)
     if suite.plan:
         p = suite.plan
         console.print(f"first, the full-size estimate: {', '.join(p['detectors'])} at "

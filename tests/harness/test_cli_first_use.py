@@ -123,7 +123,7 @@ def test_run_list_prints_the_expanded_cases_and_runs_nothing(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     res = cli.invoke(app, ["run", "--suite", "smoke", "--list", "--set", "cpu_threads=1"])
     assert res.exit_code == 0, _text(res)
-    for cid in ("detr_tiny-base-train-b2-256x320", "detr_tiny-enact-infer-b2-128x160"):
+    for cid in ("detr_tiny-base-train-b1-256x320", "detr_tiny-enact-infer-b2-128x160"):
         assert cid in res.output
     assert "256x320" in res.output and "infer" in res.output and "first, the full-size estimate: detr_r50" in res.output
     assert not (tmp_path / "reports").exists()
