@@ -306,6 +306,35 @@ def make_baseline(runs: list[list[dict]], *, tolerances: dict | None = None) -> 
     }
 
 
+def installed_dirs() -> list[Path]:
+    """Folders that belong to the Python installation, not to the user: this package's own
+    folder (a wheel, or `pip install --target`) and the site-packages folders."""
+    import site
+    import sysconfig
+
+    import enact_bench
+
+    dirs = [Path(enact_bench.__file__).resolve().parent]
+    paths = sysconfig.get_paths()
+    dirs += [Path(paths[k]) for k in ("purelib", "platlib") if k in paths]
+    try:
+        dirs += [Path(p) for p in site.getsitepackages()]
+    except AttributeError:  # some virtualenvs' site module
+        pass
+    return [d.resolve() for d in dict.fromkeys(dirs)]
+
+
+def check_update_target(path: str | Path, given: str) -> None:
+    """`check --update` writes the baseline: never into the installed package (pip's record of
+    the install would no longer match, and later checks would compare a run with itself)."""
+    target = Path(path).expanduser().resolve()
+    for d in installed_dirs():
+        if target.is_relative_to(d):
+            raise UserInputError(f"--baseline {given} --update would write {target}, inside the installed "
+                                 f"package ({d}); pass a path in your project instead, e.g. "
+                                 f"--baseline baselines/{target.name} --update (then commit it)")
+
+
 def write_baseline(path: str | Path, doc: dict) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -63,13 +63,14 @@ def run_all(req: PlanRequest, specs: list[VariantSpec], workers: int) -> list[Va
     """Every applicable variant's plan, in `workers` forked processes (the probes first, when a
     search will use them), in the order of `specs`."""
     import gc
-    import multiprocessing as mp
+
+    from enact_bench.lifeline import fork_pool
 
     # the ~400,000 objects of torch, torch._dynamo and sympy out of the garbage collector's
     # scans (a third of a second of collections per variant) and its writes into their pages,
     # which forked children would each copy
     gc.freeze()
-    pool_of = mp.get_context("fork").Pool
+    pool_of = fork_pool  # workers end with this process, even when it is killed
     jobs = [(req, s) for s in specs]
     try:
         if not req.batch_sizes and req.affine:  # a search: its probes first, batch by batch

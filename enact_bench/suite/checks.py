@@ -53,7 +53,7 @@ def parse_image_size(value: Any) -> tuple[tuple[int, int] | None, str | None]:
     else:
         raise ValueError(expected)
     if h < 1 or w < 1:
-        raise ValueError(f"image sides must be >= 1 ({expected})")
+        raise ValueError('expected image sides >= 1 pixel, e.g. "800x1333"')
     return (h, w), None
 
 

@@ -79,7 +79,7 @@ def test_a_bad_value_names_the_file_key_value_and_what_is_valid(key, value, tail
 
 
 def test_a_side_under_one_pixel_is_named():
-    with pytest.raises(SuiteError, match=r"^W: image_size = \[0, 5\]: .*image sides must be >= 1"):
+    with pytest.raises(SuiteError, match=r"^W: image_size = \[0, 5\]: .*image sides >= 1 pixel"):
         check_value("image_size", [0, 5], "W")
 
 

@@ -11,8 +11,9 @@ from enact_bench.suite.load import find_suite, list_suites, load_suite, load_sui
 def test_shipped_suites_found_by_name():
     assert {"smoke", "synthetic-detr", "ci"} <= set(list_suites())
     smoke = load_suite("smoke")
+    attention_bound = "overrides=enc_layers=8,lr_backbone=0,nheads=64"
     assert [c.case_id for c in smoke.cases] == [
-        "detr_tiny-base-train-b2-128x160", "detr_tiny-enact-train-b2-128x160",
+        f"detr_tiny-base-train-b1-256x320-{attention_bound}", f"detr_tiny-enact-train-b1-256x320-{attention_bound}",
         "detr_tiny-base-infer-b2-128x160", "detr_tiny-enact-infer-b2-128x160"]
     assert all(c.device in ("cpu", "cuda") for c in smoke.cases)  # "auto" resolved
 
@@ -89,8 +90,11 @@ def test_unknown_suite_lists_shipped_ones():
 
 def test_overrides_replace_axes_and_set_table_entries():
     s = load_suite("smoke", [("detector", ["detr_tiny"]), ("batch_size", [1]), ("overrides.num_queries", [5])])
-    assert len(s.cases) == 4 and all(c.batch_size == 1 and c.overrides == {"num_queries": 5} for c in s.cases)
-    s = load_suite("smoke", [("mode", ["train"])])  # collapses the mode axis: duplicates dropped
+    assert len(s.cases) == 4 and all(c.batch_size == 1 and c.overrides.get("num_queries") == 5 for c in s.cases)
+    assert s.cases[0].overrides == {"lr_backbone": 0, "enc_layers": 8, "nheads": 64, "num_queries": 5}  # entry added
+    s = load_suite("smoke", [("mode", ["train"]), ("image_size", ["128x160"]), ("batch_size", [2]),
+                             ("overrides", [{}])])
+    # the two groups now differ in nothing: duplicates dropped
     assert [c.case_id for c in s.cases] == ["detr_tiny-base-train-b2-128x160", "detr_tiny-enact-train-b2-128x160"]
     with pytest.raises(SuiteError, match="unknown key"):
         load_suite("smoke", [("speed", [1])])
