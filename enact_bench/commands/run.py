@@ -24,10 +24,10 @@ FLAGS = {"detector": "--detector", "device": "--device", "batch_size": "--batch-
 def check_flag(label: str, key: str, value: Any) -> None:
     """A command-line value checked as the suite key it sets; the error names the option
     (`label`, e.g. "--image-size 0x0" or "--set iters=0"), not the suite file."""
-    from enact_bench import suite as suites
+    from enact_bench.suite.checks import check_value
 
     try:
-        suites._check(key, value, label)
+        check_value(key, value, label)
     except SuiteError as e:
         text = str(e)
         prefix = f"{label}: {key} = {value!r}: "
