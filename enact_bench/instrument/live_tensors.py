@@ -84,6 +84,11 @@ class LiveTensorTracker(TorchDispatchMode):
         self.event_shapes: list | None = [] if record_events else None
         self._op = None
         self._meta = None  # (shape, element size) of the tensor being counted, for _record
+        # ops whose outputs live on the host when the step stands for a GPU's (set by the estimate's
+        # CUDA target: aten.lift_fresh, a tensor built from Python data): their storages, and every
+        # view of them, are not counted
+        self.host_ops: frozenset = frozenset()
+        self._host_storages: set[int] = set()
 
     # --- bookkeeping -------------------------------------------------------------------
     def _track(self, t: torch.Tensor) -> None:
@@ -92,6 +97,8 @@ class LiveTensorTracker(TorchDispatchMode):
             return
         st, nbytes = found
         key = id(st)
+        if key in self._host_storages:
+            return
         if self._recording:
             self._meta = _shape_of(t, nbytes)
         if key in self._live:
@@ -130,6 +137,8 @@ class LiveTensorTracker(TorchDispatchMode):
         if found is None or id(found[0]) in self._live:
             return
         st, nbytes = found
+        if id(st) in self._host_storages:
+            return
         if self._recording:
             self._meta = _shape_of(t, nbytes)
         self._live[id(st)] = nbytes
@@ -140,6 +149,14 @@ class LiveTensorTracker(TorchDispatchMode):
         if self._recording:
             self._record("alloc", id(st), nbytes)
         weakref.finalize(st, self._free, id(st))
+
+    def _mark_host(self, out) -> None:
+        for t in ((out,) if isinstance(out, torch.Tensor) else tree_leaves(out)):
+            found = _storage_nbytes(t) if isinstance(t, torch.Tensor) else None
+            if found is not None and id(found[0]) not in self._live:
+                key = id(found[0])
+                self._host_storages.add(key)
+                weakref.finalize(found[0], self._host_storages.discard, key)
 
     def reset_peak(self) -> None:
         self.peak_bytes = self.current_bytes
@@ -193,6 +210,9 @@ class LiveTensorTracker(TorchDispatchMode):
                 if isinstance(t, torch.Tensor):
                     self._track_late(t)
         out = run()
+        if func in self.host_ops:
+            self._mark_host(out)
+            return out
         if self._recording:
             self._op = func
         for t in ((out,) if isinstance(out, torch.Tensor) else tree_leaves(out)):

@@ -17,8 +17,9 @@ matched tensors are unchanged.
 
 `target` says whose kernels the step follows. "cpu" (the default, the CI gate's exact figures):
 what the CPU runs, AdamW per tensor, SDPA as the CPU dispatches it. "cuda": what a CUDA GPU
-runs (predict/cuda_policy.py): AdamW and gradient clipping with foreach, and SDPA through the
-fused kernel CUDA would pick (output + logsumexp kept, dropout inside the kernel).
+runs (predict/cuda_policy.py): AdamW and gradient clipping with foreach, SDPA through the
+fused kernel CUDA would pick (output + logsumexp kept, dropout inside the kernel), dropout as
+native_dropout (a bool mask kept), CUDA's autocast lists and, for float16, a GradScaler.
 
 `ddp=True` predicts one DistributedDataParallel rank: DDP's gradient buckets (predict/ddp_buckets.py:
 the bytes of the trainable parameters, in the layout DDP rebuilds them to) are alive through the
@@ -37,7 +38,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from enact_bench.instrument.live_tensors import MIB, LiveTensorTracker, ObservingFakeTensorMode
-from enact_bench.predict.cuda_policy import TARGETS, CudaArch, cuda_sdpa_policy
+from enact_bench.predict.cuda_policy import TARGETS, CudaArch, step_kernels
 from enact_bench.instrument.step_probe import OpRecorder, SavedTensorCounter, attention_paths
 from enact_bench.train.step import train_step
 
@@ -270,8 +271,9 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
     optimizer as they are (a previous measured step already left them in steady state).
     target: "cpu" or "cuda" (module docstring). record_events keeps the tracker's ordered
     allocation/free stream (for the caching-allocator model). autocast_dtype ("bfloat16",
-    "float16"): the forward and loss under torch.autocast on the CPU (CPU's autocast op lists;
-    docs/gpu-estimate.md says where CUDA's differ). probes=False skips the saved-for-backward
+    "float16"): the forward and loss under autocast (the CPU's op lists;
+    docs/gpu-estimate.md says where CUDA's differ) for target "cpu", CUDA's lists (and a GradScaler
+    for float16) for "cuda" (cuda_policy.step_kernels). probes=False skips the saved-for-backward
     counter and the op recorder (faster; those fields then read 0 / []). breakdown=True also
     attributes the peak (instrument/breakdown.py; implies record_events and the saved-tensor
     counter); the figures measured are the same either way. host: the ObservingFakeTensorMode
@@ -284,12 +286,11 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
     criterion.train()
     foreach = True if target == "cuda" else None
     optimizer = optimizer or make_optimizer(model, foreach=foreach)
-    policy = cuda_sdpa_policy(arch) if target == "cuda" else nullcontext(None)
-    amp = (lambda: torch.autocast("cpu", dtype=getattr(torch, autocast_dtype))) if autocast_dtype else nullcontext
-    with policy as sdpa:
+    with step_kernels(target, arch, autocast_dtype, optimizer) as kernels:
+        sdpa, amp, scaler = kernels.sdpa, kernels.autocast, kernels.scaler
         if warmup == "step":
             train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
-                       clip_max_norm=clip_max_norm, autocast=amp, foreach=foreach)  # grads + state
+                       clip_max_norm=clip_max_norm, autocast=amp, foreach=foreach, scaler=scaler)  # grads + state
         elif warmup == "prime":
             prime_optimizer_state(model, optimizer)
         if sdpa is not None:
@@ -331,8 +332,10 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
             backward_ctx = lambda: attribution.backward(bwd_inner)  # noqa: E731
         else:
             tracker = LiveTensorTracker(count_existing=False, record_events=record_events, host=host)
+        tracker.host_ops = kernels.host_ops
         with tracker:
-            for t in _live_before_step(model, criterion, optimizer, batch) + buckets:
+            for t in _live_before_step(model, criterion, optimizer, batch) + buckets + (
+                    scaler.state_tensors() if scaler is not None else []):
                 tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
             start = tracker.current_bytes
             tracker.reset_peak()
@@ -340,7 +343,7 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
                 attribution.begin()
             train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
                        clip_max_norm=clip_max_norm, forward_ctx=forward_ctx, backward_ctx=backward_ctx,
-                       foreach=foreach)
+                       foreach=foreach, scaler=scaler)
     fwd = flops_fwd.get_total_flops() if count_flops else 0
     bwd = flops_bwd.get_total_flops() if count_flops else 0
     return StepMeasure(
@@ -427,15 +430,16 @@ def predicted_gpu_fields(m: StepMeasure, gpu, reasons: dict) -> dict:
     return out
 
 
-def fake_params_from(model: nn.Module, mode: FakeTensorMode) -> nn.Module:
-    """Give every parameter and buffer of `model` a fake CPU tensor of the same shape, stride
-    and dtype, in place, without reading its values (so `model` may live on the meta device:
-    nothing real is ever allocated or initialised). Tied parameters stay tied."""
+def fake_params_from(model: nn.Module, mode: FakeTensorMode, device: str = "cpu") -> nn.Module:
+    """Give every parameter and buffer of `model` a fake tensor on `device` (the estimate's "cpu";
+    "cuda" for predict/fake_cuda_reference.py) of the same shape, stride and dtype, in place,
+    without reading its values (so `model` may live on the meta device: nothing real is ever
+    allocated or initialised). Tied parameters stay tied."""
     memo: dict[int, torch.Tensor] = {}
 
     def fake_like(t: torch.Tensor) -> torch.Tensor:
         with mode:
-            return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device="cpu")
+            return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device=device)
 
     for mod in model.modules():
         for name, p in list(mod._parameters.items()):
