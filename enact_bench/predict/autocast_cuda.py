@@ -233,9 +233,11 @@ def _make_kernel(state: CudaAutocast, name: str, policy: str):
     cast_at, prio_at = _cast_positions(op)
     dtype_at = next((i for i, a in enumerate(schema.arguments) if a.name == "dtype"), None)
 
+    defaults = [a.default_value if a.has_default_value() else _MISSING for a in schema.arguments]
+
     def bind(args, kwargs) -> list:
-        values = list(args) + [kwargs.get(n, _MISSING) for n in names[len(args):]]
-        return values
+        """The arguments in schema order; the dispatcher leaves out trailing defaults."""
+        return list(args) + [kwargs.get(n, d) for n, d in zip(names[len(args):], defaults[len(args):])]
 
     def call(target, values):
         args, kwargs = [], {}

@@ -4,7 +4,7 @@ Some CompositeImplicitAutograd ops decompose differently when their input `is_cu
 branches keep different tensors for backward. FakeTensorMode on device cpu follows the CPU's
 branch; while `cuda_composites()` is active, kernels registered for these ops at the AutogradCPU
 key take CUDA's branch (every fake CPU tensor of the step stands for one on the GPU) and run the
-op's own composite kernel (`decompose()`) otherwise. They call the aten ops of CUDA's branch
+op's own C++ composite kernel otherwise. They call the aten ops of CUDA's branch
 through the full dispatcher, so autograd records the same nodes as on CUDA and FakeTensorMode
 gives the same outputs.
 
@@ -40,6 +40,12 @@ import torch
 _aten = torch.ops.aten
 
 
+def _composite(op, *args):
+    """The op's C++ CompositeImplicitAutograd kernel (not `op.decompose()`, which prefers a Python
+    decomposition of torch/_decomp: its dropout calls native_dropout for any p > 0, on any device)."""
+    return op._op_dk(torch._C.DispatchKey.CompositeImplicitAutograd, *args)
+
+
 def fused_dropout_acceptable(input: torch.Tensor, p: float) -> bool:
     """Dropout.cpp is_fused_kernel_acceptable, with every tensor on the GPU."""
     return 0 < p < 1 and input.numel() > 0 and not input.is_complex()
@@ -48,7 +54,7 @@ def fused_dropout_acceptable(input: torch.Tensor, p: float) -> bool:
 def _dropout(input: torch.Tensor, p: float, train: bool) -> torch.Tensor:
     if train and fused_dropout_acceptable(input, p):
         return _aten.native_dropout.default(input, p, train)[0]
-    return _aten.dropout.default.decompose(input, p, train)
+    return _composite(_aten.dropout.default, input, p, train)
 
 
 def _half_to_float(input: torch.Tensor, dtype) -> bool:
@@ -58,13 +64,13 @@ def _half_to_float(input: torch.Tensor, dtype) -> bool:
 def _softmax(input: torch.Tensor, dim: int, dtype=None) -> torch.Tensor:
     if _half_to_float(input, dtype):
         return _aten._softmax.default(input, dim, True)
-    return _aten.softmax.int.decompose(input, dim, dtype)
+    return _composite(_aten.softmax.int, input, dim, dtype)
 
 
 def _log_softmax(input: torch.Tensor, dim: int, dtype=None) -> torch.Tensor:
     if _half_to_float(input, dtype):
         return _aten._log_softmax.default(input, dim, True)
-    return _aten.log_softmax.int.decompose(input, dim, dtype)
+    return _composite(_aten.log_softmax.int, input, dim, dtype)
 
 
 KERNELS = {"dropout": _dropout, "softmax.int": _softmax, "log_softmax.int": _log_softmax}
