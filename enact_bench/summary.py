@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+from enact_bench.metrics import MIB
 from enact_bench.records import Record, latest_per_case, pair_key
 
 
@@ -29,7 +30,7 @@ def own_memory_of(rec: Record) -> float | None:
     if m.get("mem_peak_alloc_mib") is not None and m.get("mem_start_alloc_mib") is not None:
         return m["mem_peak_alloc_mib"] - m["mem_start_alloc_mib"]
     if m.get("cpu_tracked_peak_bytes") is not None and m.get("cpu_tracked_start_bytes") is not None:
-        return (m["cpu_tracked_peak_bytes"] - m["cpu_tracked_start_bytes"]) / 2**20
+        return (m["cpu_tracked_peak_bytes"] - m["cpu_tracked_start_bytes"]) / MIB
     return None
 
 

@@ -9,15 +9,16 @@ from pathlib import Path
 import typer
 
 from enact_bench.commands import user_errors
+from enact_bench.metrics import MIB
 
 
 def _mib(b: int | float | None) -> str:
-    return "-" if b is None else f"{b / 2**20:,.0f}"
+    return "-" if b is None else f"{b / MIB:,.0f}"
 
 
 def _confirmed(plan) -> str:
     """Where the variants' streams were checked: "4", or "4 (enact: 5)" where the fallback fit ran."""
-    from enact_bench.predict.plan import AFFINE_CONFIRM
+    from enact_bench.predict.search import AFFINE_CONFIRM
 
     at = {v.variant: v.affine_confirmed_at for v in plan.variants if v.affine_confirmed_at}
     if not at:
@@ -31,11 +32,12 @@ def plan_table(plan):
     """A rich table: one row per (variant, batch size) fake run."""
     from rich.table import Table
 
-    from enact_bench.predict.plan import AFFINE_PROBES, fits_summary
+    from enact_bench.predict.plan import fits_summary
+    from enact_bench.predict.search import AFFINE_PROBES
 
     req = plan.request
     title = (f"{req.detector} ({plan.family}) on {req.gpu.name} ({req.gpu.memory_mib:,} MiB, {req.gpu.usable_mib:,} usable, "
-             f"budget {req.budget_bytes / 2**20:,.0f} MiB = {100 - req.margin_pct:g}% of it), {req.image_size[0]}x{req.image_size[1]}, "
+             f"budget {req.budget_bytes / MIB:,.0f} MiB = {100 - req.margin_pct:g}% of it), {req.image_size[0]}x{req.image_size[1]}, "
              f"{req.dtype}, one AdamW training step{', one DDP rank (gradient buckets counted)' if req.ddp else ''}: "
              f"ESTIMATES (fake tensors, CUDA target; row from: fake = a fake run at that batch, affine = the "
              f"allocation stream fitted through fake runs at batch {' and '.join(map(str, AFFINE_PROBES))} and "
@@ -159,7 +161,8 @@ def register(app: typer.Typer) -> None:
             spec = get_gpu(gpu) if gpu is not None else custom_gpu(gpu_mem)
         except ValueError as e:
             raise UserInputError(str(e)) from None
-        from enact_bench.predict.plan import PlanRequest, detector_family, parse_hw, plan_detector
+        from enact_bench.predict.plan import PlanRequest, parse_hw
+        from enact_bench.predict.planner import detector_family, plan_detector
 
         requests = []
         for det in detectors:

@@ -173,7 +173,8 @@ def _plan_first(plan_cfg: dict, run_dir: Path) -> None:
     from enact_bench.commands.plan import plan_summary_table
     from enact_bench.console import console, err_console
     from enact_bench.predict.gpus import get_gpu
-    from enact_bench.predict.plan import PlanRequest, plan_detector
+    from enact_bench.predict.plan import PlanRequest
+    from enact_bench.predict.planner import plan_detector
 
     path = Path(run_dir) / "plan.json"
     if path.is_file():

@@ -9,9 +9,9 @@ box_ops, postprocess, mlp. See docs/detectors.md.
 """
 from .base import Detector
 from .checkpoint import CheckpointMismatchError, LoadReport, load_checkpoint
-from .registry import DetectorSpec, create_detector, get_spec, list_detectors, register_detector
+from .registry import DetectorSpec, build_variant, create_detector, get_spec, list_detectors, register_detector
 
 __all__ = [
-    "CheckpointMismatchError", "Detector", "DetectorSpec", "LoadReport", "create_detector", "get_spec",
+    "CheckpointMismatchError", "Detector", "DetectorSpec", "LoadReport", "build_variant", "create_detector", "get_spec",
     "list_detectors", "load_checkpoint", "register_detector",
 ]

@@ -33,7 +33,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-MIB = 2**20
+from enact_bench.metrics import MIB
+
 
 
 def _shape_of(t: torch.Tensor, nbytes: int) -> tuple[tuple[int, ...], int] | None:

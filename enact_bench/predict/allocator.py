@@ -62,7 +62,8 @@ import bisect
 from dataclasses import dataclass
 from typing import Iterable
 
-MIB = 2**20
+from enact_bench.metrics import MIB
+
 K_MIN_BLOCK_SIZE = 512  # kMinBlockSize
 K_SMALL_SIZE = 1_048_576  # kSmallSize: largest "small" allocation, 1 MiB
 K_SMALL_BUFFER = 2_097_152  # kSmallBuffer: small requests are packed in 2 MiB segments

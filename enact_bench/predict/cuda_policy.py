@@ -7,7 +7,7 @@ what they keep alive, and this module switches them to CUDA's choice while the e
    (torch/optim/optimizer.py `_default_to_fused_or_foreach`: foreach only for devices in
    `_get_foreach_kernels_supported_devices()`, i.e. not cpu, and only for plain `torch.Tensor`;
    torch/nn/utils/clip_grad.py: foreach when `_has_foreach_support`). The estimate passes
-   `foreach=True` (see estimate.make_optimizer / train_step).
+   `foreach=True` (see train/optim.make_optimizer and train/step.train_step).
 2. `scaled_dot_product_attention` goes to a fused kernel when CUDA's rules allow it
    (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp and sdp_utils_cpp.h; `sdpa_backend`
    below restates the rules for dense inputs). The fused kernels apply dropout inside the kernel
@@ -43,11 +43,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from enact_bench.choices import TARGETS
 from enact_bench.predict import autocast_cuda
 from enact_bench.predict.composites_cuda import cuda_composites
 from enact_bench.predict.host_tensors import HOST_OPS, cuda_host_copies
-
-TARGETS = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)

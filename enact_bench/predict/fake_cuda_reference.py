@@ -30,7 +30,8 @@ import torch
 
 from enact_bench.instrument.live_tensors import LiveTensorTracker, ObservingFakeTensorMode
 from enact_bench.predict.cuda_policy import CudaArch, cuda_sdpa_policy, step_kernels
-from enact_bench.predict.fake_step import fake_params_from, make_batch, use_fixed_assignment
+from enact_bench.data.batch import make_batch
+from enact_bench.predict.fake_step import fake_params_from, use_fixed_assignment
 from enact_bench.train.step import loss_of
 
 DEVICES = ("cpu", "cuda")  # "cpu": the CUDA target on fake CPU tensors; "cuda": the reference

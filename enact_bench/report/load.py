@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from enact_bench.metrics import MIB
 from enact_bench.records import latest_per_case, pair_key, read_record_dicts, records_file
 
 from .labels import detector_family, device_type, variant_label
 
 SCHEMA = 1
-MIB = 2**20
 CASE_FIELDS = ("detector", "enact", "attention", "mode", "device", "dtype", "batch_size", "data",
                "iters", "warmup", "seed", "checkpoint")
 

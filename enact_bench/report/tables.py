@@ -17,7 +17,6 @@ from .labels import (COCO_NAMES, COCO_ORDER, DEVICE_MEMORY, MEMORY_TABLE, METRIC
 PAIR_KEYS = ("run", "setting_json")
 PAIR_METRICS = MEMORY_TABLE + ("step_ms_p50", "images_per_s", "gflops_fwd", "gflops_fwd_bwd",
                                "key_len", "coco_map", "coco_map_50", "coco_map_75")
-SPEED_METRICS = ("step_ms_p50", "images_per_s", "gflops_fwd", "gflops_fwd_bwd", "key_len")
 AP_METRICS = ("coco_map", "coco_map_50", "coco_map_75")
 
 
@@ -120,8 +119,6 @@ def _delta_cell(sb: str, se: str, d: float, kind: str) -> str:
     return f"{'ENACT' if sb == 'ok' else 'baseline'} {STATUS_TEXT.get(se if sb == 'ok' else sb, '?')}"
 
 
-IDENT_FIRST = ("detector", "mode", "batch", "image (px)", "ENACT variant")  # then the changes
-IDENT_LAST = ("data",)  # after the values: it rarely differs within a section
 # Paired tables are split so that none needs sideways scrolling at 1400 px: the memory reading
 # that matters on the device (and the estimate) first, the driver's readings apart; time apart
 # from compute. Within a table the change columns come right after the row's identity.

@@ -18,15 +18,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from enact_bench.choices import DEFAULT_FAKE_TARGET, DTYPES, MODES, TARGETS  # noqa: F401 -- re-exported
 from enact_bench.errors import SuiteError, UserInputError
 
-MODES = ("train", "infer")
-DTYPES = ("float32", "bfloat16", "float16")
 SIZE_DISTS = ("coco",)
 LAUNCHERS = ("process", "torchrun")
 TOP_KEYS = ("name", "description", "defaults", "matrix", "plan")
-TARGETS = ("cpu", "cuda")
-DEFAULT_FAKE_TARGET = "cuda"  # a fake case without `target` estimates what a CUDA GPU keeps
 PLAN_KEYS = ("detectors", "gpu", "image_size", "variants", "enact_cluster_size")
 # Case keys that do not change what is measured, only how long or where: not in the case_id.
 NOT_IN_ID = ("iters", "warmup", "device", "flops", "cpu_threads", "node_rank", "rdzv_endpoint",

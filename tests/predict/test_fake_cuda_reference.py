@@ -12,7 +12,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from enact_bench.detectors import create_detector
 from enact_bench.predict.fake_cuda_reference import forward_loss_memory
-from enact_bench.predict.fake_step import FakeTrainer, fake_params_from, make_batch, use_fixed_assignment
+from enact_bench.data.batch import make_batch
+from enact_bench.predict.fake_step import FakeTrainer, fake_params_from, use_fixed_assignment
 from enact_bench.train.step import loss_of
 
 FAMILIES = ("detr_tiny", "conditional_detr_tiny", "anchor_detr_tiny", "deformable_detr_tiny", "dino_tiny")

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from enact_bench.cli import app
 from enact_bench.predict.gpus import custom_gpu
-from enact_bench.predict.plan import PlanRequest, parse_hw, plan_detector, variant_spec
+from enact_bench.predict.plan import PlanRequest, parse_hw, variant_spec
+from enact_bench.predict.planner import plan_detector
 
 cli = CliRunner()
 SIZE = "96x128"
@@ -57,7 +58,7 @@ def test_parallel_variants_give_the_same_rows_as_one_process(search):
     import subprocess
     import sys
 
-    code = ("import json; from enact_bench.predict.plan import PlanRequest, plan_detector; "
+    code = ("import json; from enact_bench.predict.plan import PlanRequest; from enact_bench.predict.planner import plan_detector; "
             "from enact_bench.predict.gpus import custom_gpu; "
             "p = plan_detector(PlanRequest('detr_tiny', custom_gpu(1.5), (96, 128), jobs={jobs}, {sizes}"
             "enact_cluster_size=2, variants=('original', 'fused', 'enact'))); "
@@ -141,15 +142,15 @@ def test_rows_from_the_affine_stream_equal_fake_runs_to_the_byte(variant):
     """The fast path (fake runs at 2-4, rows synthesized from the stream fitted through 2 and 3 and
     confirmed at 4) against a fake run per row: every figure a row shows, at three batch sizes,
     identical."""
-    from enact_bench.predict.plan import _Runner
+    from enact_bench.predict.search import VariantSearch
 
     req = PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), enact_cluster_size=2, jobs=1)
     slow_req = PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), enact_cluster_size=2, jobs=1, affine=False)
     spec = variant_spec("detr", variant, 2)
-    fast, slow = _Runner(req, spec), _Runner(slow_req, spec)
+    fast, slow = VariantSearch(req, spec), VariantSearch(slow_req, spec)
     fast.row(2)
     fast.fit_stream()
-    fast._fill_breakdown()
+    fast.fill_breakdown()
     assert fast.stream is not None and fast.stream.confirmed_at == 4, fast.affine_note
     fields = ("tensor_peak_bytes", "alloc_peak_bytes", "reserved_peak_bytes", "device_used_bytes", "fits",
               "breakdown_mib", "modules_mib", "peak_phase", "sdpa_kernels")
@@ -165,14 +166,14 @@ def test_without_shapes_the_quadratic_fit_through_three_probes_takes_over(monkey
     and DETR's (targets x targets) IoU matrix misses at batch 4): one more fake run at 5 confirms
     the older quadratic fit, and its rows still equal fake runs to the byte."""
     import enact_bench.predict.stream_fit as affine_stream
-    from enact_bench.predict.plan import _Runner
+    from enact_bench.predict.search import VariantSearch
 
     real = affine_stream.fit_shapes
     monkeypatch.setattr(affine_stream, "fit_shapes",
                         lambda a, probes: real(a, [(ev, ops, [None] * len(sh)) for ev, ops, sh in probes]))
     req = PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), jobs=1)
     spec = variant_spec("detr", "original", 2)
-    fast, slow = _Runner(req, spec), _Runner(PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), jobs=1, affine=False), spec)
+    fast, slow = VariantSearch(req, spec), VariantSearch(PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), jobs=1, affine=False), spec)
     fast.row(2)
     fast.fit_stream()
     assert fast.stream is not None and fast.stream.confirmed_at == 5, fast.affine_note

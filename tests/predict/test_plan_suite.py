@@ -93,7 +93,7 @@ def test_a_fake_case_without_target_runs_the_cuda_target_and_its_record_says_so(
     import torch
 
     from enact_bench.detectors import create_detector
-    from enact_bench.predict.fake_step import estimate_detector
+    from tests.estimate_helpers import estimate_detector
     from enact_bench.run.case import run_case
 
     before = torch.get_num_threads()

@@ -1,0 +1,84 @@
+"""The plan's process pool: a search's probes batch by batch, then each variant in a process of
+its own, all forked from the parent after the variants' trainers were built and primed there.
+
+FakeTensorMode's dispatch cache lives in the process: the probes at one batch size run every
+variant in one process, so the ops the variants share (backbone, decoder, loss at the same
+shapes) miss the cache once per batch size instead of once per variant. `_FORKED` is what the
+forked workers inherit (a module global, set only around the fork and cleared after).
+"""
+from __future__ import annotations
+
+from enact_bench.predict.plan import PlanRequest, VariantPlan, VariantSpec
+from enact_bench.predict.search import AFFINE_CONFIRM, AFFINE_ORIGIN, AFFINE_PROBES, trainer_for
+from enact_bench.predict.variant_plan import plan_variant
+
+
+# What forked workers inherit from plan_detector: the variants' trainers, built and primed once
+# before the fork, and the probes' fake runs (variant -> batch -> StepMeasure).
+_FORKED: dict = {"trainers": {}, "probes": {}}
+
+
+def plan_variant_job(args) -> VariantPlan:
+    import torch
+    torch.set_num_threads(1)
+    req, spec = args
+    return plan_variant(req, spec, _FORKED["trainers"].get(spec.variant), _FORKED["probes"].get(spec.variant))
+
+
+def _probe_job(b: int) -> tuple[int, dict]:
+    """The fake runs at one probe batch size, every variant in turn, in one process: FakeTensorMode's
+    dispatch cache is shared within a process, so the backbone's, the decoder's and the loss's ops
+    (the same shapes in every variant) miss it once here instead of once per variant (a third of a
+    step's time goes to those misses). A variant that fails here runs again, and reports its
+    error, in its own job."""
+    import torch
+    torch.set_num_threads(1)
+    out = {}
+    for variant, trainer in _FORKED["trainers"].items():
+        try:
+            out[variant] = trainer.step(b, record_events=True, breakdown=(b == AFFINE_ORIGIN))
+        except Exception:  # noqa: BLE001 -- see the docstring
+            pass
+    return b, out
+
+
+def probe_all(req: PlanRequest, specs: list[VariantSpec], pool_of) -> None:
+    """A search's probes (AFFINE_PROBES and AFFINE_CONFIRM) for all variants, one process per
+    batch size; sets _FORKED for the variants' own jobs."""
+    trainers = {}
+    for spec in specs:
+        try:
+            trainers[spec.variant] = trainer_for(req, spec)
+            trainers[spec.variant].prime()
+        except Exception:  # noqa: BLE001 -- the variant's own job builds it again and reports why
+            trainers.pop(spec.variant, None)
+    _FORKED["trainers"] = trainers
+    batches = AFFINE_PROBES + (AFFINE_CONFIRM,)
+    with pool_of(len(batches)) as pool:
+        done = pool.map(_probe_job, batches, chunksize=1)
+    _FORKED["probes"] = {v: {b: per[v] for b, per in done if v in per} for v in trainers}
+
+
+def run_all(req: PlanRequest, specs: list[VariantSpec], workers: int) -> list[VariantPlan]:
+    """Every applicable variant's plan, in `workers` forked processes (the probes first, when a
+    search will use them), in the order of `specs`."""
+    import gc
+    import multiprocessing as mp
+
+    # the ~400,000 objects of torch, torch._dynamo and sympy out of the garbage collector's
+    # scans (a third of a second of collections per variant) and its writes into their pages,
+    # which forked children would each copy
+    gc.freeze()
+    pool_of = mp.get_context("fork").Pool
+    jobs = [(req, s) for s in specs]
+    try:
+        if not req.batch_sizes and req.affine:  # a search: its probes first, batch by batch
+            probe_all(req, specs, pool_of)
+        with pool_of(workers) as pool:
+            results = pool.map(plan_variant_job, jobs, chunksize=1)
+    finally:
+        gc.unfreeze()
+        _FORKED.update(trainers={}, probes={})
+    # torch refuses autograd in a child forked after the parent ran a backward (its autograd
+    # threads exist): those variants run here instead
+    return [plan_variant(*j) if r.error and "Autograd-and-Fork" in r.error else r for j, r in zip(jobs, results)]
