@@ -4,7 +4,9 @@
 the moment it first appears until its Python object is freed (a weakref finalizer). Storages
 already alive when tracking starts (parameters, gradients, optimizer state, inputs) are found
 with the garbage collector and counted in, so the peak means what `max_memory_allocated` means
-on CUDA: every live tensor at the peak. Unlike RSS it is exact and deterministic.
+on CUDA: every live tensor at the peak. Unlike RSS it is exact and deterministic. `host_ops`
+(empty by default; the estimate's CUDA target sets it, predict/host_tensors.py) names ops whose
+outputs are host memory on a GPU: their storages, and views of them, are not counted.
 
 Storages that no Python object reaches when tracking starts (the garbage collector cannot find
 them) but that an op writes into during the block were alive all along: DistributedDataParallel's

@@ -125,6 +125,12 @@ def autocast_ops(key: str) -> frozenset[str]:
     return _AUTOCAST_OPS[key]
 
 
+def load_dispatcher_tables() -> None:
+    """Read autocast_ops() for both keys now (a process about to fork workers that will step)."""
+    autocast_ops("AutocastCPU")
+    autocast_ops("AutocastCUDA")
+
+
 def table_mismatch() -> tuple[set[str], set[str]]:
     """(ops with an AutocastCUDA kernel missing from the tables, ops of the tables without one)."""
     dispatcher = set(autocast_ops("AutocastCUDA"))

@@ -233,6 +233,9 @@ class FakeTrainer:
         self.clip_max_norm = clip
         with self.mode:
             self.optimizer = make_optimizer(model, foreach=True if target == "cuda" else None)
+        if target == "cuda" and autocast_dtype:  # read once here, not in each forked worker
+            from enact_bench.predict.autocast_cuda import load_dispatcher_tables
+            load_dispatcher_tables()
         self._primed = False
 
     def prime(self) -> None:
