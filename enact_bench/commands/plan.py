@@ -28,37 +28,53 @@ def _confirmed(plan) -> str:
     return f"{common}" + (f" ({other})" if other else "")
 
 
-def plan_table(plan):
-    """A rich table: one row per (variant, batch size) fake run."""
-    from rich.table import Table
-
-    from enact_bench.predict.plan import fits_summary
+def plan_title(plan) -> str:
     from enact_bench.predict.search import AFFINE_PROBES
 
     req = plan.request
-    title = (f"{req.detector} ({plan.family}) on {req.gpu.name} ({req.gpu.memory_mib:,} MiB, {req.gpu.usable_mib:,} usable, "
-             f"budget {req.budget_bytes / MIB:,.0f} MiB = {100 - req.margin_pct:g}% of it), {req.image_size[0]}x{req.image_size[1]}, "
-             f"{req.dtype}, one AdamW training step{', one DDP rank (gradient buckets counted)' if req.ddp else ''}: "
-             f"ESTIMATES (fake tensors, CUDA target; row from: fake = a fake run at that batch, affine = the "
-             f"allocation stream fitted through fake runs at batch {' and '.join(map(str, AFFINE_PROBES))} and "
-             f"confirmed exactly by one at {_confirmed(plan)})")
-    t = Table(title=title, title_justify="left")
-    for col in ("variant", "batch", "from", "tensor peak MiB", "alloc MiB", "reserved MiB", "device MiB", "fits", "note"):
+    return (f"{req.detector} ({plan.family}) on {req.gpu.name} ({req.gpu.memory_mib:,} MiB, {req.gpu.usable_mib:,} usable, "
+            f"budget {req.budget_bytes / MIB:,.0f} MiB = {100 - req.margin_pct:g}% of it), {req.dtype}, image size "
+            f"{req.images.label()}, one AdamW training step{', one DDP rank (gradient buckets counted)' if req.ddp else ''}: "
+            f"ESTIMATES (fake tensors, CUDA target; row from: fake = a fake run at that batch, affine = the "
+            f"allocation stream fitted through fake runs at batch {' and '.join(map(str, AFFINE_PROBES))} and "
+            f"confirmed exactly by one at {_confirmed(plan)})")
+
+
+def plan_table(plan):
+    """A rich table: one row per (variant, batch size), with the typical batch's device memory
+    beside each row of a run-worst plan."""
+    from rich.table import Table
+
+    from enact_bench.predict.plan import fits_summary
+
+    req = plan.request
+    typical = req.images.typical_hw
+    t = Table(title=plan_title(plan), title_justify="left")
+    cols = ["variant", "batch", "image", "from", "tensor peak MiB", "alloc MiB", "reserved MiB", "device MiB", "fits"]
+    if typical:
+        cols += [f"typical {typical[0]}x{typical[1]}: device MiB", "fits"]
+    for col in cols + ["note"]:
         t.add_column(col, justify="right" if "MiB" in col or col == "batch" else "left")
+
+    def yes(f):
+        return "-" if f is None else "[green]yes[/]" if f else "[red]no[/]"
 
     for v in plan.variants:
         if not v.applicable or v.error or not v.rows:
-            t.add_row(v.variant, "-", "-", "-", "-", "-", "-", "-", fits_summary(v, req))
+            t.add_row(v.variant, *["-"] * (len(cols) - 1), fits_summary(v, req))
             continue
         for i, r in enumerate(v.rows):
             note = ""
-            if r.batch_size == v.max_batch_size:
+            if (v.searched and r.batch_size == v.max_batch_size) or (not v.searched and i == 0):
                 note = fits_summary(v, req)
             elif i == 0:
                 note = v.reason
-            t.add_row(v.variant if i == 0 else "", str(r.batch_size), r.source, _mib(r.tensor_peak_bytes), _mib(r.alloc_peak_bytes),
-                      _mib(r.reserved_peak_bytes), _mib(r.device_used_bytes),
-                      "[green]yes[/]" if r.fits else "[red]no[/]", note)
+            hw = f"{r.image_size[0]}x{r.image_size[1]}" if r.image_size else "-"
+            cells = [v.variant if i == 0 else "", str(r.batch_size), hw, r.source, _mib(r.tensor_peak_bytes),
+                     _mib(r.alloc_peak_bytes), _mib(r.reserved_peak_bytes), _mib(r.device_used_bytes), yes(r.fits)]
+            if typical:
+                cells += [_mib(r.typical_device_used_bytes), yes(r.typical_fits)]
+            t.add_row(*cells, note)
         t.add_section()
     return t
 
@@ -129,8 +145,9 @@ def register(app: typer.Typer) -> None:
         detectors: list[str] = typer.Argument(..., help="registered detector names (enact-bench list)"),
         gpu: str = typer.Option(None, "--gpu", help="GPU model, e.g. h100-80gb, a100-40gb, v100-16gb, rtx4090-24gb"),
         gpu_mem: float = typer.Option(None, "--gpu-mem", help="or the GPU's memory in GiB"),
-        image_size: str = typer.Option("800x1333", "--image-size",
-                                       help="HxW of the padded batch, or 'worst' (max_size x max_size of the augmentation)"),
+        image_size: str = typer.Option("run-worst", "--image-size",
+                                       help="'run-worst' (default: the largest padded batch the training augmentation "
+                                            "forms at each batch size, the typical 800x1333 beside it) or HxW (fixed)"),
         batch_size: list[int] = typer.Option(None, "--batch-size", "-b",
                                              help="batch sizes to estimate (repeatable); default: search the largest that fits"),
         dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16 (autocast)"),
@@ -161,15 +178,17 @@ def register(app: typer.Typer) -> None:
             spec = get_gpu(gpu) if gpu is not None else custom_gpu(gpu_mem)
         except ValueError as e:
             raise UserInputError(str(e)) from None
-        from enact_bench.predict.plan import PlanRequest, parse_hw
+        from enact_bench.predict.image_sizes import parse_image_size
+        from enact_bench.predict.plan import PlanRequest
         from enact_bench.predict.planner import detector_family, plan_detector
 
         requests = []
         for det in detectors:
             family = detector_family(det)
-            requests.append(PlanRequest(det, spec, parse_hw(image_size, family), tuple(batch_size or ()), dtype,
+            images = parse_image_size(image_size, family)
+            requests.append(PlanRequest(det, spec, images.padded_hw, tuple(batch_size or ()), dtype,
                                         enact_cluster_size, tuple(v.strip() for v in variants.split(",") if v.strip()),
-                                        margin, jobs=jobs, ddp=ddp, affine=not fake_runs))
+                                        margin, jobs=jobs, ddp=ddp, affine=not fake_runs, images=images))
         out = []
         for req in requests:
             p = plan_detector(req)

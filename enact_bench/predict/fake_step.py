@@ -240,9 +240,11 @@ class FakeTrainer:
                 prime_optimizer_state(self.model, self.optimizer)
             self._primed = True
 
-    def step(self, batch_size: int, *, record_events: bool = True, breakdown: bool = False) -> StepMeasure:
+    def step(self, batch_size: int, *, record_events: bool = True, breakdown: bool = False,
+             image_size: tuple[int, int] | None = None) -> StepMeasure:
+        """One steady-state step at `batch_size` images of `image_size` (default: the trainer's)."""
         with self.mode:
-            batch = make_batch(batch_size, self.image_size, self.num_targets, self.num_classes)
+            batch = make_batch(batch_size, tuple(image_size or self.image_size), self.num_targets, self.num_classes)
             m = fake_train_step(self.model, self.criterion, batch, optimizer=self.optimizer,
                                 clip_max_norm=self.clip_max_norm, target=self.target,
                                 warmup="none" if self._primed else "prime", count_flops=False,

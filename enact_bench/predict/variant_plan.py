@@ -6,33 +6,68 @@ from __future__ import annotations
 import time
 
 from enact_bench.predict.plan import PlanRequest, VariantPlan, VariantSpec
-from enact_bench.predict.search import VariantSearch
+from enact_bench.predict.search import VariantSearch, fit_pair
 
 
-def plan_variant(req: PlanRequest, spec: VariantSpec, trainer=None, measures: dict | None = None) -> VariantPlan:
+def plan_variant(req: PlanRequest, spec: VariantSpec, trainer=None, measures: dict | None = None,
+                 typical_measures: dict | None = None) -> VariantPlan:
     """One variant's plan; `trainer` and `measures` as VariantSearch takes them (their fake runs' time
-    counts in `seconds`)."""
+    counts in `seconds`); `typical_measures`: the fake runs already made at the typical size
+    (run-worst requests, whose plan carries the typical batch's beside it)."""
     t0 = time.perf_counter() - sum(m.seconds for m in (measures or {}).values())
+    t0 -= sum(m.seconds for m in (typical_measures or {}).values())
     out = VariantPlan(spec.variant, spec.applicable, spec.reason, enact_cluster_size=spec.enact_cluster_size,
                       overrides=dict(spec.overrides))
     if not spec.applicable:
         return out
     try:
         run = VariantSearch(req, spec, trainer, measures)
-        if req.batch_sizes:
-            out.searched = False
-            run.affine_note = "batch sizes given: each row a fake run"
-            for b in req.batch_sizes:
-                run.row(b)
-            fitting = [b for b in req.batch_sizes if run.rows[b].fits]
-            out.max_batch_size = max(fitting) if fitting else 0
-        else:
-            out.max_batch_size, out.linear = run.search()
-        out.rows = [run.rows[b] for b in sorted(run.rows)]
-        out.fake_runs = sorted(run.measures)
-        out.affine_confirmed_at = run.stream.confirmed_at if run.stream is not None else None
-        out.affine_note, out.ddp_bucket_bytes = run.affine_note, run.ddp_bucket_bytes
+        typical = req.typical()
+        other = None
+        if typical is not None:  # run-worst: the typical size beside it, its rows without breakdowns
+            other = VariantSearch(typical, spec, run.trainer, typical_measures, breakdown=False)
+            if not req.batch_sizes:
+                fit_pair(run, other)
+        _fill(out, run, req)
+        if other is not None:
+            out.typical = _typical(other, spec, out)
     except Exception as e:  # noqa: BLE001 -- one variant failing is a result of the plan
         out.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
     out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _fill(out: VariantPlan, run: VariantSearch, req: PlanRequest) -> None:
+    """The rows of `run`: the batch sizes given (each a fake run; nothing searched, so no largest
+    batch), or the search."""
+    if req.batch_sizes:
+        out.searched = False
+        run.affine_note = "batch sizes given: each row a fake run"
+        for b in req.batch_sizes:
+            run.row(b)
+        out.max_batch_size = None
+    else:
+        out.max_batch_size, out.linear = run.search()
+    out.rows = [run.rows[b] for b in sorted(run.rows)]
+    out.fake_runs = sorted(run.measures)
+    out.affine_confirmed_at = run.stream.confirmed_at if run.stream is not None else None
+    out.affine_note, out.ddp_bucket_bytes = run.affine_note, run.ddp_bucket_bytes
+
+
+def _typical(run: VariantSearch, spec: VariantSpec, main_plan: VariantPlan) -> VariantPlan:
+    """The plan at the typical size beside a run-worst one: its own search (or the batch sizes
+    given), and its figure at each of the main plan's batch sizes, set on those rows."""
+    out = VariantPlan(spec.variant, True, spec.reason, enact_cluster_size=spec.enact_cluster_size,
+                      overrides=dict(spec.overrides))
+    try:
+        _fill(out, run, run.req)
+        for r in main_plan.rows:
+            if r.image_size == run.req.hw(r.batch_size):  # batch 1: the single worst image is the typical one
+                r.set_typical(r)
+            else:
+                r.set_typical(run.row(r.batch_size))
+        out.rows = [run.rows[b] for b in sorted(run.rows)]
+        out.fake_runs = sorted(run.measures)
+    except Exception as e:  # noqa: BLE001 -- reported beside the main plan
+        out.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
     return out

@@ -41,11 +41,15 @@ def test_plan_json_schema_and_the_largest_batch_bracket(tmp_path):
     assert "max batch" in r.output and "ESTIMATES" in r.output
 
 
-def test_explicit_batch_sizes_are_run_as_given():
+def test_explicit_batch_sizes_are_run_as_given_and_none_is_called_the_largest():
+    from enact_bench.predict.plan import fits_summary
+
     req = PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), batch_sizes=(1, 3), variants=("original",), jobs=1)
     v = plan_detector(req).variants[0]
     assert [r.batch_size for r in v.rows] == [1, 3] and not v.searched
-    assert v.max_batch_size == 3  # both fit in 1.5 GiB at this size
+    assert v.max_batch_size is None and v.as_dict()["max_batch_size"] is None  # nothing was searched
+    assert all(r.fits for r in v.rows)  # both fit in 1.5 GiB at this size
+    assert fits_summary(v, req) == "fits at 1, 3"
     # tensor peak grows with the batch; the fake runs are independent of each other's order
     assert v.rows[1].tensor_peak_bytes > v.rows[0].tensor_peak_bytes
 
@@ -95,9 +99,42 @@ def test_dino_plans_train_with_their_denoising_queries():
         assert "dn_number" not in spec.overrides and "denoising" not in spec.reason
 
 
-def test_worst_image_size_is_the_augmentations_max_size():
-    assert parse_hw("worst", "detr") == (1333, 1333)
+def test_run_worst_is_the_augmentations_largest_padded_batch_per_batch_size():
+    from enact_bench.data.augmentation_sizes import max_long_side
+    from enact_bench.predict.image_sizes import parse_image_size
+
+    sizes = parse_image_size("run-worst", "detr")
+    side = max_long_side().long_side
+    assert sizes.policy == "run-worst" and sizes.hw(1) == (800, 1333) and sizes.typical_hw == (800, 1333)
+    assert sizes.hw(2) == sizes.hw(64) == (side, side) and side > 1333  # the resize's rounding
+    assert "ASSUMED" in sizes.basis and parse_image_size("worst", "dino") == parse_image_size("run-worst", "detr")
+    fixed = parse_image_size("800x1333", "detr")
+    assert fixed.policy == "fixed" and fixed.hw(1) == fixed.hw(9) == (800, 1333) and fixed.typical_hw is None
     assert parse_hw("800x1333") == (800, 1333)
+
+
+def test_a_run_worst_plan_runs_each_batch_at_its_size_with_the_typical_figure_beside_it():
+    """Batch 1 at the single worst image, batch 2 at the padded worst, and beside each the
+    typical batch's figures: those of a fixed plan at the typical size, to the byte."""
+    from enact_bench.predict.image_sizes import ImageSizes
+
+    sizes = ImageSizes("run-worst", (128, 160), (96, 128), (96, 128), "test sizes")
+    base = dict(batch_sizes=(1, 2), variants=("original",), jobs=1)
+    plan = plan_detector(PlanRequest("detr_tiny", custom_gpu(1.5), images=sizes, **base))
+    fixed = plan_detector(PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), **base)).variants[0]
+    v = plan.variants[0]
+    assert [r.image_size for r in v.rows] == [(96, 128), (128, 160)]
+    for r, f in zip(v.rows, fixed.rows):
+        assert (r.typical_tensor_peak_bytes, r.typical_device_used_bytes, r.typical_fits) == \
+            (f.tensor_peak_bytes, f.device_used_bytes, f.fits)
+    assert v.rows[0].tensor_peak_bytes == fixed.rows[0].tensor_peak_bytes  # batch 1: the typical image itself
+    assert v.rows[1].tensor_peak_bytes > fixed.rows[1].tensor_peak_bytes  # batch 2: padded larger
+    d = plan.as_dict()
+    assert (d["image_size_policy"], d["image_size"], d["image_size_batch1"], d["typical_image_size"]) == \
+        ("run-worst", [128, 160], [96, 128], [96, 128])
+    row2 = d["variants"][0]["rows"][1]
+    assert row2["image_size"] == [128, 160] and row2["typical_tensor_peak_mib"] < row2["tensor_peak_mib"]
+    assert row2["typical_device_used_mib"] <= row2["device_used_mib"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -105,6 +142,7 @@ def test_worst_image_size_is_the_augmentations_max_size():
     (["detr_tiny"], "exactly one of --gpu"),
     (["detr_tiny", "--gpu", "h100", "--gpu-mem", "80"], "exactly one of --gpu"),
     (["detr_tiny", "--gpu", "h100", "--image-size", "big"], "--image-size"),
+    (["detr_tiny", "--gpu", "h100", "--image-size", "16x800"], ">= 32 pixels"),
     (["detr_tiny", "--gpu", "h100", "--variants", "original,turbo"], "--variants"),
     (["detr_tiny", "--gpu", "h100", "--batch-size", "0"], "--batch-size"),
     (["detr_tiny", "--gpu", "h100", "--dtype", "int8"], "--dtype"),
@@ -154,11 +192,43 @@ def test_rows_from_the_affine_stream_equal_fake_runs_to_the_byte(variant):
     assert fast.stream is not None and fast.stream.confirmed_at == 4, fast.affine_note
     fields = ("tensor_peak_bytes", "alloc_peak_bytes", "reserved_peak_bytes", "device_used_bytes", "fits",
               "breakdown_mib", "modules_mib", "peak_phase", "sdpa_kernels")
+    light = fast.row(7, breakdown=False)  # a row without the breakdown: the same figures, the breakdown added later
+    light_figures = {k: getattr(light, k) for k in fields[:5]}
+    assert light.breakdown_mib is None
     for b in (2, 7, 13):
         f, s = fast.row(b), slow.row(b)
+        if b == 7:
+            assert f is light and {k: getattr(s, k) for k in fields[:5]} == light_figures
         assert f.source == ("fake" if b == 2 else "affine") and s.source == "fake"
         assert {k: getattr(f, k) for k in fields} == {k: getattr(s, k) for k in fields}, b
     assert sorted(fast.measures) == [2, 3, 4]  # no fake run beyond the probes
+
+
+@pytest.mark.parametrize("detector, variant", [("detr_tiny", "fused"),
+                                              ("deformable_detr_tiny", "enact")])
+def test_a_run_worst_plans_two_streams_share_one_template_and_equal_fake_runs(detector, variant):
+    """fit_pair: the run-worst size fitted through batch 2 and 3, carried to the typical size with
+    that size's fake run at 2 and confirmed by its fake run at 4 (four fake runs for both streams);
+    the rows of both, at two far batch sizes, equal a fake run per row to the byte."""
+    from enact_bench.predict.image_sizes import ImageSizes
+    from enact_bench.predict.search import VariantSearch, fit_pair
+
+    sizes = ImageSizes("run-worst", (128, 160), (96, 128), (96, 128), "test sizes")
+    req = PlanRequest(detector, custom_gpu(1.5), images=sizes, enact_cluster_size=2, jobs=1)
+    spec = variant_spec(detector.replace("_tiny", ""), variant, 2)
+    main = VariantSearch(req, spec)
+    typical = VariantSearch(req.typical(), spec, main.trainer, breakdown=False)
+    fit_pair(main, typical)
+    assert main.pair_note is None and main.stream.confirmed_at == typical.stream.confirmed_at == 4
+    assert sorted(main.measures) == [2, 3] and sorted(typical.measures) == [2, 4]
+    fields = ("tensor_peak_bytes", "alloc_peak_bytes", "reserved_peak_bytes", "device_used_bytes", "fits")
+    for search, hw in ((main, (128, 160)), (typical, (96, 128))):
+        slow = VariantSearch(PlanRequest(detector, custom_gpu(1.5), hw, enact_cluster_size=2, jobs=1, affine=False),
+                             spec, main.trainer)
+        for b in (6, 11):
+            f, s = search.row(b), slow.row(b, breakdown=False)
+            assert f.source == "affine" and f.image_size == s.image_size == hw
+            assert {k: getattr(f, k) for k in fields} == {k: getattr(s, k) for k in fields}, (hw, b)
 
 
 def test_without_shapes_the_quadratic_fit_through_three_probes_takes_over(monkeypatch):
