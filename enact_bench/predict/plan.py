@@ -36,7 +36,7 @@ from enact_bench.errors import UserInputError
 from enact_bench.choices import DTYPES, TARGETS
 from enact_bench.predict.image_sizes import ImageSizes
 
-VARIANTS = ("original", "fused", "enact")
+VARIANTS = ("original", "fused", "enact", "enact+fused")
 LINEAR_TOLERANCE = 0.01  # relative: fake run's tensor peak vs the probes' line
 DEFAULT_MARGIN_PCT = 5.0
 DEFAULT_CLUSTER_SIZE = 6
@@ -80,15 +80,28 @@ class VariantSpec:
 
 
 def variant_spec(family: str, variant: str, cluster_size: int) -> VariantSpec:
+    """How `variant` is built for `family`: "original" (the release), "fused" (every attention
+    through SDPA: `attention="sdpa"`), "enact" (ENACT in the encoder at cluster size L, the rest
+    as released), "enact+fused" (ENACT in the encoder, every other attention through SDPA). The
+    fused ones apply only where the encoder's attention is dense (FUSED_FAMILIES); elsewhere the
+    spec is not applicable and says why."""
+    if variant not in VARIANTS:
+        raise UserInputError(f"--variants: unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     if variant == "original":
         return VariantSpec("original", True, "the release's attention")
+    if variant == "enact":
+        return VariantSpec("enact", True, f"ENACT at a fixed cluster size L = {cluster_size}",
+                           enact_cluster_size=cluster_size)
+    if family not in FUSED_FAMILIES:
+        why = FUSED_SKIP_REASON.get(family, f"no fused attention variant for {family}")
+        return VariantSpec(variant, False, why if variant == "fused" else
+                           f"{why}; ENACT with the release's other attention is the 'enact' variant")
     if variant == "fused":
-        if family in FUSED_FAMILIES:
-            return VariantSpec("fused", True, "encoder and decoder attention through SDPA (need_weights=False)",
-                               overrides={"attention": "sdpa"})
-        return VariantSpec("fused", False, FUSED_SKIP_REASON.get(family, f"no fused attention variant for {family}"))
-    return VariantSpec("enact", True, f"ENACT at a fixed cluster size L = {cluster_size}",
-                       enact_cluster_size=cluster_size)
+        return VariantSpec("fused", True, "every attention through SDPA (need_weights=False)",
+                           overrides={"attention": "sdpa"})
+    return VariantSpec("enact+fused", True, f"ENACT (L = {cluster_size}) in the encoder, the decoder's self- and "
+                                            f"cross-attention through SDPA", enact_cluster_size=cluster_size,
+                       overrides={"attention": "sdpa"})
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import time
 from enact_bench.errors import UserInputError
 from enact_bench.predict.plan import DetectorPlan, PlanRequest, variant_spec
 from enact_bench.predict.pool import run_all
+from enact_bench.predict.progress import report
 from enact_bench.predict.variant_plan import plan_variant
 
 
@@ -43,7 +44,9 @@ def plan_detector(req: PlanRequest) -> DetectorPlan:
     family = detector_family(req.detector)
     specs = [variant_spec(family, v, req.enact_cluster_size) for v in req.variants]
     applicable = [s for s in specs if s.applicable]
+    report(f"{req.detector}: importing torch and the detectors")
     _preload()  # imported once here, shared by the forked workers
+    report(f"{req.detector}: building the variants' models ({', '.join(s.variant for s in applicable)})")
     # one process per variant even on fewer cores: the OS shares them, and the slowest variant
     # no longer waits for a core behind another one
     workers = req.jobs if req.jobs is not None else min(len(applicable), 4)

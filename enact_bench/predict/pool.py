@@ -9,6 +9,7 @@ forked workers inherit (a module global, set only around the fork and cleared af
 from __future__ import annotations
 
 from enact_bench.predict.plan import PlanRequest, VariantPlan, VariantSpec
+from enact_bench.predict.progress import report
 from enact_bench.predict.search import AFFINE_ORIGIN, AFFINE_PROBES, probe_plan, trainer_for
 from enact_bench.predict.variant_plan import plan_variant
 
@@ -25,6 +26,20 @@ def plan_variant_job(args) -> VariantPlan:
     req, spec = args
     probes = _FORKED["probes"].get(spec.variant, {})
     return plan_variant(req, spec, _FORKED["trainers"].get(spec.variant), probes.get("main"), probes.get("typical"))
+
+
+def _indexed_job(item):
+    i, args = item
+    return i, plan_variant_job(args)
+
+
+def _outcome(plan: VariantPlan) -> str:
+    if plan.error:
+        return "error"
+    if plan.max_batch_size is None:
+        return f"{len(plan.rows)} rows"
+    typical = f", typical {plan.typical.max_batch_size}" if plan.typical is not None else ""
+    return f"largest batch {plan.max_batch_size}{typical}"
 
 
 def _probe_job(b: int) -> tuple[int, dict]:
@@ -62,8 +77,14 @@ def probe_all(req: PlanRequest, specs: list[VariantSpec], pool_of) -> None:
     batches = tuple(_FORKED["plan"])
     typical = req.typical()
     _FORKED["sizes"] = {"main": req.hw(AFFINE_PROBES[0]), **({"typical": typical.hw(AFFINE_PROBES[0])} if typical else {})}
+    report(f"{req.detector}: probes at batch {', '.join(map(str, batches))} for {', '.join(trainers)}, "
+           f"one process per batch")
+    done = []
     with pool_of(len(batches)) as pool:
-        done = pool.map(_probe_job, batches, chunksize=1)
+        for b, out in pool.imap_unordered(_probe_job, batches, chunksize=1):
+            done.append((b, out))
+            sizes = sorted({f"{_FORKED['sizes'][w][0]}x{_FORKED['sizes'][w][1]}" for _, w in out})
+            report(f"{req.detector}: probe at batch {b} done ({len(out)} fake steps at {', '.join(sizes)})")
     _FORKED["probes"] = {v: {which: {b: per[(v, which)] for b, per in done if (v, which) in per}
                              for which in _FORKED["sizes"]} for v in trainers}
 
@@ -83,8 +104,11 @@ def run_all(req: PlanRequest, specs: list[VariantSpec], workers: int) -> list[Va
     try:
         if probe_plan(req):  # a search: its probes first, batch by batch
             probe_all(req, specs, pool_of)
+        results = [None] * len(jobs)
         with pool_of(workers) as pool:
-            results = pool.map(plan_variant_job, jobs, chunksize=1)
+            for i, r in pool.imap_unordered(_indexed_job, list(enumerate(jobs)), chunksize=1):
+                results[i] = r
+                report(f"{req.detector}: {r.variant} planned ({_outcome(r)})")
     finally:
         gc.unfreeze()
         _FORKED.update(trainers={}, probes={}, sizes={}, plan={})

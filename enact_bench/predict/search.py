@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 from enact_bench.predict.device_memory import device_memory
+from enact_bench.predict.progress import report
 from enact_bench.predict.plan import (LINEAR_TOLERANCE, MAX_SEARCH_STEPS, PlanRequest, PlanRow, VariantSpec)
 
 
@@ -83,7 +84,9 @@ class VariantSearch:
     def _fake(self, b: int, breakdown: bool):
         m = self.measures.get(b)
         if m is None or (breakdown and m.breakdown is None):
-            m = self.trainer.step(b, record_events=True, breakdown=breakdown, image_size=self.req.hw(b))
+            hw = self.req.hw(b)
+            report(f"{self.req.detector} {self.spec.variant}: fake training step at batch {b}, {hw[0]}x{hw[1]}")
+            m = self.trainer.step(b, record_events=True, breakdown=breakdown, image_size=hw)
             self._keep(b, m)
         return m
 

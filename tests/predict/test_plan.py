@@ -83,9 +83,12 @@ def test_parallel_variants_give_the_same_rows_as_one_process(search):
 
 def test_fused_does_not_apply_to_deformable_encoders_and_says_why():
     for family in ("deformable_detr", "dino", "anchor_detr"):
-        spec = variant_spec(family, "fused", 6)
-        assert not spec.applicable and spec.reason
+        for variant in ("fused", "enact+fused"):
+            spec = variant_spec(family, variant, 6)
+            assert not spec.applicable and spec.reason
     assert variant_spec("detr", "fused", 6).overrides == {"attention": "sdpa"}
+    both = variant_spec("conditional_detr", "enact+fused", 4)
+    assert both.applicable and both.overrides == {"attention": "sdpa"} and both.enact_cluster_size == 4
     plan = plan_detector(PlanRequest("deformable_detr_tiny", custom_gpu(4), (96, 128), batch_sizes=(1,),
                                      variants=("fused",)))
     v = plan.variants[0]
@@ -147,12 +150,49 @@ def test_a_run_worst_plan_runs_each_batch_at_its_size_with_the_typical_figure_be
     (["detr_tiny", "--gpu", "h100", "--batch-size", "0"], "--batch-size"),
     (["detr_tiny", "--gpu", "h100", "--dtype", "int8"], "--dtype"),
     (["no_such_detector", "--gpu", "h100"], "unknown detector"),
+    (["deformable_detr_tiny", "--gpu", "h100", "--variants", "enact+fused"], "no dense encoder attention"),
+    (["detr_tiny", "deformable_detr_tiny", "--gpu", "h100", "--variants", "original,enact+fused"], "deformable_detr_tiny"),
+    (["detr_tiny", "--gpu", "h100", "--json", "."], "is a directory"),
+    (["detr_tiny", "--gpu", "h100", "--json", "pyproject.toml/plan.json"], "is a file"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     r = cli.invoke(app, ["plan", *args])
     assert r.exit_code == 2, r.output
     assert message in r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_enact_plus_fused_is_enact_in_the_encoder_and_sdpa_in_the_decoder():
+    """The detector it builds: ENACT layers in the encoder, the decoder's attentions keep no weights;
+    its fake step keeps less than ENACT alone (the decoder's stored weights gone)."""
+    from enact_bench.detectors import build_variant
+
+    spec = variant_spec("detr", "enact+fused", 2)
+    with torch.device("meta"):
+        model = build_variant("detr_tiny", cluster_size=2, overrides=spec.overrides)
+    assert all(type(l.self_attn).__name__ == "EnactAttention" for l in model.transformer.encoder.layers)
+    assert all(not l.need_weights for l in model.transformer.decoder.layers)
+    from enact_bench.predict.search import trainer_for
+
+    req = PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), enact_cluster_size=2)
+    steps = {v: trainer_for(req, variant_spec("detr", v, 2)).step(2) for v in ("enact", "enact+fused")}
+    allocated = {v: sum(n for kind, _, n in m.events if kind == "alloc") for v, m in steps.items()}
+    # the decoder's attention weights (and their dropout masks) are no longer allocated
+    assert allocated["enact+fused"] < allocated["enact"]
+    assert steps["enact+fused"].sdpa_kernels.get("efficient", 0) > steps["enact"].sdpa_kernels.get("efficient", 0)
+
+
+def test_json_to_stdout_holds_the_json_alone_and_given_batch_sizes_are_never_the_largest(tmp_path):
+    r = cli.invoke(app, ["plan", "detr_tiny", "--gpu-mem", "1.5", "--image-size", SIZE, "-b", "1", "-b", "2",
+                         "--variants", "original", "--json", "-"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)  # nothing else on stdout
+    v = d["variants"][0]
+    assert v["max_batch_size"] is None and not v["searched"] and [row["batch_size"] for row in v["rows"]] == [1, 2]
+    assert "fits at 1, 2" in r.stderr and "max batch" not in r.stderr  # the table went to stderr
+    assert "float32" in r.stderr and "fixed 96x128" in r.stderr  # the title names the dtype and the size policy
+    assert "fake training step at batch 1" in r.stderr  # progress: one line per step when not a terminal
+    assert not (tmp_path / "-").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path; a CUDA device is present")
