@@ -81,6 +81,38 @@ def plan_table(plan):
     return t
 
 
+def gpu_table(plans):
+    """--gpu all: one row per GPU, one column per variant, the largest batch in each cell (the
+    run's worst padded batch, the typical batch's in brackets)."""
+    from rich.table import Table
+
+    first = plans[0].request
+    typical = first.images.typical_hw
+    what = "whether each batch size given fits, per GPU" if first.batch_sizes else "the largest training batch per GPU"
+    t = Table(title=f"{first.detector} ({plans[0].family}): {what}, {first.dtype}, image size "
+                    f"{first.images.label()}{f' (typical {typical[0]}x{typical[1]} in brackets)' if typical else ''}, "
+                    f"margin {first.margin_pct:g}%: ESTIMATES (fake tensors, CUDA target, caching-allocator model, "
+                    f"CUDA context estimated per GPU)", title_justify="left")
+    t.add_column("gpu")
+    t.add_column("usable MiB", justify="right")
+    for v in plans[0].variants:
+        t.add_column(v.variant, justify="right")
+    for p in plans:
+        cells = []
+        for v in p.variants:
+            if not v.applicable:
+                cells.append("n/a")
+            elif v.error:
+                cells.append("[red]error[/]")
+            elif v.max_batch_size is None:
+                cells.append(", ".join(f"{r.batch_size}: {'yes' if r.fits else 'no'}" for r in v.rows))
+            else:
+                typ = v.typical.max_batch_size if v.typical is not None else None
+                cells.append(f"{v.max_batch_size}" + (f" ({typ})" if typ is not None else ""))
+        t.add_row(p.request.gpu.name, f"{p.request.gpu.usable_mib:,}", *cells)
+    return t
+
+
 def plan_summary_table(d: dict):
     """One row per variant of a plan's JSON: the largest batch that fits and what it costs."""
     from rich.table import Table
@@ -236,22 +268,28 @@ def register(app: typer.Typer) -> None:
         from enact_bench.errors import UserInputError
         from enact_bench.predict.progress import reporting
 
+        every_gpu = gpu is not None and gpu.strip().lower() == "all"
+        if every_gpu and gpu_mem is not None:
+            raise UserInputError("--gpu all plans every GPU of the table; --gpu-mem describes one GPU: give one of them")
+        if every_gpu and validate:
+            raise UserInputError("--validate checks one GPU's plan on this machine's GPU: give --gpu NAME, not all")
         if (gpu is None) == (gpu_mem is None):
-            raise UserInputError("give exactly one of --gpu NAME or --gpu-mem GIB")
+            raise UserInputError("give exactly one of --gpu NAME (or all) or --gpu-mem GIB")
         to_stdout = check_json_out(json_out)
         out_console = err_console if to_stdout else console  # with --json -, stdout holds the JSON alone
         if validate:
             from enact_bench.predict.validate import require_cuda
             require_cuda()
-        from enact_bench.predict.gpus import custom_gpu, get_gpu
+        from enact_bench.predict.gpus import GPUS, custom_gpu, get_gpu
 
         try:
-            spec = get_gpu(gpu) if gpu is not None else custom_gpu(gpu_mem)
+            every = tuple(GPUS.values()) if every_gpu else ()
+            spec = every[0] if every_gpu else get_gpu(gpu) if gpu is not None else custom_gpu(gpu_mem)
         except ValueError as e:
             raise UserInputError(str(e)) from None
         from enact_bench.predict.image_sizes import parse_image_size
         from enact_bench.predict.plan import PlanRequest
-        from enact_bench.predict.planner import detector_family, plan_detector
+        from enact_bench.predict.planner import detector_family, plan_detector, plan_detector_gpus
 
         families = {det: detector_family(det) for det in detectors}
         names = _variant_list(variants, families)
@@ -263,6 +301,13 @@ def register(app: typer.Typer) -> None:
                                         images=images))
         out = []
         for req in requests:
+            if every:
+                with _progress(err_console) as show, reporting(show):
+                    plans = plan_detector_gpus(req, every)
+                out_console.print(gpu_table(plans))
+                out_console.print(f"[dim]{req.detector}: {plans[0].seconds:.1f} s, {len(plans)} GPUs[/]")
+                out += [p.as_dict() for p in plans]
+                continue
             with _progress(err_console) as show, reporting(show):
                 p = plan_detector(req)
             out_console.print(plan_table(p))

@@ -37,6 +37,7 @@ from enact_bench.choices import TARGETS
 from enact_bench.predict.cuda_policy import CudaArch, cuda_sdpa_policy
 from enact_bench.instrument.tracked_step import StepInstruments, StepMeasure, warm_up
 from enact_bench.predict.ddp_buckets import make_bucket_tensors
+from enact_bench.predict.sdpa_calls import SdpaCallLog
 from enact_bench.train.optim import make_optimizer, prime_optimizer_state
 
 
@@ -127,18 +128,23 @@ def fake_train_step(model: nn.Module, criterion: nn.Module, batch, *, optimizer=
     policy = cuda_sdpa_policy(arch) if target == "cuda" else nullcontext(None)
     amp = (lambda: torch.autocast("cpu", dtype=getattr(torch, autocast_dtype))) if autocast_dtype else nullcontext
     with policy as sdpa:
+        # the SDPA calls' inputs, for the kernels other GPUs would pick (predict/sdpa_calls.py)
+        calls = SdpaCallLog.install(sdpa) if sdpa is not None else None
         warm_up(model, criterion, optimizer, batch, warmup, clip_max_norm=clip_max_norm, autocast=amp,
                 foreach=foreach)
         if sdpa is not None:
             sdpa.counts.clear()  # count the measured step only
+            calls.calls.clear()
         buckets = make_bucket_tensors(model) if ddp else []  # alive until this function returns
         inst = StepInstruments.build(model, criterion, optimizer, batch, probes=probes, count_flops=count_flops,
                                      record_events=record_events, breakdown=breakdown, fake=True, host=host,
                                      autocast=amp)
         start = inst.run(model, criterion, optimizer, batch, clip_max_norm=clip_max_norm, foreach=foreach,
                          extra_live=buckets)
-    return inst.measure(model, batch, start, t0=t0, fake=True, target=target,
-                        sdpa_kernels=sdpa.counts if sdpa is not None else None, extra_live=buckets, ddp=ddp)
+    m = inst.measure(model, batch, start, t0=t0, fake=True, target=target,
+                     sdpa_kernels=sdpa.counts if sdpa is not None else None, extra_live=buckets, ddp=ddp)
+    m.sdpa_calls = calls.calls if calls is not None else None
+    return m
 
 
 def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,

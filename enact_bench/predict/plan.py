@@ -222,6 +222,9 @@ class VariantPlan:
     ddp_bucket_bytes: int | None = None
     # run-worst plans: the plan at the typical image size (its own search; None otherwise)
     typical: "VariantPlan | None" = None
+    # --gpu all: the same variant's plan on each GPU (GPU name -> VariantPlan; not in as_dict: the
+    # planner makes one DetectorPlan per GPU of them)
+    gpu_plans: dict | None = None
 
     def as_dict(self) -> dict:
         typical = {}

@@ -23,9 +23,10 @@ _FORKED: dict = {"trainers": {}, "probes": {}, "sizes": {}, "plan": {}}
 def plan_variant_job(args) -> VariantPlan:
     import torch
     torch.set_num_threads(1)
-    req, spec = args
+    req, spec, gpus = args
     probes = _FORKED["probes"].get(spec.variant, {})
-    return plan_variant(req, spec, _FORKED["trainers"].get(spec.variant), probes.get("main"), probes.get("typical"))
+    return plan_variant(req, spec, _FORKED["trainers"].get(spec.variant), probes.get("main"), probes.get("typical"),
+                        gpus)
 
 
 def _indexed_job(item):
@@ -89,7 +90,7 @@ def probe_all(req: PlanRequest, specs: list[VariantSpec], pool_of) -> None:
                              for which in _FORKED["sizes"]} for v in trainers}
 
 
-def run_all(req: PlanRequest, specs: list[VariantSpec], workers: int) -> list[VariantPlan]:
+def run_all(req: PlanRequest, specs: list[VariantSpec], workers: int, gpus: tuple = ()) -> list[VariantPlan]:
     """Every applicable variant's plan, in `workers` forked processes (the probes first, when a
     search will use them), in the order of `specs`."""
     import gc
@@ -100,7 +101,7 @@ def run_all(req: PlanRequest, specs: list[VariantSpec], workers: int) -> list[Va
     # which forked children would each copy
     gc.freeze()
     pool_of = mp.get_context("fork").Pool
-    jobs = [(req, s) for s in specs]
+    jobs = [(req, s, gpus) for s in specs]
     try:
         if probe_plan(req):  # a search: its probes first, batch by batch
             probe_all(req, specs, pool_of)

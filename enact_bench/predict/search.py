@@ -55,10 +55,13 @@ class VariantSearch:
     made, e.g. the probes run beside the other variants') may come from the caller."""
 
     def __init__(self, req: PlanRequest, spec: VariantSpec, trainer=None, measures: dict | None = None,
-                 breakdown: bool = True):
+                 breakdown: bool = True, replays: dict | None = None, tag: str = ""):
         self.req, self.spec = req, spec
         self._trainer = trainer
         self.breakdown = breakdown  # False: rows without the peak's breakdown (no hooks run for them)
+        # allocator replays shared between searches of the same streams on other GPUs: (tag, batch,
+        # the GPU's library workspaces) -> (AllocatorStats, tensor peak); `tag` names the stream
+        self.replays, self.tag = replays, tag
         self.rows: dict[int, PlanRow] = {}
         self.measures: dict = {}  # batch -> StepMeasure of a fake run (rows and probes)
         self.fixed_bytes: int | None = None
@@ -132,13 +135,39 @@ class VariantSearch:
         if len({repr(sorted(m.sdpa_kernels.items())) for m in ms}) != 1:
             raise NotAffine("the SDPA kernels chosen change with the batch size")
 
+    def _replay_key(self, b: int):
+        from enact_bench.predict.gpus import library_workspace_bytes
+
+        if self.replays is None:
+            return None
+        return self.tag, b, self.req.hw(b), tuple(library_workspace_bytes(self.req.gpu))
+
+    def _synthesized(self, b: int):
+        """The stream's events at batch b (kept in `replays` for GPUs with other workspaces)."""
+        key = ("events", self.tag, b, self.req.hw(b))
+        if self.replays is None:
+            return self.stream.synthesize(b)[0]
+        if key not in self.replays:
+            self.replays[key] = self.stream.synthesize(b)[0]
+        return self.replays[key]
+
     def _row_from(self, b: int, events, peak_bytes: int | None, seconds: float, source: str, breakdown, kernels) -> PlanRow:
-        mem = device_memory(events, self.req.gpu)
-        if peak_bytes is None:
-            peak_bytes = mem.stats.requested_peak_bytes - mem.stats.preallocated_bytes
+        from enact_bench.predict.gpus import device_used_bytes
+
+        key = self._replay_key(b)
+        if key is not None and key in self.replays:
+            stats, peak = self.replays[key]
+        else:
+            if callable(events):
+                events = events()
+            stats = device_memory(events, self.req.gpu).stats
+            peak = stats.requested_peak_bytes - stats.preallocated_bytes  # the tracker's peak
+            if key is not None:
+                self.replays[key] = (stats, peak)
+        device = device_used_bytes(stats, self.req.gpu)
         cats, mods, phase = _breakdown(breakdown)
-        return PlanRow(b, peak_bytes, mem.alloc_peak_bytes, mem.reserved_peak_bytes, mem.device_used_bytes,
-                       mem.device_used_bytes <= self.req.budget_bytes, seconds, cats, dict(kernels), mods, phase, source,
+        return PlanRow(b, peak if peak_bytes is None else peak_bytes, stats.alloc_peak_bytes, stats.reserved_peak_bytes,
+                       device, device <= self.req.budget_bytes, seconds, cats, dict(kernels), mods, phase, source,
                        image_size=self.req.hw(b))
 
     def row(self, b: int, breakdown: bool | None = None) -> PlanRow:
@@ -153,11 +182,12 @@ class VariantSearch:
             return r
         t0 = time.perf_counter()
         if self.stream is not None and b >= self.stream.base_batch and b not in self.measures:
-            events, origin = self.stream.synthesize(b)
             kernels = self.measures[self.stream.base_batch].sdpa_kernels  # the same at every probe (_same_kernels)
             if not breakdown:  # the tracker's peak is the replay's requested peak less the workspaces
-                self.rows[b] = self._row_from(b, events, None, time.perf_counter() - t0, "affine", None, kernels)
+                self.rows[b] = self._row_from(b, lambda: self._synthesized(b), None, time.perf_counter() - t0,
+                                              "affine", None, kernels)
                 return self.rows[b]
+            events, origin = self.stream.synthesize(b)
             bd = self._stream_breakdown(events, origin)
             self.rows[b] = self._row_from(b, events, bd.peak_bytes, time.perf_counter() - t0, "affine", bd, kernels)
         else:
@@ -196,7 +226,7 @@ class VariantSearch:
                                    {i: mods[o] for i, o in enumerate(origin) if events[i][0] == "alloc"},
                                    [phases[o] for o in origin], fake=True)
 
-    def search(self) -> tuple[int, bool | None]:
+    def search(self, slope_hint: int | None = None) -> tuple[int, bool | None]:
         """Largest fitting batch size (0 if batch 1 does not fit) and whether the peak was linear.
 
         One probe at batch 2: its tensor peak less what does not grow with the batch (parameters,
@@ -204,8 +234,9 @@ class VariantSearch:
         first guess is the largest batch that slope allows; later guesses follow the secant through
         batch 2 and the last fake run's device memory (the allocator's rounding makes device memory
         only nearly linear). Ends when a fitting batch and the next one, which does not fit, have
-        both been self. `linear`: every far fake run's tensor peak lies within LINEAR_TOLERANCE of
-        the line through batch 2 with the first far run's slope (needs two far runs)."""
+        both been seen. `linear`: every far fake run's tensor peak lies within LINEAR_TOLERANCE of
+        the line through batch 2 with the first far run's slope (needs two far runs). slope_hint:
+        device bytes per image from another GPU's search of the same streams, for the first guess."""
         r2 = self.row(2)
         if not r2.fits:
             self.affine_note = "batch 2 does not fit: no affine stream needed"
@@ -216,7 +247,7 @@ class VariantSearch:
         self.fill_breakdown()
         budget = self.req.budget_bytes
         fixed = self.fixed_bytes
-        slope = max((r2.tensor_peak_bytes - fixed) // 2, 1)
+        slope = max(slope_hint or (r2.tensor_peak_bytes - fixed) // 2, 1)
         lo, hi = 2, None  # largest batch known to fit, smallest known not to
         for _ in range(MAX_SEARCH_STEPS):
             guess = 2 + (budget - r2.device_used_bytes) // slope

@@ -10,34 +10,51 @@ from enact_bench.predict.search import VariantSearch, fit_pair
 
 
 def plan_variant(req: PlanRequest, spec: VariantSpec, trainer=None, measures: dict | None = None,
-                 typical_measures: dict | None = None) -> VariantPlan:
+                 typical_measures: dict | None = None, gpus: tuple = ()) -> VariantPlan:
     """One variant's plan; `trainer` and `measures` as VariantSearch takes them (their fake runs' time
     counts in `seconds`); `typical_measures`: the fake runs already made at the typical size
-    (run-worst requests, whose plan carries the typical batch's beside it)."""
+    (run-worst requests, whose plan carries the typical batch's beside it). `gpus`: other GPUs to
+    plan from the same fake steps where they make the same ones (predict/gpu_sweep.py), returned
+    in `gpu_plans`."""
     t0 = time.perf_counter() - sum(m.seconds for m in (measures or {}).values())
     t0 -= sum(m.seconds for m in (typical_measures or {}).values())
     out = VariantPlan(spec.variant, spec.applicable, spec.reason, enact_cluster_size=spec.enact_cluster_size,
                       overrides=dict(spec.overrides))
     if not spec.applicable:
+        if gpus:
+            out.gpu_plans = {g.name: out for g in gpus}
         return out
     try:
-        run = VariantSearch(req, spec, trainer, measures)
-        typical = req.typical()
-        other = None
-        if typical is not None:  # run-worst: the typical size beside it, its rows without breakdowns
-            other = VariantSearch(typical, spec, run.trainer, typical_measures, breakdown=False)
-            if not req.batch_sizes:
-                fit_pair(run, other)
+        run, other = searches(req, spec, trainer, measures, typical_measures, replays={})
         _fill(out, run, req)
         if other is not None:
             out.typical = _typical(other, spec, out)
+        if gpus:
+            from enact_bench.predict.gpu_sweep import plan_on_gpus
+
+            out.gpu_plans = plan_on_gpus(req, spec, run, other, out, gpus)
     except Exception as e:  # noqa: BLE001 -- one variant failing is a result of the plan
         out.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
     out.seconds = time.perf_counter() - t0
     return out
 
 
-def _fill(out: VariantPlan, run: VariantSearch, req: PlanRequest) -> None:
+def searches(req: PlanRequest, spec: VariantSpec, trainer=None, measures: dict | None = None,
+             typical_measures: dict | None = None, replays: dict | None = None):
+    """The variant's VariantSearch and, for a run-worst request, the typical size's beside it
+    (rows without breakdowns), their streams fitted together where a search will need them."""
+    run = VariantSearch(req, spec, trainer, measures, replays=replays, tag="main")
+    typical = req.typical()
+    other = None
+    if typical is not None:
+        other = VariantSearch(typical, spec, run.trainer, typical_measures, breakdown=False, replays=replays,
+                              tag="typical")
+        if not req.batch_sizes:
+            fit_pair(run, other)
+    return run, other
+
+
+def _fill(out: VariantPlan, run: VariantSearch, req: PlanRequest, slope_hint: int | None = None) -> None:
     """The rows of `run`: the batch sizes given (each a fake run; nothing searched, so no largest
     batch), or the search."""
     if req.batch_sizes:
@@ -47,21 +64,22 @@ def _fill(out: VariantPlan, run: VariantSearch, req: PlanRequest) -> None:
             run.row(b)
         out.max_batch_size = None
     else:
-        out.max_batch_size, out.linear = run.search()
+        out.max_batch_size, out.linear = run.search(slope_hint)
     out.rows = [run.rows[b] for b in sorted(run.rows)]
     out.fake_runs = sorted(run.measures)
     out.affine_confirmed_at = run.stream.confirmed_at if run.stream is not None else None
     out.affine_note, out.ddp_bucket_bytes = run.affine_note, run.ddp_bucket_bytes
 
 
-def _typical(run: VariantSearch, spec: VariantSpec, main_plan: VariantPlan) -> VariantPlan:
+def _typical(run: VariantSearch, spec: VariantSpec, main_plan: VariantPlan, beside: bool = True,
+             slope_hint: int | None = None) -> VariantPlan:
     """The plan at the typical size beside a run-worst one: its own search (or the batch sizes
-    given), and its figure at each of the main plan's batch sizes, set on those rows."""
+    given), and (beside) its figure at each of the main plan's batch sizes, set on those rows."""
     out = VariantPlan(spec.variant, True, spec.reason, enact_cluster_size=spec.enact_cluster_size,
                       overrides=dict(spec.overrides))
     try:
-        _fill(out, run, run.req)
-        for r in main_plan.rows:
+        _fill(out, run, run.req, slope_hint)
+        for r in main_plan.rows if beside else ():
             if r.image_size == run.req.hw(r.batch_size):  # batch 1: the single worst image is the typical one
                 r.set_typical(r)
             else:

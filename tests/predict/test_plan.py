@@ -152,6 +152,7 @@ def test_a_run_worst_plan_runs_each_batch_at_its_size_with_the_typical_figure_be
     (["no_such_detector", "--gpu", "h100"], "unknown detector"),
     (["deformable_detr_tiny", "--gpu", "h100", "--variants", "enact+fused"], "no dense encoder attention"),
     (["detr_tiny", "deformable_detr_tiny", "--gpu", "h100", "--variants", "original,enact+fused"], "deformable_detr_tiny"),
+    (["detr_tiny", "--gpu", "all", "--gpu-mem", "80"], "--gpu all"),
     (["detr_tiny", "--gpu", "h100", "--json", "."], "is a directory"),
     (["detr_tiny", "--gpu", "h100", "--json", "pyproject.toml/plan.json"], "is a file"),
 ])
@@ -313,3 +314,50 @@ def test_ddp_raises_every_rows_tensor_peak_by_the_bucket_bytes(tmp_path):
     d = json.loads(out.read_text())
     assert d["ddp"] is True and d["variants"][0]["ddp_bucket_bytes"] == buckets
     assert "DDP rank" in r.output
+
+
+def test_gpu_all_reuses_the_fake_steps_and_gives_each_gpu_its_own_plan():
+    """A sweep over GPUs (two memory sizes, two compute capabilities with other cuBLAS workspaces)
+    from one set of fake steps: on each GPU the largest batch and its row are those of a plan made
+    for that GPU alone."""
+    from enact_bench.predict.planner import plan_detector_gpus
+
+    gpus = (custom_gpu(1.5), custom_gpu(2.0, compute_capability=(9, 0)))
+    base = dict(variants=("original",), jobs=1)
+    swept = plan_detector_gpus(PlanRequest("detr_tiny", gpus[0], (96, 128), **base), gpus)
+    assert [p.request.gpu.name for p in swept] == [g.name for g in gpus]
+    assert swept[1].variants[0].fake_runs == [2, 3, 4]  # no fake run of its own
+    alone = plan_detector(PlanRequest("detr_tiny", gpus[1], (96, 128), **base)).variants[0]
+    v = swept[1].variants[0]
+    assert v.max_batch_size == alone.max_batch_size > swept[0].variants[0].max_batch_size
+    pick = lambda plan: next((r.device_used_bytes, r.reserved_peak_bytes, r.fits) for r in plan.rows  # noqa: E731
+                             if r.batch_size == plan.max_batch_size)
+    assert pick(v) == pick(alone)
+
+
+def test_sdpa_calls_tell_which_gpus_pick_other_kernels():
+    """bf16 fused DETR: flash on sm80 and sm90 alike, but no flash (and no bf16 memory-efficient
+    kernel) on sm70; the kernels recomputed from the recorded calls match the step's own count."""
+    from enact_bench.predict.cuda_policy import CudaArch
+    from enact_bench.predict.gpu_sweep import same_kernels
+    from enact_bench.predict.search import trainer_for
+
+    req = PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), dtype="bfloat16")
+    m = trainer_for(req, variant_spec("detr", "fused", 6)).step(2)
+    assert m.sdpa_calls and len(m.sdpa_calls) == sum(m.sdpa_kernels.values())
+    assert same_kernels([m], CudaArch(8, 0), CudaArch(9, 0)) and same_kernels([m], CudaArch(8, 0), CudaArch(8, 6))
+    assert not same_kernels([m], CudaArch(8, 0), CudaArch(7, 0))
+
+
+def test_gpu_all_on_the_command_line_gives_one_plan_per_gpu():
+    from enact_bench.predict.gpus import GPUS
+
+    r = cli.invoke(app, ["plan", "detr_tiny", "--gpu", "all", "-b", "2", "--variants", "original,fused",
+                         "--image-size", SIZE, "--json", "-"])
+    assert r.exit_code == 0, r.output
+    plans = json.loads(r.stdout)
+    assert [p["gpu"]["name"] for p in plans] == list(GPUS)
+    assert all(p["variants"][0]["rows"][0]["fits"] for p in plans)  # tiny: batch 2 fits everywhere
+    # the context differs per GPU: so does the device memory of the same step
+    assert len({p["variants"][0]["rows"][0]["device_used_mib"] for p in plans}) > 1
+    assert all(g in r.stderr for g in GPUS) and "whether each batch size given fits, per GPU" in " ".join(r.stderr.split())
