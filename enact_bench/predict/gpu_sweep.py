@@ -18,6 +18,7 @@ from collections import Counter
 
 from enact_bench.predict.plan import PlanRequest, VariantPlan, VariantSpec
 from enact_bench.predict.search import VariantSearch
+from enact_bench.predict.variant_rows import fill_plan, searches, typical_plan
 
 
 def _arch(gpu):
@@ -55,28 +56,24 @@ def same_kernels(measures, arch_a, arch_b) -> bool:
 def _reuse(req: PlanRequest, spec: VariantSpec, run: VariantSearch, other: VariantSearch | None,
            ref: VariantPlan) -> VariantPlan:
     """The plan on req.gpu from the fake runs and streams of another GPU's searches."""
-    from enact_bench.predict.variant_plan import _fill, _typical
-
     out = VariantPlan(spec.variant, True, spec.reason, enact_cluster_size=spec.enact_cluster_size,
                       overrides=dict(spec.overrides))
     main = VariantSearch(req, spec, run.trainer, run.measures, breakdown=False, replays=run.replays, tag=run.tag)
     main.measures = run.measures  # shared: a fake run one GPU's search makes serves the others
     main.stream, main.affine_note = run.stream, run.affine_note
-    _fill(out, main, req, _slope(ref))
+    fill_plan(out, main, req, _slope(ref))
     if other is not None:
         typical = VariantSearch(req.typical(), spec, run.trainer, other.measures, breakdown=False,
                                 replays=other.replays, tag=other.tag)
         typical.measures = other.measures
         typical.stream, typical.affine_note = other.stream, other.affine_note
-        out.typical = _typical(typical, spec, out, beside=False, slope_hint=_slope(ref.typical))
+        out.typical = typical_plan(typical, spec, out, beside=False, slope_hint=_slope(ref.typical))
     return out
 
 
 def plan_on_gpus(req: PlanRequest, spec: VariantSpec, run: VariantSearch, other: VariantSearch | None,
                  ref: VariantPlan, gpus) -> dict[str, VariantPlan]:
     """`ref` (the plan on req.gpu, from `run` and `other`) carried to every GPU in `gpus`."""
-    from enact_bench.predict.variant_plan import searches, _fill, _typical
-
     out: dict[str, VariantPlan] = {}
     by_arch: dict = {}
     for g in gpus:
@@ -94,9 +91,9 @@ def plan_on_gpus(req: PlanRequest, spec: VariantSpec, run: VariantSearch, other:
                 plan = VariantPlan(spec.variant, True, spec.reason, enact_cluster_size=spec.enact_cluster_size,
                                    overrides=dict(spec.overrides))
                 g_run, g_other = searches(first, spec, trainer, replays={})
-                _fill(plan, g_run, first)
+                fill_plan(plan, g_run, first)
                 if g_other is not None:
-                    plan.typical = _typical(g_other, spec, plan)
+                    plan.typical = typical_plan(g_other, spec, plan)
             finally:
                 trainer.arch = before
             plan.affine_note = f"{plan.affine_note or ''} (own fake steps: other SDPA kernels on sm{arch.major}{arch.minor})"

@@ -115,4 +115,5 @@ def run_all(req: PlanRequest, specs: list[VariantSpec], workers: int, gpus: tupl
         _FORKED.update(trainers={}, probes={}, sizes={}, plan={})
     # torch refuses autograd in a child forked after the parent ran a backward (its autograd
     # threads exist): those variants run here instead
-    return [plan_variant(*j) if r.error and "Autograd-and-Fork" in r.error else r for j, r in zip(jobs, results)]
+    return [plan_variant(j[0], j[1], gpus=j[2]) if r.error and "Autograd-and-Fork" in r.error else r
+            for j, r in zip(jobs, results)]
