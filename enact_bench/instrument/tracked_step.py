@@ -59,6 +59,8 @@ class StepMeasure:
     event_ops: list | None = field(default=None, repr=False)
     event_classes: tuple | None = field(default=None, repr=False)
     event_shapes: list | None = field(default=None, repr=False)  # per alloc: (shape, element size) or None
+    # the fake step's SDPA calls, what decides their kernel (predict/sdpa_calls.py), in order
+    sdpa_calls: list | None = field(default=None, repr=False)
 
     @property
     def peak_mib(self) -> float:

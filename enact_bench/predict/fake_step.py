@@ -38,6 +38,7 @@ from enact_bench.choices import TARGETS
 from enact_bench.predict.cuda_policy import CudaArch, step_kernels
 from enact_bench.instrument.tracked_step import StepInstruments, StepMeasure, warm_up
 from enact_bench.predict.ddp_buckets import make_bucket_tensors
+from enact_bench.predict.sdpa_calls import SdpaCallLog
 from enact_bench.train.optim import make_optimizer, prime_optimizer_state
 
 
@@ -127,10 +128,13 @@ def fake_train_step(model: nn.Module, criterion: nn.Module, batch, *, optimizer=
     optimizer = optimizer or make_optimizer(model, foreach=foreach)
     with step_kernels(target, arch, autocast_dtype, optimizer) as kernels:
         sdpa, amp, scaler = kernels.sdpa, kernels.autocast, kernels.scaler
+        # the SDPA calls' inputs, for the kernels other GPUs would pick (predict/sdpa_calls.py)
+        calls = SdpaCallLog.install(sdpa) if sdpa is not None else None
         warm_up(model, criterion, optimizer, batch, warmup, clip_max_norm=clip_max_norm, autocast=amp,
                 foreach=foreach, scaler=scaler)
         if sdpa is not None:
             sdpa.counts.clear()  # count the measured step only
+            calls.calls.clear()
         buckets = make_bucket_tensors(model) if ddp else []  # alive until this function returns
         inst = StepInstruments.build(model, criterion, optimizer, batch, probes=probes, count_flops=count_flops,
                                      record_events=record_events, breakdown=breakdown, fake=True, host=host,
@@ -139,8 +143,10 @@ def fake_train_step(model: nn.Module, criterion: nn.Module, batch, *, optimizer=
         start = inst.run(model, criterion, optimizer, batch, clip_max_norm=clip_max_norm, foreach=foreach,
                          extra_live=buckets + (scaler.state_tensors() if scaler is not None else []),
                          scaler=scaler)
-    return inst.measure(model, batch, start, t0=t0, fake=True, target=target,
-                        sdpa_kernels=sdpa.counts if sdpa is not None else None, extra_live=buckets, ddp=ddp)
+    m = inst.measure(model, batch, start, t0=t0, fake=True, target=target,
+                     sdpa_kernels=sdpa.counts if sdpa is not None else None, extra_live=buckets, ddp=ddp)
+    m.sdpa_calls = calls.calls if calls is not None else None
+    return m
 
 
 def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
@@ -246,9 +252,11 @@ class FakeTrainer:
                 prime_optimizer_state(self.model, self.optimizer)
             self._primed = True
 
-    def step(self, batch_size: int, *, record_events: bool = True, breakdown: bool = False) -> StepMeasure:
+    def step(self, batch_size: int, *, record_events: bool = True, breakdown: bool = False,
+             image_size: tuple[int, int] | None = None) -> StepMeasure:
+        """One steady-state step at `batch_size` images of `image_size` (default: the trainer's)."""
         with self.mode:
-            batch = make_batch(batch_size, self.image_size, self.num_targets, self.num_classes)
+            batch = make_batch(batch_size, tuple(image_size or self.image_size), self.num_targets, self.num_classes)
             m = fake_train_step(self.model, self.criterion, batch, optimizer=self.optimizer,
                                 clip_max_norm=self.clip_max_norm, target=self.target,
                                 warmup="none" if self._primed else "prime", count_flops=False,

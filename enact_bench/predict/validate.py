@@ -114,7 +114,7 @@ def validate_plan(plan) -> list[dict]:
         if not v.applicable or v.error:
             continue
         for row in (r.as_dict() for r in v.rows):
-            measured = measure_real_step(req.detector, row["batch_size"], req.image_size,
+            measured = measure_real_step(req.detector, row["batch_size"], req.hw(row["batch_size"]),
                                          enact_cluster_size=v.enact_cluster_size, overrides=v.overrides, dtype=req.dtype)
             out.append({"variant": v.variant, **compare(row, measured)})
     return out
