@@ -139,6 +139,32 @@ def plan_summary_table(d: dict):
     return t
 
 
+def steps_table(plan):
+    """--steps: per variant, the run of drawn shapes through one allocator model against one step
+    of the worst shape."""
+    from rich.table import Table
+
+    runs = [(v, v.steps) for v in plan.variants if v.steps is not None]
+    if not runs:
+        return None
+    s0 = runs[0][1]
+    t = Table(title=f"{plan.request.detector}: {s0.steps} training steps of drawn padded shapes (seed {s0.seed}; sources: "
+                    f"{s0.sources}; sizes rounded up to multiples of {s0.quantum} px) through one caching-allocator "
+                    f"model on {plan.request.gpu.name}, against one step of the worst shape: ESTIMATES",
+              title_justify="left")
+    for col in ("variant", "batch", "distinct shapes", "worst shape", "one worst step: reserved / device MiB",
+                "the run: reserved after / device MiB", "run fits", "note"):
+        t.add_column(col, justify="right" if "MiB" in col or col in ("batch", "distinct shapes") else "left")
+    for v, s in runs:
+        note = f"out of memory at step {s.oom_step}" if s.oom_step else (
+            f"cached segments released {s.retries} times" if s.retries else "")
+        t.add_row(v.variant, str(s.batch_size), str(len(set(s.shapes))), f"{s.worst_hw[0]}x{s.worst_hw[1]}",
+                  f"{_mib(s.one_step_reserved_bytes)} / {_mib(s.one_step_device_bytes)}",
+                  f"{_mib(s.run_reserved_bytes)} / {_mib(s.run_device_bytes)}",
+                  "[green]yes[/]" if s.fits else "[red]no[/]", note)
+    return t
+
+
 def breakdown_table(plan):
     """The peak's breakdown at each variant's largest fitting batch, when the estimate has one."""
     from rich.table import Table
@@ -262,6 +288,14 @@ def register(app: typer.Typer) -> None:
                                                       "(the trainable parameters' bytes) to every row"),
         fake_runs: bool = typer.Option(False, "--fake-runs",
                                        help="run every row as a fake training step of its own (no affine stream; slower)"),
+        steps: int = typer.Option(None, "--steps",
+                                  help="also replay N training steps of padded shapes drawn from the augmentation "
+                                       "through one allocator model (at each variant's largest batch), against one "
+                                       "step of the worst shape"),
+        seed: int = typer.Option(0, "--seed", help="--steps: the seed of the drawn shapes"),
+        sizes_from: Path = typer.Option(None, "--sizes-from",
+                                        help="a COCO annotation file: its images' sizes are the source images of "
+                                             "--steps and of the run-worst size (default: a labelled assumption)"),
     ) -> None:
         """Predict training memory per variant and batch size on a GPU, without one."""
         from enact_bench.console import console, err_console
@@ -271,10 +305,22 @@ def register(app: typer.Typer) -> None:
         every_gpu = gpu is not None and gpu.strip().lower() == "all"
         if every_gpu and gpu_mem is not None:
             raise UserInputError("--gpu all plans every GPU of the table; --gpu-mem describes one GPU: give one of them")
+        if every_gpu and steps:
+            raise UserInputError("--steps replays a run on one GPU: give --gpu NAME, not all")
         if every_gpu and validate:
             raise UserInputError("--validate checks one GPU's plan on this machine's GPU: give --gpu NAME, not all")
         if (gpu is None) == (gpu_mem is None):
             raise UserInputError("give exactly one of --gpu NAME (or all) or --gpu-mem GIB")
+        if steps is not None and steps < 1:
+            raise UserInputError(f"--steps {steps}: give at least 1 training step (or leave --steps out)")
+        sources = None
+        if sizes_from is not None:
+            from enact_bench.data.augmentation_sizes import coco_image_sizes
+
+            try:
+                sources = tuple(coco_image_sizes(sizes_from))
+            except ValueError as e:
+                raise UserInputError(f"--sizes-from {e}") from None
         to_stdout = check_json_out(json_out)
         out_console = err_console if to_stdout else console  # with --json -, stdout holds the JSON alone
         if validate:
@@ -295,10 +341,11 @@ def register(app: typer.Typer) -> None:
         names = _variant_list(variants, families)
         requests = []
         for det, family in families.items():
-            images = parse_image_size(image_size, family)
+            images = parse_image_size(image_size, family, sources, str(sizes_from or ""))
             requests.append(PlanRequest(det, spec, images.padded_hw, tuple(batch_size or ()), dtype,
                                         enact_cluster_size, names, margin, jobs=jobs, ddp=ddp, affine=not fake_runs,
-                                        images=images))
+                                        images=images, steps=steps or 0, seed=seed, source_sizes=sources,
+                                        sources_label=f"{sizes_from}" if sizes_from else ""))
         out = []
         for req in requests:
             if every:
@@ -314,6 +361,9 @@ def register(app: typer.Typer) -> None:
             bt = breakdown_table(p)
             if bt is not None:
                 out_console.print(bt)
+            st = steps_table(p)
+            if st is not None:
+                out_console.print(st)
             for v in p.variants:
                 if v.affine_note and v.affine_note.startswith("no affine"):
                     err_console.print(f"[yellow]{req.detector} {v.variant}: {v.affine_note}[/]")

@@ -223,15 +223,16 @@ class DatasetWorst:
     max_aspect: float  # of the source images
 
 
-def worst_from_sizes(sizes: Iterable[tuple[int, int]], aug: Augmentation = DETR_AUGMENTATION) -> DatasetWorst:
-    """Exact worst sizes for source images given as (h, w): every scale of the multi-scale branch,
+def worst_from_sizes(sizes: Iterable, aug: Augmentation = DETR_AUGMENTATION) -> DatasetWorst:
+    """Exact worst sizes for source images given as (h, w) or ((h, w), count): every scale of the multi-scale branch,
     and the crop branch's largest outputs (both orientations: a tall crop comes from any image
     whose pre-resized sides reach crop_max, which the pre-resize guarantees)."""
     counts: dict[tuple[int, int], int] = {}
-    for h, w in sizes:
+    for item in sizes:  # (h, w) or ((h, w), count)
+        (h, w), n = (item if isinstance(item[0], tuple) else (item, 1))
         if h < 1 or w < 1:
             raise ValueError(f"image sizes must be positive, got {h} x {w}")
-        counts[(int(h), int(w))] = counts.get((int(h), int(w)), 0) + 1
+        counts[(int(h), int(w))] = counts.get((int(h), int(w)), 0) + n
     if not counts:
         raise ValueError("no image sizes given")
     ch, cw = aug.crop_branch_max_hw()
@@ -242,3 +243,65 @@ def worst_from_sizes(sizes: Iterable[tuple[int, int]], aug: Augmentation = DETR_
     return DatasetWorst(single_hw=(min(single), max(single)), padded_hw=(max(h for h, _ in outs), max(w for _, w in outs)),
                         images=sum(counts.values()), distinct_sizes=len(counts),
                         max_aspect=max(max(h, w) / min(h, w) for h, w in counts))
+
+
+# Without a dataset: source images as (h, w), drawn uniformly. An ASSUMPTION for `plan --steps`,
+# not a measurement: four landscape sizes (4:3 twice, 3:2, 16:9) and two portrait ones at 640 px on
+# the long side, the long side COCO's images have; --sizes-from FILE gives a dataset's own.
+ASSUMED_SOURCE_SIZES = ((480, 640), (480, 640), (427, 640), (360, 640), (640, 480), (640, 427))
+
+
+def augmented_hw(rng, h: int, w: int, aug: Augmentation = DETR_AUGMENTATION) -> tuple[int, int]:
+    """One draw of the train transform for a source image h x w (`rng`: random.Random), in the
+    originals' order: RandomSelect(p = 0.5) between the multi-scale resize and pre-resize +
+    RandomSizeCrop + multi-scale resize (the flip changes no size)."""
+    if rng.random() < 0.5:
+        return detr_resize_hw(h, w, rng.choice(aug.scales), aug.max_size)
+    h1, w1 = detr_resize_hw(h, w, rng.choice(aug.pre_crop_sizes), None)
+    cw = rng.randint(min(aug.crop_min, w1), min(w1, aug.crop_max))
+    ch = rng.randint(min(aug.crop_min, h1), min(h1, aug.crop_max))
+    return detr_resize_hw(ch, cw, rng.choice(aug.scales), aug.max_size)
+
+
+def sample_padded_sizes(seed: int, batch: int, steps: int, sources=ASSUMED_SOURCE_SIZES,
+                        aug: Augmentation = DETR_AUGMENTATION) -> list[tuple[int, int]]:
+    """The padded (H, W) of `steps` batches of `batch` images drawn (with `seed`) from `sources`
+    ((h, w) per source image, or ((h, w), count) pairs) through the train transform: the largest
+    height and the largest width in each batch, as the originals' collate pads."""
+    import random
+
+    if batch < 1 or steps < 1:
+        raise ValueError(f"batch and steps must be >= 1, got {batch}, {steps}")
+    pairs = [s if isinstance(s[0], tuple) else (tuple(s), 1) for s in sources]
+    sizes, weights = [p[0] for p in pairs], [p[1] for p in pairs]
+    rng = random.Random(seed)
+    out = []
+    for _ in range(steps):
+        hws = [augmented_hw(rng, *rng.choices(sizes, weights)[0], aug) for _ in range(batch)]
+        out.append((max(h for h, _ in hws), max(w for _, w in hws)))
+    return out
+
+
+def coco_image_sizes(path) -> list[tuple[tuple[int, int], int]]:
+    """((h, w), count) of the images a COCO annotation file lists ("images": [{"width", "height"},
+    ...]); ValueError saying what is wrong otherwise."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        data = json.loads(p.read_text())
+        counts: dict[tuple[int, int], int] = {}
+        for im in data["images"]:
+            hw = (int(im["height"]), int(im["width"]))
+            if min(hw) < 1:
+                raise ValueError(f"an image of {hw[0]} x {hw[1]} pixels")
+            counts[hw] = counts.get(hw, 0) + 1
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a COCO annotation file (expected \"images\": [{{\"width\", \"height\"}}, ...]; "
+                         f"{type(e).__name__}: {str(e)[:80]})") from None
+    if not counts:
+        raise ValueError(f"{path}: the COCO annotation file lists no images")
+    return sorted(counts.items())

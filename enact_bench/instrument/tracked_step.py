@@ -61,6 +61,9 @@ class StepMeasure:
     event_shapes: list | None = field(default=None, repr=False)  # per alloc: (shape, element size) or None
     # the fake step's SDPA calls, what decides their kernel (predict/sdpa_calls.py), in order
     sdpa_calls: list | None = field(default=None, repr=False)
+    # with record_events: how many of the first alloc events are the tensors alive before the step,
+    # as (model and optimizer state, the batch, extra live tensors such as DDP's buckets)
+    live_before_counts: tuple | None = None
 
     @property
     def peak_mib(self) -> float:
@@ -137,6 +140,7 @@ class StepInstruments:
     flops: tuple[FlopCounterMode, FlopCounterMode] | None = None  # forward, backward
     attribution: object | None = None  # instrument/breakdown.StepAttribution
     autocast: Callable = nullcontext  # the forward and loss run under it
+    live_before_counts: tuple | None = None  # set by `run` (StepMeasure.live_before_counts)
 
     @classmethod
     def build(cls, model: nn.Module, criterion: nn.Module, optimizer, batch, *, probes: bool = True,
@@ -185,8 +189,15 @@ class StepInstruments:
             fwd = lambda: self.attribution.forward(self._forward_ctx)  # noqa: E731
             bwd = lambda: self.attribution.backward(self._backward_ctx)  # noqa: E731
         with self.tracker:
-            for t in live_before_step(model, criterion, optimizer, batch) + list(extra_live):
-                self.tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
+            live = live_before_step(model, criterion, optimizer, batch)
+            n_batch = len(batch.tensors())  # live_before_step ends with the batch's tensors
+            counts = []
+            for group in (live[:len(live) - n_batch], live[len(live) - n_batch:], list(extra_live)):
+                before = len(self.tracker.events) if self.tracker.events is not None else 0
+                for t in group:
+                    self.tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
+                counts.append(len(self.tracker.events) - before if self.tracker.events is not None else 0)
+            self.live_before_counts = tuple(counts)
             start = self.tracker.current_bytes
             self.tracker.reset_peak()
             if self.attribution is not None:
@@ -218,6 +229,7 @@ class StepInstruments:
             event_shapes=list(tr.event_shapes) if events else None,
             event_classes=self.attribution.event_classes() if self.attribution is not None else None,
             ddp_bucket_bytes=sum(b.untyped_storage().nbytes() for b in extra_live) if ddp else None,
+            live_before_counts=self.live_before_counts if events else None,
         )
 
 

@@ -220,6 +220,10 @@ class CachingAllocatorModel:
     def segments(self) -> int:
         return len(self._segments)
 
+    def live_requests(self) -> dict:
+        """key -> bytes asked for, of every live allocation (in the order they were made)."""
+        return {k: (b if isinstance(b, int) else b.requested) for k, b in self._live.items()}
+
     def reset_peak(self) -> None:
         """Like torch.cuda.reset_peak_memory_stats: peaks restart at the current values."""
         self._max_allocated, self._max_reserved = self._allocated, self._reserved

@@ -121,8 +121,17 @@ class PlanRequest:
     # the padded size per batch size (predict/image_sizes.py); None: `image_size` fixed. Given, it
     # sets `image_size` to its size for batches of 2 or more
     images: ImageSizes | None = None
+    # --steps: replay this many steps of drawn shapes through one allocator model (0: none), the
+    # draws' seed, the source images' ((h, w), count) (None: the labelled assumption) and their label
+    steps: int = 0
+    seed: int = 0
+    source_sizes: tuple | None = None
+    sources_label: str = ""
+    augmentation: object | None = None  # data/augmentation_sizes.Augmentation for --steps (None: the family's)
 
     def __post_init__(self):
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise UserInputError(f"--steps must be a positive number of training steps, got {self.steps!r}")
         if self.images is None:
             object.__setattr__(self, "images", ImageSizes.fixed(tuple(self.image_size)))
         else:
@@ -225,6 +234,8 @@ class VariantPlan:
     # --gpu all: the same variant's plan on each GPU (GPU name -> VariantPlan; not in as_dict: the
     # planner makes one DetectorPlan per GPU of them)
     gpu_plans: dict | None = None
+    # --steps: the run of drawn shapes through one allocator model (predict/steps_plan.StepsResult)
+    steps: object | None = None
 
     def as_dict(self) -> dict:
         typical = {}
@@ -234,7 +245,8 @@ class VariantPlan:
                        "typical": {"max_batch_size": t.max_batch_size, "rows": [r.as_dict() for r in t.rows],
                                    "fake_runs": t.fake_runs, "affine_confirmed_at": t.affine_confirmed_at,
                                    "affine_note": t.affine_note, "error": t.error}}
-        return {"variant": self.variant, "applicable": self.applicable, "reason": self.reason, **typical,
+        steps = {"steps": self.steps.as_dict()} if self.steps is not None else {}
+        return {"variant": self.variant, "applicable": self.applicable, "reason": self.reason, **typical, **steps,
                 "fake_runs": self.fake_runs, "affine_confirmed_at": self.affine_confirmed_at,
                 "affine_note": self.affine_note, "ddp_bucket_bytes": self.ddp_bucket_bytes,
                 "max_batch_size": self.max_batch_size, "rows": [r.as_dict() for r in self.rows],

@@ -30,6 +30,11 @@ def plan_variant(req: PlanRequest, spec: VariantSpec, trainer=None, measures: di
         fill_plan(out, run, req)
         if other is not None:
             out.typical = typical_plan(other, spec, out)
+        if req.steps:
+            from enact_bench.predict.steps_plan import plan_steps
+
+            batch = out.max_batch_size if out.searched else max(req.batch_sizes)
+            out.steps = plan_steps(req, spec, run.trainer, max(batch or 1, 1))
         if gpus:
             out.gpu_plans = plan_on_gpus(req, spec, run, other, out, gpus)
     except Exception as e:  # noqa: BLE001 -- one variant failing is a result of the plan
