@@ -38,9 +38,10 @@ import torchvision  # noqa: F401  (imported before any stub: torch._dynamo inspe
 import torch._dynamo  # noqa: F401
 
 from enact_bench.detectors import create_detector
-from enact_bench.instrument.live_tensors import MIB
-from enact_bench.predict.fake_step import (FakeTensorMode, fake_model, make_batch, measure_train_step,
-                                          use_fixed_assignment)
+from enact_bench.metrics import MIB
+from enact_bench.data.batch import make_batch
+from enact_bench.measure.train_step import measure_train_step
+from enact_bench.predict.fake_step import FakeTensorMode, fake_model, use_fixed_assignment
 
 OURS = {"detr": "detr_r50", "conditional": "conditional_detr_r50", "anchor": "anchor_detr_r50_dc5",
         "deformable": "deformable_detr_r50", "dino": "dino_r50_4scale"}
@@ -148,7 +149,7 @@ def measure(model, criterion, batch_size, size, clip, fake):
     fake_model(model, mode)
     fake_model(criterion, mode)
     with mode:
-        return measure_train_step(model, criterion, make_batch(batch_size, size, 6, 91), clip_max_norm=clip, fake=True)
+        return measure_train_step(model, criterion, make_batch(batch_size, size, 6, 91), clip_max_norm=clip)
 
 
 def main() -> None:

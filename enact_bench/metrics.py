@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MIB = 2**20  # the unit of every *_mib field: a mebibyte, 2^20 bytes (the one definition)
+
 TRAIN_INFER = ("train", "infer")
 TRAIN = ("train",)
 UNITS = ("count", "MiB", "bytes", "ms", "images/s", "GFLOPs", "GMACs", "tokens", "names", "text", "flag")

@@ -96,13 +96,32 @@ def utc_now() -> str:
 
 
 def records_file(path: str | Path) -> Path:
-    """A run folder (reports/<run_id>/) or a records.jsonl file -> the file; one-line error if absent."""
+    """A run folder (reports/<run_id>/) or a records.jsonl file -> the file; one-line error if
+    absent, or if `path` is some other file of a run folder (run.json, suite.toml, ...)."""
     p = Path(path)
+    if p.is_file() and p.suffix != ".jsonl":
+        raise RecordsError(f"{p} is a file, not records: expected a run folder written by `enact-bench run` "
+                           f"(reports/<run_id>) or its {RECORDS_FILE}" + (f"; try {p.parent}" if (
+                               p.parent / RECORDS_FILE).is_file() else ""))
     f = p / RECORDS_FILE if p.is_dir() else p
     if not f.is_file():
         raise RecordsError(f"no records found at {f} (expected a run folder written by `enact-bench run`, "
                            f"with {RECORDS_FILE} in it, or the path of a {RECORDS_FILE} file)")
     return f
+
+
+REPORTS_DIR = "reports"  # where `run` puts run folders by default (its --out)
+
+
+def latest_run_dir(parent: str | Path = REPORTS_DIR) -> Path:
+    """The run folder under `parent` whose records.jsonl was written last: what `show`, `report`
+    and `check` read when no run folder is given. One-line error when there is none."""
+    p = Path(parent)
+    runs = [f for f in p.glob(f"*/{RECORDS_FILE}") if f.is_file()] if p.is_dir() else []
+    if not runs:
+        raise RecordsError(f"no run folder given, and no run under {p}/ (looked for {p}/*/{RECORDS_FILE}); "
+                           "give RUN_DIR, or run a suite first: `enact-bench run --suite smoke`")
+    return max(runs, key=lambda f: (f.stat().st_mtime, f.parent.name)).parent
 
 
 def _set_aside_torn_tail(path: Path) -> None:

@@ -1,16 +1,17 @@
 """The import layers (docs/harness.md): imports run one way,
 
-    cli -> commands -> run -> measure / detectors / data -> enact
+    cli -> commands -> run / predict -> measure, instrument, evaluate, train, detectors, data -> enact
 
-with the plain modules (records, metrics, suites, errors, plugins, ...) beside them.
+with the plain modules (records, metrics, suite, errors, plugins, ...) beside them: predict may
+use detectors, data, train and the instruments; measure and instrument never import predict;
+the libraries never import run, predict, commands or cli; nothing but cli and the commands
+themselves imports commands or cli.
 
 Every module's AST is read for every import statement, function-level (lazy) ones included, so
-a lazy import cannot hide a cycle. Granularity: a unit is a subpackage of enact_bench
-(`enact_bench.run`, `enact_bench.measure`, `enact_bench.data`, `enact_bench.detectors`,
-`enact_bench.report`, `enact_bench.commands`; a subpackage's own subpackages, such as
-`detectors.common`, belong to it), or a top-level module of enact_bench (`enact_bench.records`,
-`enact_bench.suite`, `enact_bench.cli`, ...), or the `enact` package as one unit. Imports inside
-a unit are its own business; the graph of units must have no cycle.
+a lazy import cannot hide a cycle. Two granularities, neither may have a cycle: files (every
+module of enact and enact_bench), and units (a subpackage of enact_bench, e.g. `enact_bench.run`,
+`enact_bench.predict`, with its own subpackages such as `detectors.common`; or a top-level module
+of enact_bench, e.g. `enact_bench.records`; or the `enact` package as one unit).
 
 `report` must not import torch: checked in a fresh interpreter, by building a report and
 looking at sys.modules (records.py may import torch lazily, only in capture_env).
@@ -26,8 +27,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("enact", "enact_bench")
-NEVER_UP = ("enact_bench.measure", "enact_bench.data", "enact_bench.detectors")
-UP = ("enact_bench.run", "enact_bench.commands", "enact_bench.cli")
+LIBRARIES = ("enact_bench.measure", "enact_bench.instrument", "enact_bench.evaluate", "enact_bench.train",
+             "enact_bench.data", "enact_bench.detectors")
+UP = ("enact_bench.run", "enact_bench.predict", "enact_bench.commands", "enact_bench.cli")
 
 
 def _modules() -> dict[str, Path]:
@@ -89,6 +91,17 @@ def _graph() -> dict[str, dict[str, list[str]]]:
     return graph
 
 
+def _file_graph() -> dict[str, dict[str, list[str]]]:
+    """Module -> imported module (enact and enact_bench modules only; a package's __init__ is the
+    package's name) -> where."""
+    graph: dict[str, dict[str, list[str]]] = {}
+    for name, imports in IMPORTS.items():
+        for mod, line in imports:
+            if mod in MODULES and mod != name:
+                graph.setdefault(name, {}).setdefault(mod, []).append(f"{MODULES[name].relative_to(ROOT)}:{line}")
+    return graph
+
+
 def _cycle(graph) -> list[str] | None:
     state: dict[str, int] = {}  # 1: on the stack, 2: done
     stack: list[str] = []
@@ -118,7 +131,14 @@ def _cycle(graph) -> list[str] | None:
 def test_the_scan_sees_lazy_imports():
     # run/case.py imports measure inside functions only: the scan must still see it
     assert "enact_bench.measure" in _graph()["enact_bench.run"]
+    assert "enact_bench.measure.memory" in _file_graph()["enact_bench.run.case"]
     assert len(MODULES) > 60
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    graph = {"a": {"b": ["a.py:1"]}, "b": {"c": ["b.py:1"]}, "c": {"a": ["c.py:1"]}, "d": {"a": ["d.py:1"]}}
+    assert _cycle(graph) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b": []}, "b": {}}) is None
 
 
 def test_no_cycles_between_units():
@@ -129,11 +149,27 @@ def test_no_cycles_between_units():
         pytest.fail(f"import cycle {' -> '.join(cycle)}: {where}")
 
 
-@pytest.mark.parametrize("low", NEVER_UP)
-def test_libraries_never_import_run_commands_or_cli(low):
+def test_no_cycles_between_files():
+    graph = _file_graph()
+    cycle = _cycle(graph)
+    if cycle:
+        where = "; ".join(f"{a} -> {b} at {', '.join(graph[a][b][:3])}" for a, b in zip(cycle, cycle[1:]))
+        pytest.fail(f"import cycle {' -> '.join(cycle)}: {where}")
+
+
+@pytest.mark.parametrize("low", LIBRARIES)
+def test_libraries_never_import_run_predict_commands_or_cli(low):
     bad = [f"{MODULES[name].relative_to(ROOT)}:{line} imports {mod}"
            for name, imports in IMPORTS.items() if unit_of(name) == low
            for mod, line in imports if unit_of(mod) in UP]
+    assert not bad, bad
+
+
+def test_only_cli_and_commands_import_commands_or_cli():
+    top = ("enact_bench.commands", "enact_bench.cli")
+    bad = [f"{MODULES[name].relative_to(ROOT)}:{line} imports {mod}"
+           for name, imports in IMPORTS.items() if unit_of(name) not in top
+           for mod, line in imports if unit_of(mod) in top]
     assert not bad, bad
 
 

@@ -10,7 +10,7 @@ from enact_bench.errors import UserInputError
 
 
 def make_toy_coco_command(out_dir: str | Path, *, images: int = 48, seed: int = 0, categories: int = 3,
-                          min_side: int = 160, max_side: int = 320) -> dict[str, int]:
+                          min_side: int = 160, max_side: int = 320, overwrite: bool = False) -> dict[str, int]:
     from enact_bench.data.toy_coco import ToyCocoConfig, make_toy_coco
 
     try:
@@ -20,7 +20,10 @@ def make_toy_coco_command(out_dir: str | Path, *, images: int = 48, seed: int = 
         raise UserInputError(str(e)) from None
     out = output_folder(out_dir, "make-toy-coco")
     try:
-        return make_toy_coco(out, cfg)
+        return make_toy_coco(out, cfg, overwrite=overwrite)
+    except FileExistsError as e:
+        raise UserInputError(f"make-toy-coco: {e}; it may be a real dataset: give an empty or new folder, "
+                             "or pass --overwrite to replace those files") from None
     except OSError as e:
         raise UserInputError(f"make-toy-coco {out_dir}: cannot write there ({e.strerror or e}); "
                              "expected a folder you can write to") from None
@@ -36,12 +39,14 @@ def register(app: typer.Typer) -> None:
         categories: int = typer.Option(3, help="1..3: rectangle, ellipse, triangle (COCO ids 1, 2, 3)"),
         min_side: int = typer.Option(160, help="smallest image side in pixels"),
         max_side: int = typer.Option(320, help="largest image side in pixels"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="write into a folder that already holds "
+                                       "annotations or images, replacing files of the same names"),
     ) -> None:
         """Write a toy COCO-format dataset (shapes on textured backgrounds, exact annotations)."""
         from enact_bench.console import console
 
         counts = make_toy_coco_command(out_dir, images=images, seed=seed, categories=categories,
-                                       min_side=min_side, max_side=max_side)
+                                       min_side=min_side, max_side=max_side, overwrite=overwrite)
         console.print(f"{out_dir}: train {counts['train_images']} images / {counts['train_annotations']} "
                       f"objects, val {counts['val_images']} images / {counts['val_annotations']} objects",
                       highlight=False)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from enact_bench.commands import output_folder, user_errors
+from enact_bench.commands import output_folder, run_dirs_or_latest, user_errors, write_error_text
 from enact_bench.errors import UserInputError
 
 
@@ -23,6 +23,9 @@ def report_command(run_dirs: list[str | Path], out: str | Path | None = None) ->
         return build_report(list(run_dirs), out)
     except (FileNotFoundError, ValueError) as e:
         raise UserInputError(str(e)) from None
+    except OSError as e:  # a full or read-only disk under the output folder
+        where = f"--out {out}" if out is not None else "report"
+        raise UserInputError(f"{where}: {write_error_text(e)}") from None
 
 
 def print_written(paths: dict[str, Path]) -> None:
@@ -39,9 +42,10 @@ def register(app: typer.Typer) -> None:
     @app.command("report")
     @user_errors
     def report(
-        run_dirs: list[Path] = typer.Argument(..., help="run folders (reports/<run_id>) or records.jsonl files"),
+        run_dirs: Optional[list[Path]] = typer.Argument(None, help="run folders (reports/<run_id>) or records.jsonl "
+                                                        "files (default: the latest run under reports/)"),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default: RUN_DIR/report; "
                                            "for several runs <parent>/report-<a>-vs-<b>)"),
     ) -> None:
         """Tables and plots from records: report.md, a self-contained report.html, PNG/SVG plots, CSV."""
-        print_written(report_command(run_dirs, out))
+        print_written(report_command(run_dirs_or_latest(run_dirs), out))

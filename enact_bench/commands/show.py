@@ -1,11 +1,13 @@
-"""`enact-bench show RUN_DIR`: the summary tables of a finished (or interrupted) run."""
+"""`enact-bench show [RUN_DIR]`: the summary tables of a finished (or interrupted) run; without
+RUN_DIR, of the latest run under reports/."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from enact_bench.commands import user_errors
+from enact_bench.commands import run_dirs_or_latest, user_errors
 from enact_bench.errors import UserInputError
 
 
@@ -23,8 +25,10 @@ def load_run_records(run_dir: str | Path):
 def register(app: typer.Typer) -> None:
     @app.command("show")
     @user_errors
-    def show(run_dir: Path = typer.Argument(..., help="reports/<run_id> folder")) -> None:
+    def show(run_dir: Optional[Path] = typer.Argument(None, help="reports/<run_id> folder (default: the latest "
+                                                      "run under reports/)")) -> None:
         """Summary table of a run: every case, then each baseline next to its ENACT variant."""
         from enact_bench.console import print_summary
 
+        (run_dir,) = run_dirs_or_latest([run_dir] if run_dir else None)
         print_summary(load_run_records(run_dir))

@@ -62,7 +62,7 @@ def toy_root(options: dict) -> Path:
     digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
     root = Path(tempfile.gettempdir()) / "enact-bench-toy" / f"n{cfg.images}-s{cfg.seed}-{digest}"
     if not (root / ".complete").exists():
-        make_toy_coco(root, cfg)
+        make_toy_coco(root, cfg, overwrite=True)  # its own cache folder: a half-written one is redone
         (root / ".complete").write_text("ok\n")
     return root
 

@@ -14,34 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
+from enact_bench.data.batch import Batch  # noqa: F401 -- the batch type sources return
 from enact_bench.plugins import LazyRegistry
 
 # Modules imported on first lookup; each registers its sources at import time.
 BUILTIN_SOURCE_MODULES: list[str] = ["enact_bench.data.synthetic", "enact_bench.data.coco_source"]
-
-
-@dataclass
-class Batch:
-    """One batch on the host (the harness moves it to the device outside the timed region).
-
-    images: list of normalised (3, H_i, W_i) float tensors; targets: DETR-style dicts
-    (`labels` int64 (n,), `boxes` float (n, 4) normalised cxcywh); sizes: (B, 2) int64 of (h, w),
-    the frame in which post-processing returns absolute boxes.
-    """
-
-    images: list
-    targets: list
-    sizes: Any
-    image_ids: list | None = None
-
-    def to(self, device) -> "Batch":
-        return Batch(
-            images=[im.to(device, non_blocking=True) for im in self.images],
-            targets=[{k: (v.to(device) if hasattr(v, "to") else v) for k, v in t.items()}
-                     for t in self.targets],
-            sizes=self.sizes.to(device),
-            image_ids=self.image_ids,
-        )
 
 
 class DataSource(Protocol):

@@ -4,6 +4,8 @@
 DIR/{train,val}2017/*.jpg) with exact instance annotations: each shape is drawn into its own mask,
 its bbox is the mask's pixel extent [x, y, w, h] and its area the mask's pixel count; shapes never
 overlap, so no annotation is hidden by another shape. The same arguments give the same files.
+A folder that already holds COCO annotations or images is refused (FileExistsError) unless
+`overwrite=True`: it may be a real dataset.
 """
 from __future__ import annotations
 
@@ -108,10 +110,33 @@ def _draw_image(rng, cfg: ToyCocoConfig, image_id: int, first_ann_id: int):
     return canvas, {"id": image_id, "file_name": f"{image_id:012d}.jpg", "height": h, "width": w}, anns
 
 
-def make_toy_coco(out_dir: str | Path, config: ToyCocoConfig | None = None, **kwargs) -> dict[str, int]:
-    """Write the dataset; returns counts {train_images, val_images, train_annotations, val_annotations}."""
+SPLITS = ("train", "val")
+
+
+def existing_dataset(out_dir: str | Path) -> list[str]:
+    """What of a COCO 2017 layout `out_dir` already holds: its annotation files, and its image
+    folders that are not empty (as "train2017/ (40 files)"). Empty when there is none."""
+    out = Path(out_dir)
+    found = [f"annotations/instances_{s}2017.json" for s in SPLITS
+             if (out / "annotations" / f"instances_{s}2017.json").exists()]
+    for s in SPLITS:
+        folder = out / f"{s}2017"
+        n = sum(1 for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
+        if n:
+            found.append(f"{s}2017/ ({n} file{'s' if n != 1 else ''})")
+    return found
+
+
+def make_toy_coco(out_dir: str | Path, config: ToyCocoConfig | None = None, *, overwrite: bool = False,
+                  **kwargs) -> dict[str, int]:
+    """Write the dataset; returns counts {train_images, val_images, train_annotations, val_annotations}.
+    Raises FileExistsError when `out_dir` already holds annotations or images (see
+    existing_dataset), unless `overwrite`."""
     cfg = config or ToyCocoConfig(**kwargs)
     out = Path(out_dir)
+    found = existing_dataset(out)
+    if found and not overwrite:
+        raise FileExistsError(f"{out} already holds a COCO-style dataset ({', '.join(found)})")
     rng = np.random.default_rng(cfg.seed)
     n_val = max(1, int(round(cfg.images * cfg.val_fraction)))
     categories = [{"id": i + 1, "name": SHAPES[i], "supercategory": "shape"} for i in range(cfg.categories)]

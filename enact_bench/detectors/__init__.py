@@ -14,9 +14,10 @@ a ModelSpec (detectors/model_spec.py, docs/own-model.md).
 from .base import Detector
 from .checkpoint import CheckpointMismatchError, LoadReport, load_checkpoint
 from .model_spec import ModelSpec
-from .registry import DetectorSpec, create_detector, get_spec, list_detectors, register_detector
+from .registry import DetectorSpec, build_variant, create_detector, get_spec, list_detectors, register_detector
 
 __all__ = [
-    "CheckpointMismatchError", "Detector", "DetectorSpec", "LoadReport", "ModelSpec", "create_detector", "get_spec",
+    "CheckpointMismatchError", "Detector", "DetectorSpec", "LoadReport", "ModelSpec", "build_variant", "create_detector",
+    "get_spec",
     "list_detectors", "load_checkpoint", "register_detector",
 ]

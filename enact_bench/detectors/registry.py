@@ -131,6 +131,19 @@ def create_detector(name: str, *, enact: Any = False, num_classes: int | None = 
     return model
 
 
+def build_variant(name: str, *, enact: bool = False, enact_config: dict | None = None,
+                  cluster_size: int | None = None, num_classes: int | None = None,
+                  overrides: dict | None = None) -> Detector:
+    """A detector variant from the options cases, plans and validation describe it by: `enact`
+    with an optional `enact_config` (EnactConfig's fields), or `cluster_size` (ENACT at that
+    fixed L, what a fake step needs), plus the detector's overrides (e.g. attention="sdpa")."""
+    config: Any = bool(enact)
+    if cluster_size is not None or (enact and enact_config):
+        from enact import EnactConfig
+        config = EnactConfig(**(enact_config or {}), **({"cluster_size": cluster_size} if cluster_size else {}))
+    return create_detector(name, enact=config, num_classes=num_classes, **(overrides or {}))
+
+
 def describe(names: Iterable[str] | None = None) -> list[DetectorSpec]:
     return [get_spec(n) for n in (names or list_detectors())]
 

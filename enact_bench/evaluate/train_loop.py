@@ -5,11 +5,9 @@ import itertools
 
 import torch
 
+from enact_bench.data.batch import Batch
+from enact_bench.train.optim import make_optimizer
 from enact_bench.train.step import train_step
-
-
-def move_targets(targets: list[dict], device: torch.device) -> list[dict]:
-    return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
 
 
 def train_steps(model, loader, steps: int, device: str | torch.device = "cpu", lr: float | None = None,
@@ -20,11 +18,10 @@ def train_steps(model, loader, steps: int, device: str | torch.device = "cpu", l
     device = torch.device(device)
     model.to(device).train()
     criterion = model.build_criterion().to(device)
-    optimizer = torch.optim.AdamW(model.param_groups(lr=lr, lr_backbone=lr_backbone))
+    optimizer = make_optimizer(model, lr=lr, lr_backbone=lr_backbone)
     losses = []
     for images, targets in itertools.islice(itertools.cycle(loader), steps):
-        images = [im.to(device) for im in images]
-        targets = move_targets(targets, device)
-        loss = train_step(model, criterion, optimizer, images, targets, clip_max_norm=model.grad_clip_max_norm)
+        batch = Batch(images=images, targets=targets).to(device)
+        loss = train_step(model, criterion, optimizer, batch.images, batch.targets, clip_max_norm=model.grad_clip_max_norm)
         losses.append(float(loss))
     return losses

@@ -1,8 +1,8 @@
 """Where the memory goes at the peak of a training step: by category, by top-level module, and
 the phase the peak falls in. Works with real tensors and under FakeTensorMode.
 
-`StepAttribution` rides along one measured step (`measure_train_step(..., attribution=...)`, or
-`breakdown_train_step`): it swaps the step's `LiveTensorTracker` for one that records the ordered
+`StepAttribution` rides along one measured step (`measure_train_step(..., breakdown=True)` or
+`fake_train_step(..., breakdown=True)`, through instrument/tracked_step.StepInstruments): it swaps the step's `LiveTensorTracker` for one that records the ordered
 alloc/free stream and tags every allocation with the phase and the module group running when it
 was made. After the step the stream is replayed to the peak (the first event at which the live
 bytes reach the tracker's peak) and every storage alive then is put in exactly one category, in
@@ -51,7 +51,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from enact_bench.instrument.live_tensors import MIB, LiveTensorTracker
+from enact_bench.metrics import MIB
+from enact_bench.instrument.live_tensors import LiveTensorTracker
 
 CATEGORIES = ("parameters", "buffers", "gradients", "optimizer_state", "inputs", "saved_for_backward",
               "other_temporaries")
@@ -180,7 +181,7 @@ class _TaggingTracker(LiveTensorTracker):
 
 class StepAttribution:
     """Attribute the peak of one training step (see the module docstring). Use through
-    `measure_train_step(..., attribution=StepAttribution(model, criterion, optimizer, batch))`."""
+    `measure_train_step(..., breakdown=True)` (or the fake step's), which builds it."""
 
     def __init__(self, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, batch,
                  rules=GROUP_RULES, fake: bool = False, host=None):
@@ -359,13 +360,3 @@ def breakdown_of_stream(events, cats: dict[int, str], mods: dict[int, str], phas
     phase = phases[peak_i] if peak_i >= 0 else "before"
     return PeakBreakdown(peak_bytes=peak, phase=phase, categories_bytes=by_cat, modules_bytes=by_mod,
                          peak_event_index=max(peak_i, 0), fake=fake)
-
-
-def breakdown_train_step(model: nn.Module, criterion: nn.Module, batch, *, optimizer=None,
-                         clip_max_norm: float = 0.1, fake: bool = False):
-    """`measure_train_step` with the breakdown: returns its StepMeasure, with `.breakdown` (a
-    PeakBreakdown) and `.events` (the ordered alloc/free stream) filled in."""
-    from enact_bench.predict.fake_step import measure_train_step
-
-    return measure_train_step(model, criterion, batch, optimizer=optimizer, clip_max_norm=clip_max_norm,
-                              fake=fake, breakdown=True)

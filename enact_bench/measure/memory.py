@@ -16,17 +16,13 @@ import torch
 
 from enact_bench import metrics as metrics_schema
 from enact_bench.instrument.live_tensors import LiveTensorTracker
+from enact_bench.metrics import MIB
 
-MIB = 2**20
 
 # the fields each tracker writes (enact_bench/metrics.py is the one list of metric names)
 CUDA_FIELDS = metrics_schema.names(tracker="CudaPeakMemory")
 NVML_FIELDS = metrics_schema.names(tracker="NvmlSampler")
 CPU_FIELDS = metrics_schema.names(tracker="CpuPeakMemory")
-
-
-def _is_cuda(device) -> bool:
-    return torch.device(device).type == "cuda"
 
 
 class CudaPeakMemory:

@@ -1,46 +1,48 @@
-"""Peak live tensor bytes of one training step, measured exactly, with real or fake tensors.
+"""The training step without allocating: the model's parameters and buffers become fake tensors,
+so only shapes flow, and the step's live tensors are tracked exactly as a real one's
+(instrument/tracked_step.py: forward, loss, zero_grad, backward, gradient clipping, AdamW, the
+original DETR engine's order; the second step measured, when gradients and optimizer state exist).
 
-`measure_train_step` runs two training steps (train/step.py's `train_step`: forward, loss,
-zero_grad, backward, gradient clipping, AdamW step, the original DETR engine's order) and
-measures the second, when
-gradients and optimizer state already exist. The peak counts every live tensor, like CUDA's
-`max_memory_allocated`: parameters, buffers, gradients, optimizer state and inputs are counted
-in explicitly before the step, then `LiveTensorTracker(count_existing=False)` follows every
-storage the step creates or frees.
+Fake tensors cannot carry data-dependent shapes, so ENACT needs a fixed cluster size
+(EnactConfig(cluster_size=k)) and the Hungarian matcher is replaced by a fixed assignment of the
+same size (query i <-> target i): the loss's share of memory is tiny and the sizes of all matched
+tensors are unchanged.
 
-`estimate_train_step` does the same at full size without allocating: the model's parameters
-and buffers become fake tensors (FakeTensorMode.from_tensor on device cpu), so only shapes
-flow. Fake tensors cannot carry data-dependent shapes, so ENACT needs a fixed cluster size
-(EnactConfig(cluster_size=k)) and the Hungarian matcher is replaced by a fixed assignment of
-the same size (query i <-> target i): the loss's share of memory is tiny and the sizes of all
-matched tensors are unchanged.
-
-`target` says whose kernels the step follows. "cpu" (the default, the CI gate's exact figures):
-what the CPU runs, AdamW per tensor, SDPA as the CPU dispatches it. "cuda": what a CUDA GPU
-runs (predict/cuda_policy.py): AdamW and gradient clipping with foreach, and SDPA through the
-fused kernel CUDA would pick (output + logsumexp kept, dropout inside the kernel).
+`target` says whose kernels the step follows. "cpu" (the CI gate's exact figures, equal to a real
+CPU step's): what the CPU runs, AdamW per tensor, SDPA as the CPU dispatches it. "cuda": what a
+CUDA GPU runs (predict/cuda_policy.py step_kernels): AdamW and gradient clipping with foreach,
+SDPA through the fused kernel CUDA would pick (output + logsumexp kept, dropout inside the kernel),
+dropout as native_dropout (a bool mask kept), tensors built from Python data on the host unless
+copied, CUDA's autocast lists and, for float16, a GradScaler.
 
 `ddp=True` predicts one DistributedDataParallel rank: DDP's gradient buckets (predict/ddp_buckets.py:
 the bytes of the trainable parameters, in the layout DDP rebuilds them to) are alive through the
 whole step, so they are counted in with the parameters. The rank's batch is the same size as a
 single process's (the originals' batch size is per GPU).
+
+`estimate_train_step` fakes a built model in place and steps it once at one size; `FakeTrainer`
+builds a model once (on the meta device) and steps it at any number of batch sizes (the plan).
 """
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, field
+from contextlib import nullcontext
 
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils.flop_counter import FlopCounterMode
 
-from enact_bench.instrument.live_tensors import MIB, LiveTensorTracker, ObservingFakeTensorMode
-from enact_bench.predict.cuda_policy import TARGETS, CudaArch, cuda_sdpa_policy
-from enact_bench.instrument.step_probe import OpRecorder, SavedTensorCounter, attention_paths
+from enact_bench.data.batch import make_batch
+from enact_bench.metrics import MIB
+from enact_bench.instrument.live_tensors import ObservingFakeTensorMode
+from enact_bench.choices import TARGETS
+from enact_bench.predict.cuda_policy import CudaArch, step_kernels
+from enact_bench.instrument.tracked_step import StepInstruments, StepMeasure, warm_up
+from enact_bench.predict.ddp_buckets import make_bucket_tensors
+from enact_bench.predict.sdpa_calls import SdpaCallLog
+from enact_bench.train.optim import make_optimizer, prime_optimizer_state
 from enact_bench.predict.fake_policy import FakePolicy, params_with_grad, wants_policy
-from enact_bench.train.step import loss_of, train_step
+from enact_bench.train.step import loss_of
 
 
 class FixedAssignmentMatcher(nn.Module):
@@ -76,154 +78,28 @@ def use_fixed_assignment(criterion: nn.Module) -> nn.Module:
     return criterion
 
 
-@dataclass
-class Batch:
-    """A batch as the detectors take it: a list of (3, H, W) images (mask None; the model pads
-    them into a new (B, 3, H, W) tensor, as the harness's runner feeds them) or a padded
-    (B, 3, H, W) tensor with its (B, H, W) mask; and DETR-style targets."""
-
-    images: torch.Tensor | list[torch.Tensor]
-    mask: torch.Tensor | None
-    targets: list[dict]
-
-    def tensors(self) -> list[torch.Tensor]:
-        images = list(self.images) if isinstance(self.images, list) else [self.images]
-        mask = [self.mask] if self.mask is not None else []
-        return images + mask + [v for t in self.targets for v in t.values() if isinstance(v, torch.Tensor)]
-
-
-def make_batch(batch_size: int, image_size: tuple[int, int], num_targets: int = 6,
-               num_classes: int = 91, seed: int = 0, padded: bool = False) -> Batch:
-    """Deterministic synthetic batch (works under FakeTensorMode too: then only shapes matter).
-
-    Boxes are valid normalised cxcywh strictly inside the image; every image has `num_targets`.
-    padded=False gives a list of images (the harness's convention, and the original DETR's: the
-    list and the model's padded copy are both alive); True a padded tensor + mask (one copy).
-    """
-    if batch_size < 1 or num_targets < 1:
-        raise ValueError(f"batch_size and num_targets must be >= 1, got {batch_size}, {num_targets}")
-    h, w = image_size
-    g = torch.Generator().manual_seed(seed) if not _fake_mode_active() else None
-    if padded:
-        images = torch.randn(batch_size, 3, h, w, generator=g)
-        mask = torch.zeros(batch_size, h, w, dtype=torch.bool)  # all images full size: no padding
-    else:
-        images, mask = [torch.randn(3, h, w, generator=g) for _ in range(batch_size)], None
-    targets = []
-    for _ in range(batch_size):
-        centre = 0.25 + 0.5 * torch.rand(num_targets, 2, generator=g)
-        size = 0.05 + 0.4 * torch.rand(num_targets, 2, generator=g)
-        labels = torch.randint(0, num_classes, (num_targets,), generator=g)
-        targets.append({"labels": labels, "boxes": torch.cat([centre, size], dim=1)})  # (n, 4)
-    return Batch(images, mask, targets)
-
-
-def _fake_mode_active() -> bool:
-    from torch._guards import detect_fake_mode
-    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
-    return any(isinstance(m, FakeTensorMode) for m in _get_current_dispatch_mode_stack()) or detect_fake_mode() is not None
-
-
-def fake_model(model: nn.Module, mode: FakeTensorMode) -> nn.Module:
-    """Swap every parameter and buffer of `model` for a fake tensor of the same shape, in place.
-
-    Tied parameters stay tied (one fake tensor per real storage).
-    """
+def _swap_tensors(model: nn.Module, make) -> nn.Module:
+    """Replace every parameter and buffer of `model` by make(tensor), in place; tied parameters
+    stay tied (one replacement per original tensor) and parameters keep requires_grad."""
     memo: dict[int, torch.Tensor] = {}
     for mod in model.modules():
         for name, p in list(mod._parameters.items()):
-            if p is None:
-                continue
-            if id(p) not in memo:
-                memo[id(p)] = nn.Parameter(mode.from_tensor(p.detach()), requires_grad=p.requires_grad)
-            mod._parameters[name] = memo[id(p)]
+            if p is not None:
+                if id(p) not in memo:
+                    memo[id(p)] = nn.Parameter(make(p.detach()), requires_grad=p.requires_grad)
+                mod._parameters[name] = memo[id(p)]
         for name, b in list(mod._buffers.items()):
             if b is not None:
                 if id(b) not in memo:
-                    memo[id(b)] = mode.from_tensor(b)
+                    memo[id(b)] = make(b)
                 mod._buffers[name] = memo[id(b)]
     return model
 
 
-@dataclass
-class StepMeasure:
-    """What one steady-state training step measured (bytes exact; MiB = 2^20 bytes)."""
-
-    peak_bytes: int  # every live tensor at the peak, like max_memory_allocated
-    start_bytes: int  # alive before the step: parameters, buffers, grads, optimizer state, inputs
-    end_bytes: int
-    saved_for_backward_bytes: int  # unique storages autograd saved in the forward, not params
-    attention_paths: list[str]  # kernels seen in the forward: "math", "sdpa_flash_cpu", ...
-    gflops_fwd: float
-    gflops_fwd_bwd: float
-    params: int
-    params_trainable: int
-    fake: bool
-    seconds: float
-    ops: set[str] = field(default_factory=set, repr=False)
-    target: str = "cpu"  # whose kernels the step followed: "cpu" | "cuda" (predict/cuda_policy.py)
-    sdpa_kernels: dict = field(default_factory=dict)  # cuda target: SDPA calls per modelled kernel
-    # filled when asked for (breakdown=True / record_events=True): instrument/breakdown.py's
-    # PeakBreakdown, and the ordered ("alloc" | "free", key, nbytes) stream for measure/allocator.replay
-    events: list | None = field(default=None, repr=False)
-    input_bytes: int = 0  # the batch's share of start_bytes (images, mask, targets)
-    breakdown: object | None = field(default=None, repr=False)
-    ddp_bucket_bytes: int | None = None  # ddp=True: DDP's gradient buckets, counted in start_bytes
-    # with record_events: per event the name of the op dispatching when it was recorded (e.g.
-    # "aten.mm.default"; names, so that a measure pickles to another process; predict/stream_fit.py);
-    # with breakdown: (category per alloc index, module group per alloc index, phase per event)
-    event_ops: list | None = field(default=None, repr=False)
-    event_classes: tuple | None = field(default=None, repr=False)
-    event_shapes: list | None = field(default=None, repr=False)  # per alloc: (shape, element size) or None
-    # a source model's fake step: what predict/fake_policy.py answered for its data-dependent code
-    assumptions: list = field(default_factory=list)
-
-    @property
-    def peak_mib(self) -> float:
-        return self.peak_bytes / MIB
-
-    @property
-    def step_peak_bytes(self) -> int:
-        return self.peak_bytes - self.start_bytes
-
-    def metrics(self) -> dict:
-        """Record metric fields (CONTRACTS' names where they exist)."""
-        prefix = "fake_" if self.fake else "cpu_"
-        return {
-            f"{prefix}tracked_peak_bytes": self.peak_bytes,
-            f"{prefix}tracked_peak_mib": round(self.peak_bytes / MIB, 3),
-            f"{prefix}tracked_start_bytes": self.start_bytes,
-            "saved_for_backward_bytes": self.saved_for_backward_bytes,
-            "gflops_fwd": round(self.gflops_fwd, 6),
-            "gflops_fwd_bwd": round(self.gflops_fwd_bwd, 6),
-            "gmacs_fwd": round(self.gflops_fwd / 2, 6),
-            "params": self.params,
-            "params_trainable": self.params_trainable,
-            "attention_paths": self.attention_paths,
-            **({"ddp_bucket_bytes": self.ddp_bucket_bytes} if self.ddp_bucket_bytes is not None else {}),
-        }
-
-
-def _unique_bytes(tensors) -> int:
-    seen: dict[int, int] = {}
-    for t in tensors:
-        if isinstance(t, torch.Tensor) and t.layout == torch.strided:
-            st = t.untyped_storage()
-            seen[id(st)] = st.nbytes()
-    return sum(seen.values())
-
-
-def _live_before_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                      batch: Batch) -> list[torch.Tensor]:
-    # the criterion's buffers too (DETR's empty_weight, the no-object class weight, 368 B): the
-    # originals move the criterion to the GPU with the model
-    live = list(model.parameters()) + list(model.buffers()) + list(criterion.buffers())
-    live += [p.grad for p in model.parameters() if p.grad is not None]
-    for state in optimizer.state.values():
-        # AdamW's step counters are CPU tensors on CUDA too (not capturable, not fused), but the
-        # in-place step += 1 makes the tracker see them anyway: counted under both targets (4 B each)
-        live += [v for v in state.values() if isinstance(v, torch.Tensor)]
-    return live + batch.tensors()
+def fake_model(model: nn.Module, mode: FakeTensorMode) -> nn.Module:
+    """Swap every parameter and buffer of `model` for a fake tensor of the same shape, in place
+    (FakeTensorMode.from_tensor: the model must hold real tensors)."""
+    return _swap_tensors(model, mode.from_tensor)
 
 
 def check_target(target: str) -> str:
@@ -232,58 +108,23 @@ def check_target(target: str) -> str:
     return target
 
 
-def make_optimizer(model: nn.Module, foreach: bool | None = None) -> torch.optim.Optimizer:
-    """AdamW with the detector's parameter groups when it has them (the original's), else defaults.
+def fake_train_step(model: nn.Module, criterion: nn.Module, batch, *, optimizer=None,
+                    clip_max_norm: float = 0.1, target: str = "cpu", warmup: str = "step",
+                    count_flops: bool = True, record_events: bool = False, arch: CudaArch = CudaArch(),
+                    autocast_dtype: str | None = None, probes: bool = True, breakdown: bool = False,
+                    ddp: bool = False, host=None) -> StepMeasure:
+    """Warm-up, then the measured step, on fake tensors (call under their FakeTensorMode), with the
+    kernels of `target`: "cpu" (what the CPU runs) or "cuda" (module docstring).
 
-    foreach=None is torch's default (per tensor for CPU and fake tensors; foreach on CUDA)."""
-    extra = {"foreach": True} if foreach else {}
-    if hasattr(model, "param_groups"):
-        kwargs = dict(getattr(model, "default_optimizer_kwargs", {}))
-        return torch.optim.AdamW(model.param_groups(), **{k: v for k, v in kwargs.items() if k == "weight_decay"}, **extra)
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4, **extra)
-
-
-def prime_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, only: set[int] | None = None) -> None:
-    """Create what a first training step leaves behind, without running it: a zero gradient for
-    every trainable parameter and AdamW's state (step, exp_avg, exp_avg_sq; max_exp_avg_sq with
-    amsgrad) as torch.optim.Adam._init_group creates them. A step after this one sees the same
-    live tensors as after a warm-up step, provided every trainable parameter gets a gradient
-    (tests/predict check it per family). `only`: the ids of the parameters that get one (a source
-    model's, found by fake_policy.params_with_grad); None: every trainable parameter."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if not p.requires_grad or (only is not None and id(p) not in only):
-                continue
-            p.grad = torch.zeros_like(p)
-            state = optimizer.state[p]
-            if state:
-                continue
-            state["step"] = torch.tensor(0.0, dtype=torch.get_default_dtype())
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if group.get("amsgrad"):
-                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-
-
-def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, optimizer=None,
-                       clip_max_norm: float = 0.1, fake: bool = False, target: str = "cpu",
-                       warmup: str = "step", count_flops: bool = True, record_events: bool = False,
-                       arch: CudaArch = CudaArch(), autocast_dtype: str | None = None,
-                       probes: bool = True, breakdown: bool = False, ddp: bool = False,
-                       host=None) -> StepMeasure:
-    """Warm-up, then the measured step. Call under FakeTensorMode for fake tensors.
-
-    warmup: "step" runs a first training step (creates gradients and optimizer state); "prime"
-    creates them directly (prime_optimizer_state; half the work); "none" takes the model and
-    optimizer as they are (a previous measured step already left them in steady state).
-    target: "cpu" or "cuda" (module docstring). record_events keeps the tracker's ordered
-    allocation/free stream (for the caching-allocator model). autocast_dtype ("bfloat16",
-    "float16"): the forward and loss under torch.autocast on the CPU (CPU's autocast op lists;
-    docs/gpu-estimate.md says where CUDA's differ). probes=False skips the saved-for-backward
-    counter and the op recorder (faster; those fields then read 0 / []). breakdown=True also
-    attributes the peak (instrument/breakdown.py; implies record_events and the saved-tensor
-    counter); the figures measured are the same either way. host: the ObservingFakeTensorMode
-    the step runs under (FakeTrainer's), for the tracker to observe from (the same figures)."""
+    warmup: "step" | "prime" | "none" (instrument/tracked_step.warm_up). record_events keeps the
+    tracker's ordered allocation/free stream (for the caching-allocator model). autocast_dtype
+    ("bfloat16", "float16"): the forward and loss under autocast, with the op lists of `target`
+    (cuda_policy.step_kernels; float16 on "cuda" adds a GradScaler). probes=False skips the
+    saved-for-backward counter and the op recorder (faster; those fields then read 0 / []).
+    breakdown=True also attributes the peak (instrument/breakdown.py; implies record_events and
+    the saved-tensor counter); the figures measured are the same either way. ddp: DDP's gradient
+    buckets alive through the step. host: the ObservingFakeTensorMode the step runs under
+    (FakeTrainer's), for the tracker to observe from (the same figures)."""
     check_target(target)
     if warmup not in ("step", "prime", "none"):
         raise ValueError(f"warmup must be 'step', 'prime' or 'none', got {warmup!r}")
@@ -292,89 +133,39 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, batch: Batch, *, 
     criterion.train()
     foreach = True if target == "cuda" else None
     optimizer = optimizer or make_optimizer(model, foreach=foreach)
-    policy = cuda_sdpa_policy(arch) if target == "cuda" else nullcontext(None)
-    amp = (lambda: torch.autocast("cpu", dtype=getattr(torch, autocast_dtype))) if autocast_dtype else nullcontext
     # a source model's data-dependent code, answered and counted (predict/fake_policy.py)
-    answers = FakePolicy() if fake and wants_policy(model) else None
-    with policy as sdpa, (answers.applied(model) if answers is not None else nullcontext()):
-        if warmup == "step":
-            train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
-                       clip_max_norm=clip_max_norm, autocast=amp, foreach=foreach)  # grads + state
-        elif warmup == "prime":
+    answers = FakePolicy() if wants_policy(model) else None
+    with step_kernels(target, arch, autocast_dtype, optimizer) as kernels, \
+            (answers.applied(model) if answers is not None else nullcontext()):
+        sdpa, amp, scaler = kernels.sdpa, kernels.autocast, kernels.scaler
+        # the SDPA calls' inputs, for the kernels other GPUs would pick (predict/sdpa_calls.py)
+        calls = SdpaCallLog.install(sdpa) if sdpa is not None else None
+        if warmup == "prime" and answers is not None:  # state only for the parameters the loss reaches
             prime_optimizer_state(model, optimizer, grad_receivers(model, criterion, batch, amp))
+            warmup = "none"
+        warm_up(model, criterion, optimizer, batch, warmup, clip_max_norm=clip_max_norm, autocast=amp,
+                foreach=foreach, scaler=scaler)
         if answers is not None:
             answers.answers.clear()  # count the measured step only
         if sdpa is not None:
             sdpa.counts.clear()  # count the measured step only
-        if ddp:  # DDP's gradient buckets, alive until this function returns
-            from enact_bench.predict.ddp_buckets import make_bucket_tensors
-            buckets = make_bucket_tensors(model)
-        else:
-            buckets = []
-
-        params = list(model.parameters())
-        attribution = None
-        if breakdown:
-            from enact_bench.instrument.breakdown import StepAttribution
-            attribution = StepAttribution(model, criterion, optimizer, batch, fake=fake, host=host)
-            record_events = True
-        saved = (SavedTensorCounter(exclude=params + list(model.buffers()),
-                                    on_save=attribution.note_saved if attribution else None)
-                 if probes or attribution else None)
-        recorder = OpRecorder() if probes else None
-        flops_fwd = FlopCounterMode(display=False) if count_flops else nullcontext()
-        flops_bwd = FlopCounterMode(display=False) if count_flops else nullcontext()
-
-        def forward_ctx():
-            stack = ExitStack()
-            if saved is not None:
-                stack.enter_context(saved.counting())
-            if recorder is not None:
-                stack.enter_context(recorder)
-            stack.enter_context(flops_fwd)
-            stack.enter_context(amp())
-            return stack
-
-        backward_ctx = lambda: flops_bwd  # noqa: E731
-        if attribution is not None:
-            tracker = attribution.tracker
-            fwd_inner, bwd_inner = forward_ctx, backward_ctx
-            forward_ctx = lambda: attribution.forward(fwd_inner)  # noqa: E731
-            backward_ctx = lambda: attribution.backward(bwd_inner)  # noqa: E731
-        else:
-            tracker = LiveTensorTracker(count_existing=False, record_events=record_events, host=host)
-        with tracker:
-            for t in _live_before_step(model, criterion, optimizer, batch) + buckets:
-                tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
-            start = tracker.current_bytes
-            tracker.reset_peak()
-            if attribution is not None:
-                attribution.begin()
-            train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
-                       clip_max_norm=clip_max_norm, forward_ctx=forward_ctx, backward_ctx=backward_ctx,
-                       foreach=foreach)
-    fwd = flops_fwd.get_total_flops() if count_flops else 0
-    bwd = flops_bwd.get_total_flops() if count_flops else 0
-    return StepMeasure(
-        peak_bytes=tracker.peak_bytes, start_bytes=start, end_bytes=tracker.end_bytes,
-        saved_for_backward_bytes=saved.saved_bytes if saved is not None else 0,
-        attention_paths=attention_paths(recorder.ops) if probes else [],
-        gflops_fwd=fwd / 1e9, gflops_fwd_bwd=(fwd + bwd) / 1e9,
-        params=sum(p.numel() for p in params),
-        params_trainable=sum(p.numel() for p in params if p.requires_grad),
-        fake=fake, seconds=time.perf_counter() - t0, ops=recorder.ops if probes else set(), target=target,
-        sdpa_kernels=dict(sdpa.counts) if sdpa is not None else {},
-        events=list(tracker.events) if record_events else None, input_bytes=_unique_bytes(batch.tensors()),
-        breakdown=attribution.result() if attribution is not None else None,
-        event_ops=_op_names(tracker.event_ops) if record_events else None,
-        event_shapes=list(tracker.event_shapes) if record_events else None,
-        event_classes=attribution.event_classes() if attribution is not None else None,
-        ddp_bucket_bytes=sum(b.untyped_storage().nbytes() for b in buckets) if ddp else None,
-        assumptions=answers.summary() if answers is not None else [],
-    )
+            calls.calls.clear()
+        buckets = make_bucket_tensors(model) if ddp else []  # alive until this function returns
+        inst = StepInstruments.build(model, criterion, optimizer, batch, probes=probes, count_flops=count_flops,
+                                     record_events=record_events, breakdown=breakdown, fake=True, host=host,
+                                     autocast=amp)
+        inst.tracker.host_ops = kernels.host_ops
+        start = inst.run(model, criterion, optimizer, batch, clip_max_norm=clip_max_norm, foreach=foreach,
+                         extra_live=buckets + (scaler.state_tensors() if scaler is not None else []),
+                         scaler=scaler)
+    m = inst.measure(model, batch, start, t0=t0, fake=True, target=target,
+                     sdpa_kernels=sdpa.counts if sdpa is not None else None, extra_live=buckets, ddp=ddp)
+    m.sdpa_calls = calls.calls if calls is not None else None
+    m.assumptions = answers.summary() if answers is not None else []
+    return m
 
 
-def grad_receivers(model: nn.Module, criterion: nn.Module, batch: Batch, amp=nullcontext) -> set[int] | None:
+def grad_receivers(model: nn.Module, criterion: nn.Module, batch, amp=nullcontext) -> set[int] | None:
     """For a source model (fake_policy.wants_policy): the ids of the parameters its loss reaches,
     from one forward + loss and its autograd graph (no backward); None for the presets, every one
     of whose trainable parameters gets a gradient."""
@@ -383,11 +174,6 @@ def grad_receivers(model: nn.Module, criterion: nn.Module, batch: Batch, amp=nul
     with amp():
         loss = loss_of(criterion, model(batch.images, batch.mask, targets=batch.targets), batch.targets)
     return params_with_grad(loss)
-
-
-def _op_names(ops) -> list[str | None]:
-    names: dict = {None: None}
-    return [names[o] if o in names else names.setdefault(o, str(o)) for o in ops]
 
 
 def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
@@ -407,23 +193,9 @@ def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
     fake_model(criterion, mode)  # e.g. DETR's empty_weight buffer
     with mode:
         batch = make_batch(batch_size, image_size, num_targets, num_classes)
-        return measure_train_step(model, criterion, batch, clip_max_norm=clip_max_norm, fake=True, target=target,
-                                  warmup=warmup, count_flops=count_flops, record_events=record_events, arch=arch,
-                                  breakdown=breakdown, ddp=ddp)
-
-
-def estimate_detector(name: str, batch_size: int, image_size: tuple[int, int], *, enact=False,
-                      num_targets: int = 6, overrides: dict | None = None, target: str = "cpu",
-                      warmup: str = "step", count_flops: bool = True, ddp: bool = False) -> StepMeasure:
-    """`estimate_train_step` for a registered detector (random weights; ENACT needs cluster_size)."""
-    from enact_bench.detectors import create_detector
-
-    torch.manual_seed(0)
-    model = create_detector(name, enact=enact, **(overrides or {}))
-    clip = getattr(model, "grad_clip_max_norm", None) or 0.0
-    return estimate_train_step(model, model.build_criterion(), batch_size, image_size,
-                               num_targets=num_targets, num_classes=model.num_classes if hasattr(model, "num_classes") else 91,
-                               clip_max_norm=clip, target=target, warmup=warmup, count_flops=count_flops, ddp=ddp)
+        return fake_train_step(model, criterion, batch, clip_max_norm=clip_max_norm, target=target,
+                               warmup=warmup, count_flops=count_flops, record_events=record_events, arch=arch,
+                               breakdown=breakdown, ddp=ddp)
 
 
 def predicted_gpu_fields(m: StepMeasure, gpu, reasons: dict) -> dict:
@@ -431,48 +203,33 @@ def predicted_gpu_fields(m: StepMeasure, gpu, reasons: dict) -> dict:
     predicted_tensor_peak_mib (every live tensor), predicted_alloc_peak_mib / _reserved_peak_mib
     (the caching-allocator model over the step's allocation stream), predicted_device_used_mib
     (+ CUDA context and cuBLAS workspaces of `gpu`), predicted_fits, and the peak's breakdown."""
-    from enact_bench.predict.allocator import replay
-    from enact_bench.predict.gpus import device_used_bytes, library_workspace_bytes
+    from enact_bench.predict.device_memory import device_memory
 
     out = {"predicted_tensor_peak_mib": round(m.peak_bytes / MIB, 3),
            "predicted_breakdown_mib": m.breakdown.as_dict() if m.breakdown is not None else None,
            "predicted_sdpa_kernels": dict(m.sdpa_kernels)}
+    mem = device_memory(m.events, gpu)
     if gpu is None:
-        stats = replay(m.events)
         for k in ("predicted_device_used_mib", "predicted_fits", "predicted_gpu"):
             reasons[k] = "no gpu in the case: device memory needs a GPU's context and workspaces"
     else:
-        stats = replay(m.events, preallocate=library_workspace_bytes(gpu))
-        dev = device_used_bytes(stats, gpu)
-        out.update({"predicted_device_used_mib": round(dev / MIB, 3), "predicted_fits": dev <= gpu.usable_bytes,
-                    "predicted_gpu": gpu.name})
-    out.update({"predicted_alloc_peak_mib": round(stats.alloc_peak_bytes / MIB, 3),
-                "predicted_reserved_peak_mib": round(stats.reserved_peak_bytes / MIB, 3)})
+        out.update({"predicted_device_used_mib": round(mem.device_used_bytes / MIB, 3),
+                    "predicted_fits": mem.device_used_bytes <= gpu.usable_bytes, "predicted_gpu": gpu.name})
+    out.update({"predicted_alloc_peak_mib": round(mem.alloc_peak_bytes / MIB, 3),
+                "predicted_reserved_peak_mib": round(mem.reserved_peak_bytes / MIB, 3)})
     return out
 
 
-def fake_params_from(model: nn.Module, mode: FakeTensorMode) -> nn.Module:
-    """Give every parameter and buffer of `model` a fake CPU tensor of the same shape, stride
-    and dtype, in place, without reading its values (so `model` may live on the meta device:
-    nothing real is ever allocated or initialised). Tied parameters stay tied."""
-    memo: dict[int, torch.Tensor] = {}
-
+def fake_params_from(model: nn.Module, mode: FakeTensorMode, device: str = "cpu") -> nn.Module:
+    """Give every parameter and buffer of `model` a fake tensor on `device` (the estimate's "cpu";
+    "cuda" for predict/fake_cuda_reference.py) of the same shape, stride and dtype, in place,
+    without reading its values (so `model` may live on the meta device: nothing real is ever
+    allocated or initialised). Tied parameters stay tied."""
     def fake_like(t: torch.Tensor) -> torch.Tensor:
         with mode:
-            return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device="cpu")
+            return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device=device)
 
-    for mod in model.modules():
-        for name, p in list(mod._parameters.items()):
-            if p is not None:
-                if id(p) not in memo:
-                    memo[id(p)] = nn.Parameter(fake_like(p), requires_grad=p.requires_grad)
-                mod._parameters[name] = memo[id(p)]
-        for name, b in list(mod._buffers.items()):
-            if b is not None:
-                if id(b) not in memo:
-                    memo[id(b)] = fake_like(b)
-                mod._buffers[name] = memo[id(b)]
-    return model
+    return _swap_tensors(model, fake_like)
 
 
 class FakeTrainer:
@@ -509,6 +266,9 @@ class FakeTrainer:
         self.clip_max_norm = clip
         with self.mode:
             self.optimizer = make_optimizer(model, foreach=True if target == "cuda" else None)
+        if target == "cuda" and autocast_dtype:  # read once here, not in each forked worker
+            from enact_bench.predict.autocast_cuda import load_dispatcher_tables
+            load_dispatcher_tables()
         self._primed = False
 
     def prime(self) -> None:
@@ -524,15 +284,17 @@ class FakeTrainer:
                 prime_optimizer_state(self.model, self.optimizer, only)
             self._primed = True
 
-    def step(self, batch_size: int, *, record_events: bool = True, breakdown: bool = False) -> StepMeasure:
+    def step(self, batch_size: int, *, record_events: bool = True, breakdown: bool = False,
+             image_size: tuple[int, int] | None = None) -> StepMeasure:
+        """One steady-state step at `batch_size` images of `image_size` (default: the trainer's)."""
         with self.mode:
-            batch = make_batch(batch_size, self.image_size, self.num_targets, self.num_classes)
-            m = measure_train_step(self.model, self.criterion, batch, optimizer=self.optimizer,
-                                   clip_max_norm=self.clip_max_norm, fake=True, target=self.target,
-                                   warmup="none" if self._primed else "prime", count_flops=False,
-                                   record_events=record_events, arch=self.arch,
-                                   autocast_dtype=self.autocast_dtype, probes=False, breakdown=breakdown,
-                                   ddp=self.ddp,
-                                   host=self.mode if isinstance(self.mode, ObservingFakeTensorMode) else None)
+            batch = make_batch(batch_size, tuple(image_size or self.image_size), self.num_targets, self.num_classes)
+            m = fake_train_step(self.model, self.criterion, batch, optimizer=self.optimizer,
+                                clip_max_norm=self.clip_max_norm, target=self.target,
+                                warmup="none" if self._primed else "prime", count_flops=False,
+                                record_events=record_events, arch=self.arch,
+                                autocast_dtype=self.autocast_dtype, probes=False, breakdown=breakdown,
+                                ddp=self.ddp,
+                                host=self.mode if isinstance(self.mode, ObservingFakeTensorMode) else None)
         self._primed = True
         return m

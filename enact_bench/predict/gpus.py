@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from enact_bench.metrics import MIB
 from enact_bench.predict.allocator import AllocatorStats, replay
 
-MIB = 2**20
 CUBLAS_WORKSPACE_SM90_BYTES = 4096 * 1024 * 8  # 32 MiB: CublasHandlePool.cpp, "32MiB for Hopper"
 CUBLAS_WORKSPACE_DEFAULT_BYTES = 4096 * 1024 * 2 + 16 * 1024 * 8  # ":4096:2:16:8" = 8,519,680 B
 CUBLASLT_WORKSPACE_BYTES = 1024 * 1024  # parseCUDABlasLtWorkspaceSize: 1024 KiB default

@@ -15,8 +15,8 @@ import gc
 import time
 
 from enact_bench.errors import UserInputError
+from enact_bench.metrics import MIB
 
-MIB = 2**20
 
 
 def require_cuda() -> None:
@@ -36,14 +36,6 @@ def device_name() -> str:
     return torch.cuda.get_device_name(0)
 
 
-def _to(batch, device):
-    from enact_bench.predict.fake_step import Batch
-
-    images = [im.to(device) for im in batch.images] if isinstance(batch.images, list) else batch.images.to(device)
-    targets = [{k: v.to(device) for k, v in t.items()} for t in batch.targets]
-    return Batch(images, None if batch.mask is None else batch.mask.to(device), targets)
-
-
 def measure_real_step(detector: str, batch_size: int, image_size: tuple[int, int], *, enact_cluster_size=None,
                       overrides=None, dtype: str = "float32", device: str = "cuda") -> dict:
     """max_memory_allocated / reserved and NVML peaks of one steady-state training step, MiB."""
@@ -51,34 +43,33 @@ def measure_real_step(detector: str, batch_size: int, image_size: tuple[int, int
 
     import torch
 
-    from enact_bench.detectors import create_detector
-    from enact_bench.predict.fake_step import make_batch, make_optimizer
+    from enact_bench.detectors import build_variant
+    from enact_bench.data.batch import make_batch
+    from enact_bench.train.optim import make_optimizer
     from enact_bench.train.step import train_step
     from enact_bench.measure.memory import CudaPeakMemory, NvmlSampler
 
     dev = torch.device(device)
-    enact = False
-    if enact_cluster_size is not None:
-        from enact import EnactConfig
-        enact = EnactConfig(cluster_size=enact_cluster_size)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    model = criterion = optimizer = batch = None
+    model = criterion = optimizer = batch = scaler = None
     try:
-        model = create_detector(detector, enact=enact, **(overrides or {})).to(dev)
+        model = build_variant(detector, cluster_size=enact_cluster_size, overrides=overrides).to(dev)
         criterion = model.build_criterion().to(dev)
         optimizer = make_optimizer(model)
         clip = getattr(model, "grad_clip_max_norm", None) or 0.0
-        batch = _to(make_batch(batch_size, image_size, num_classes=getattr(model, "num_classes", 91)), dev)
+        batch = make_batch(batch_size, image_size, num_classes=getattr(model, "num_classes", 91)).to(dev)
         amp = ((lambda: torch.autocast("cuda", dtype=getattr(torch, dtype))) if dtype != "float32"
                else contextlib.nullcontext)
+        # float16 trains with a loss scaler, as the plan's CUDA target models (predict/amp_scaler.py)
+        scaler = torch.amp.GradScaler("cuda") if dtype == "float16" else None
         train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask, clip_max_norm=clip,
-                   autocast=amp)  # warm-up
+                   autocast=amp, scaler=scaler)  # warm-up
         sampler = NvmlSampler(dev).start()
         try:
             with CudaPeakMemory(dev) as mem:
                 train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
-                           clip_max_norm=clip, autocast=amp)
+                           clip_max_norm=clip, autocast=amp, scaler=scaler)
         finally:
             sampler.stop()
         f = mem.fields
@@ -88,7 +79,7 @@ def measure_real_step(detector: str, batch_size: int, image_size: tuple[int, int
     except torch.OutOfMemoryError as e:
         out = {"status": "oom", "error": str(e).splitlines()[0][:300]}
     finally:
-        del model, criterion, optimizer, batch
+        del model, criterion, optimizer, batch, scaler
         gc.collect()
         torch.cuda.empty_cache()
     out["seconds"] = round(time.perf_counter() - t0, 2)
@@ -123,7 +114,7 @@ def validate_plan(plan) -> list[dict]:
         if not v.applicable or v.error:
             continue
         for row in (r.as_dict() for r in v.rows):
-            measured = measure_real_step(req.detector, row["batch_size"], req.image_size,
+            measured = measure_real_step(req.detector, row["batch_size"], req.hw(row["batch_size"]),
                                          enact_cluster_size=v.enact_cluster_size, overrides=v.overrides, dtype=req.dtype)
             out.append({"variant": v.variant, **compare(row, measured)})
     return out

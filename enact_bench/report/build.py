@@ -44,7 +44,18 @@ def _summary(p: pd.DataFrame, section: dict) -> list[str]:
     mem = DEVICE_MEMORY.get(device_type(section["device"]), "mem_peak_alloc_mib")
     for (mode, metric), what in (((m, x), f"{m}, {w}") for m in dict.fromkeys(both["mode"])
                                  for x, w in ((mem, METRICS[mem][0] + " memory"), ("step_ms_p50", "median step time"))):
-        d = both.loc[both["mode"] == mode, f"{metric}_delta"].dropna()
+        rows = both[both["mode"] == mode]
+        if metric == "step_ms_p50":   # only differences outside the steps' spread are changes
+            noise = int(rows["time_within_noise"].map(lambda v: v is True).sum())
+            unknown = int(rows["time_within_noise"].map(lambda v: v is None or v != v).sum())
+            rows = rows[rows["time_within_noise"].map(lambda v: v is False)]
+            if noise or unknown:
+                lines.append(f"{what}: " + ", ".join(
+                    ([f"within noise in {noise} pair{'s' if noise != 1 else ''} (the p10-p90 spreads overlap)"]
+                     if noise else []) + ([f"not judged in {unknown} (fewer than 3 timed steps)"] if unknown else []))
+                    + ".")
+                what += " outside the noise"
+        d = rows[f"{metric}_delta"].dropna()
         if len(d) == 1:
             lines.append(f"{what}: change {_pct(d.iloc[0])} (1 pair).")
         elif len(d):

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from enact_bench.metrics import MIB
 from enact_bench.records import latest_per_case, pair_key, read_record_dicts, records_file
 
 from .labels import detector_family, device_type, variant_label
 
 SCHEMA = 1
-MIB = 2**20
 CASE_FIELDS = ("detector", "enact", "attention", "mode", "device", "dtype", "batch_size", "data",
-               "iters", "warmup", "seed", "checkpoint")
+               "iters", "warmup", "seed", "checkpoint", "fake")
 
 
 def records_path(run_dir: str | Path) -> Path:
@@ -96,7 +96,8 @@ def mean_over_layers(v) -> float | None:
 
 
 def run_label(env: dict, run_id: str) -> str:
-    commit = (env.get("git_commit") or "no commit")[:8] + ("-dirty" if env.get("git_dirty") else "")
+    commit = env["git_commit"][:8] if env.get("git_commit") else "no commit"
+    commit += "-dirty" if env.get("git_dirty") else ""
     return f"{env.get('device_name') or 'unknown device'} · torch {env.get('torch') or '?'} · {commit}"
 
 

@@ -2,7 +2,10 @@
 
 Horizontal grouped bars (long setting names stay readable), one panel per run and device. A case
 that ran out of memory or failed has no bar: its status is written where the bar would start.
-ENACT bars carry their change against the baseline of the same setting.
+ENACT bars carry their change against the baseline of the same setting. A `fake = true` case (a
+FakeTensorMode estimate of a full-size step, nothing measured) is drawn in the memory plot with its
+estimate, hatched and labelled as one, and left out of the time plot (it is not timed). The legend
+names only what has a bar.
 """
 from __future__ import annotations
 
@@ -13,9 +16,21 @@ from matplotlib.patches import Patch
 
 from .figures import (FAIL_COLOR, Plot, facets, log_axis, plain_ticks, memory_axis_label, new_figure, save,
                       setting_label, variant_colors, wants_log)
+from enact_bench.summary import within_noise
+
 from .labels import STATUS_TEXT, is_missing
 
 BAR_IN = 0.2   # inches per bar
+ESTIMATE_HATCH = "////"
+# a fake case's estimate that stands in for the facet's memory reading (first one recorded)
+ESTIMATE_FOR = {"mem_peak_alloc_mib": ("predicted_alloc_peak_mib", "fake_tracked_peak_mib"),
+                "mem_peak_reserved_mib": ("predicted_reserved_peak_mib", "fake_tracked_peak_mib")}
+ESTIMATE_DEFAULT = ("fake_tracked_peak_mib",)
+
+
+def is_fake(rec) -> bool:
+    v = rec.get("fake")
+    return bool(v) and not is_missing(v)
 
 
 def _settings(g):
@@ -38,6 +53,19 @@ def _value(rec, metric):
     return None if is_missing(v) else float(v)
 
 
+def _value_or_estimate(rec, metric, estimates: bool) -> tuple[float | None, bool]:
+    """(value, is_estimate): the measured reading, else (for a fake case, with `estimates`) the
+    estimate that stands in for it."""
+    v = _value(rec, metric)
+    if v is not None or not estimates or not is_fake(rec):
+        return v, False
+    for m in ESTIMATE_FOR.get(metric, ESTIMATE_DEFAULT):
+        e = _value(rec, m)
+        if e is not None:
+            return e, True
+    return None, False
+
+
 def _whiskers(rec):
     """(below, above) the median: the quartiles when recorded, else IQR/2 each side."""
     p50 = rec.get("step_ms_p50")
@@ -48,7 +76,7 @@ def _whiskers(rec):
     return (0.0, 0.0) if is_missing(iqr) else (iqr / 2, iqr / 2)
 
 
-def _bar_panel(ax, facet, metric, colors, xlabel, errors: bool):
+def _bar_panel(ax, facet, metric, colors, xlabel, errors: bool, estimates: bool = False):
     settings = _settings(facet.df)
     variants = [v for v in colors if v in set(facet.df["variant"])]
     groups = []
@@ -56,33 +84,43 @@ def _bar_panel(ax, facet, metric, colors, xlabel, errors: bool):
         group = facet.df[facet.df["setting_json"] == key]
         groups.append({r["variant"]: r for r in group.to_dict("records")})
     h = 0.8 / max(len(g) for g in groups)   # same bar width everywhere; groups centred on their tick
-    vals = []
+    vals, drawn, any_estimate = [], set(), False
     for i, recs in enumerate(groups):
         base = recs.get("baseline")
-        base_v = _value(base, metric) if base else None
+        base_v = _value_or_estimate(base, metric, estimates)[0] if base else None
         present = [v for v in variants if v in recs]
         for j, v in enumerate(present):
             rec = recs[v]
             y = i + h * (j - (len(present) - 1) / 2)
-            val = _value(rec, metric)
+            val, estimated = _value_or_estimate(rec, metric, estimates)
             if val is None:
                 msg = STATUS_TEXT.get(rec["status"], rec["status"]) if rec["status"] != "ok" else "not measured"
                 ax.text(0.005, y, f" {msg}", transform=transforms.blended_transform_factory(ax.transAxes, ax.transData),
                         va="center", ha="left", fontsize=7.5, color=FAIL_COLOR, fontstyle="italic")
                 continue
             vals.append(val)
+            drawn.add(v)
+            any_estimate |= estimated
             xerr = None
-            if errors:
+            if errors and not estimated:
                 lo, hi = _whiskers(rec)
                 xerr = [[lo], [hi]]
             ax.barh(y, val, height=h * 0.92, color=colors[v], xerr=xerr,
+                    hatch=ESTIMATE_HATCH if estimated else None, edgecolor="white" if estimated else None,
                     error_kw={"elinewidth": 0.9, "capsize": 2, "ecolor": "#222222"})
             note = None
             if v != "baseline" and base is not None:
-                if base_v is not None:
+                noise = within_noise(base, rec) if errors else False  # time: a difference inside the spread
+                if base_v is not None and noise is True:
+                    note = "~ (noise)"
+                elif base_v is not None and noise is None:
+                    note = None   # under 3 timed steps: no spread to tell a change from noise
+                elif base_v is not None:
                     note = f"{(val - base_v) / base_v * 100:+.0f}%".replace("-", "−")
                 elif base["status"] != "ok":
                     note = f"baseline {STATUS_TEXT.get(base['status'], base['status'])}"
+            if estimated:
+                note = f"{note} (estimate)" if note else "estimate"
             if note:
                 right = val + (xerr[1][0] if xerr else 0.0)
                 ax.annotate(note, (right, y), xytext=(3, 0), textcoords="offset points",
@@ -101,12 +139,16 @@ def _bar_panel(ax, facet, metric, colors, xlabel, errors: bool):
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)
     ax.set_title(facet.title, fontsize=9.5)
-    handles = [Patch(color=colors[v], label=v) for v in variants]
+    handles = [Patch(color=colors[v], label=v) for v in variants if v in drawn]
+    if any_estimate:
+        handles.append(Patch(facecolor="#bbbbbb", edgecolor="white", hatch=ESTIMATE_HATCH,
+                             label="estimate (fake tensors)"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5,
               frameon=False)
 
 
-def _bars(df, out_dir: Path, name: str, what: str, metric_of, xlabel_of, errors: bool, caption: str):
+def _bars(df, out_dir: Path, name: str, what: str, metric_of, xlabel_of, errors: bool, caption: str,
+          estimates: bool = False):
     fs = facets(df)
     if not fs:
         return None
@@ -119,7 +161,7 @@ def _bars(df, out_dir: Path, name: str, what: str, metric_of, xlabel_of, errors:
     fig = new_figure(10.5, sum(heights) + 0.4)
     axes = fig.subplots(len(fs), 1, squeeze=False, height_ratios=heights)[:, 0]
     for ax, f in zip(axes, fs):
-        _bar_panel(ax, f, metric_of(f), colors, xlabel_of(f), errors)
+        _bar_panel(ax, f, metric_of(f), colors, xlabel_of(f), errors, estimates)
     fig.suptitle(what, fontsize=11, fontweight="bold")
     return save(fig, out_dir, name, caption)
 
@@ -127,19 +169,26 @@ def _bars(df, out_dir: Path, name: str, what: str, metric_of, xlabel_of, errors:
 def memory_bars(df, out_dir: Path) -> Plot | None:
     return _bars(df, out_dir, "memory_per_detector", "Peak memory per detector setting: baseline vs ENACT",
                  lambda f: f.memory_metric, lambda f: "peak " + memory_axis_label(f.memory_metric).removeprefix("peak "),
-                 errors=False,
+                 errors=False, estimates=True,
                  caption="Peak memory of each detector setting, baseline and ENACT variants side by side; "
                          "the label after an ENACT bar is its change against the baseline. CUDA runs show "
-                         "torch's peak allocated bytes, CPU runs the exact peak of live tensor bytes.")
+                         "torch's peak allocated bytes, CPU runs the exact peak of live tensor bytes. Hatched "
+                         "bars are estimates (fake = true cases: one training step on fake tensors), not "
+                         "measurements.")
 
 
 def time_bars(df, out_dir: Path) -> Plot | None:
     has_q = {"step_ms_p25", "step_ms_p75"} <= set(df.columns) and df["step_ms_p25"].notna().any()
     whisk = "the interquartile range (p25 to p75)" if has_q else \
         "the interquartile range, drawn as median ± IQR/2 (the records hold the IQR, not p25/p75)"
+    if "fake" in df.columns:   # estimates are not timed: no bar, no "not measured" either
+        df = df[~df["fake"].map(lambda v: bool(v) and not is_missing(v))]
+    if df.empty:
+        return None
     return _bars(df, out_dir, "step_time_per_detector", "Step time per detector setting: baseline vs ENACT",
                  lambda f: "step_ms_p50", lambda f: "step time, median (ms)", errors=True,
                  caption=f"Median step time (train: forward + loss + backward + AdamW step; infer: forward); "
                          f"whiskers show {whisk}. The label after an ENACT bar is its change against the "
-                         f"baseline.")
+                         f"baseline, or ~ when the two cases' p10-p90 spreads of step times overlap (a "
+                         f"difference within the noise).")
 

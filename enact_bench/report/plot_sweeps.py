@@ -45,10 +45,6 @@ def _lines(g, sweep: str) -> list[tuple[dict, list[dict]]]:
     return out
 
 
-def has_sweep(df, sweep: str) -> bool:
-    return any(_lines(f.df, sweep) for f in facets(df))
-
-
 def _line_label(key: dict, varying: list[str]) -> str:
     parts = [str(key["detector"])] + [f"{k.replace('_size', '')} {key[k]}" if k == "batch_size" else str(key[k])
                                       for k in varying]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from enact_bench.summary import within_noise
+
 from .labels import (COCO_NAMES, COCO_ORDER, DEVICE_MEMORY, MEMORY_TABLE, METRICS, MODE_ORDER,
                      STATUS_TEXT, delta_header, device_title, fmt_delta, fmt_value, header,
                      device_rank, device_type, is_missing, text)
@@ -17,7 +19,6 @@ from .labels import (COCO_NAMES, COCO_ORDER, DEVICE_MEMORY, MEMORY_TABLE, METRIC
 PAIR_KEYS = ("run", "setting_json")
 PAIR_METRICS = MEMORY_TABLE + ("step_ms_p50", "images_per_s", "gflops_fwd", "gflops_fwd_bwd",
                                "key_len", "coco_map", "coco_map_50", "coco_map_75")
-SPEED_METRICS = ("step_ms_p50", "images_per_s", "gflops_fwd", "gflops_fwd_bwd", "key_len")
 AP_METRICS = ("coco_map", "coco_map_50", "coco_map_75")
 
 
@@ -82,8 +83,11 @@ def paired_table(df: pd.DataFrame) -> pd.DataFrame:
             else:
                 vb, ve = _get(b, m), _get(e, m)
             row[f"{m}_base"], row[f"{m}_enact"], row[f"{m}_delta"] = vb, ve, _delta(vb, ve, kind)
-        for q in ("step_ms_iqr", "step_ms_p25", "step_ms_p75"):
+        for q in ("step_ms_iqr", "step_ms_p25", "step_ms_p75", "step_ms_p10", "step_ms_p90", "step_count"):
             row[f"{q}_base"], row[f"{q}_enact"] = _get(b, q), _get(e, q)
+        side = {s: {"step_ms_p10": row[f"step_ms_p10_{s}"], "step_ms_p90": row[f"step_ms_p90_{s}"],
+                    "step_count": row[f"step_count_{s}"]} for s in ("base", "enact")}
+        row["time_within_noise"] = within_noise(side["base"], side["enact"])
         rows.append(row)
     out = pd.DataFrame(rows)
     if len(out):
@@ -120,8 +124,16 @@ def _delta_cell(sb: str, se: str, d: float, kind: str) -> str:
     return f"{'ENACT' if sb == 'ok' else 'baseline'} {STATUS_TEXT.get(se if sb == 'ok' else sb, '?')}"
 
 
-IDENT_FIRST = ("detector", "mode", "batch", "image (px)", "ENACT variant")  # then the changes
-IDENT_LAST = ("data",)  # after the values: it rarely differs within a section
+def _time_cell(cell: str, noise) -> str:
+    """A time change: "~ (noise)" when the two cases' p10-p90 spreads overlap, "n/a (< 3 steps)"
+    when a case has no spread, else the percentage."""
+    if noise is True:
+        return "~ (noise)"
+    if noise is None or noise != noise:
+        return "n/a (< 3 steps)"
+    return cell
+
+
 # Paired tables are split so that none needs sideways scrolling at 1400 px: the memory reading
 # that matters on the device (and the estimate) first, the driver's readings apart; time apart
 # from compute. Within a table the change columns come right after the row's identity.
@@ -146,8 +158,12 @@ def display_paired(p: pd.DataFrame, metrics) -> pd.DataFrame:
     Failed sides read OOM / error / skipped / not run; unmeasured values read n/m."""
     out = _ident(p)
     for m in metrics:  # the changes first: what a reader compares across rows
-        out[delta_header(m)] = [_delta_cell(sb, se, d, METRICS[m][2]) for sb, se, d in
-                                zip(p["status_base"], p["status_enact"], p[f"{m}_delta"])]
+        cells = [_delta_cell(sb, se, d, METRICS[m][2]) for sb, se, d in
+                 zip(p["status_base"], p["status_enact"], p[f"{m}_delta"])]
+        if m in TIME_METRICS and "time_within_noise" in p.columns:  # a time difference inside the spread
+            cells = [_time_cell(c, n) if sb == se == "ok" else c
+                     for c, n, sb, se in zip(cells, p["time_within_noise"], p["status_base"], p["status_enact"])]
+        out[delta_header(m)] = cells
     for m in metrics:
         unit = METRICS[m][1]
         for side in ("base", "enact"):
@@ -291,8 +307,19 @@ def estimates_table(df: pd.DataFrame) -> pd.DataFrame | None:
                         "gpu": rows.get("predicted_gpu", pd.Series([None] * len(rows), index=rows.index))})
     for k, label in ESTIMATE_COLUMNS.items():
         if k in rows.columns:
-            out[label] = rows[k].map(lambda v: v if isinstance(v, bool) or v is None else round(float(v), 1))
+            out[label] = rows[k].map(_cell)
     return out.reset_index(drop=True)
+
+
+def _cell(v) -> str:
+    """A value of an estimate table as the other tables write it: yes/no, 75,672, n/m."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if is_missing(v):
+        return "n/m"
+    if isinstance(v, (int, float)):
+        return fmt_value(v)
+    return str(v)
 
 
 def plan_frame(plan: dict) -> pd.DataFrame:
@@ -300,13 +327,14 @@ def plan_frame(plan: dict) -> pd.DataFrame:
     rows = []
     for v in plan.get("variants", []):
         if not v.get("applicable", True) or not v.get("rows"):
-            rows.append({"variant": v["variant"], "batch": None, "tensor peak MiB": None, "allocated MiB": None,
-                         "reserved MiB": None, "device MiB": None, "fits": None,
+            rows.append({"variant": v["variant"], "batch": "", "tensor peak MiB": "", "allocated MiB": "",
+                         "reserved MiB": "", "device MiB": "", "fits": "",
                          "note": v.get("error") or f"n/a: {v.get('reason', '')}"})
             continue
         for r in v["rows"]:
-            rows.append({"variant": v["variant"], "batch": r["batch_size"], "tensor peak MiB": r["tensor_peak_mib"],
-                         "allocated MiB": r["alloc_peak_mib"], "reserved MiB": r["reserved_peak_mib"],
-                         "device MiB": r["device_used_mib"], "fits": r["fits"],
+            rows.append({"variant": v["variant"], "batch": str(r["batch_size"]),
+                         "tensor peak MiB": _cell(r["tensor_peak_mib"]), "allocated MiB": _cell(r["alloc_peak_mib"]),
+                         "reserved MiB": _cell(r["reserved_peak_mib"]), "device MiB": _cell(r["device_used_mib"]),
+                         "fits": _cell(r["fits"]),
                          "note": "largest batch that fits" if r["batch_size"] == v.get("max_batch_size") else ""})
     return pd.DataFrame(rows)

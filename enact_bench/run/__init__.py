@@ -6,7 +6,10 @@
 - launch.py: where a case runs (`launch_subprocess` in its own process group, `launch_inline`)
   and the child's entry point `python -m enact_bench.run.launch`;
 - run_dir.py: the run folder (`prepare_run`, `load_run_suite` for --resume);
-- suite_run.py: a suite's cases one after another (`run_suite`, `RunResult`).
+- preflight.py: the checks before any work (`preflight`: a device the machine lacks, a
+  checkpoint that does not fit its detector);
+- suite_run.py: a suite's cases one after another (`run_suite`, `RunResult`), and the finished
+  records a killed run left behind (`recover_finished`).
 
 The names below are importable from `enact_bench.run` (imported on first use, so that
 `python -m enact_bench.run.launch` does not find its own module already imported).
@@ -20,7 +23,8 @@ _EXPORTS = {
     "run_case": "case", "measure_case": "case", "measure_case_fake": "case", "failed_record": "case",
     "launch_subprocess": "launch", "launch_inline": "launch", "Launcher": "launch", "CasePaths": "launch",
     "prepare_run": "run_dir", "load_run_suite": "run_dir", "new_run_id": "run_dir",
-    "run_suite": "suite_run", "RunResult": "suite_run",
+    "run_suite": "suite_run", "RunResult": "suite_run", "recover_finished": "suite_run",
+    "preflight": "preflight",
 }
 __all__ = sorted(_EXPORTS)
 

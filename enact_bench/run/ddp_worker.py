@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--record-out", required=True, help="where rank 0 writes the record (JSON)")
     p.add_argument("--work-dir", required=True, help="folder for the ranks' pid and failure files")
     args = p.parse_args(argv)
+    from enact_bench import lifeline
+    lifeline.end_with_parent()  # torchrun's pid, from $ENACT_BENCH_PARENT_PID: this rank ends with it
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     world = int(os.environ["WORLD_SIZE"])
     work = Path(args.work_dir)
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from enact_bench.records import Record, utc_now
     from enact_bench.run.case import is_oom
-    from enact_bench.suite import Case
+    from enact_bench.suite.case import Case
 
     import importlib
 

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from enact_bench import lifeline
 from enact_bench.records import Record, utc_now
 from enact_bench.run import case as case_mod
-from enact_bench.suite import Case
+from enact_bench.suite.case import Case
 
 CHILD_MODULE = "enact_bench.run.launch"
 CASE_IMPORTS_ENV = "ENACT_BENCH_CASE_IMPORTS"
@@ -56,10 +57,12 @@ class CasePaths:
     log_file: Path
 
     @classmethod
-    def of(cls, run_dir: str | os.PathLike, case: Case) -> "CasePaths":
+    def of(cls, run_dir: str | os.PathLike, case: Case, create: bool = True) -> "CasePaths":
+        """The paths; `create`: make the cases/ and logs/ folders."""
         run_dir = Path(run_dir)
-        (run_dir / "cases").mkdir(parents=True, exist_ok=True)
-        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if create:
+            (run_dir / "cases").mkdir(parents=True, exist_ok=True)
+            (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         name = safe_name(case.case_id)
         return cls(run_dir / "cases" / f"{name}.json", run_dir / "cases" / f"{name}.record.json",
                    run_dir / "logs" / f"{name}.log")
@@ -70,10 +73,11 @@ def safe_name(case_id: str) -> str:
 
 
 def child_env() -> dict:
-    """The child must import this same enact_bench, installed or not."""
+    """The child must import this same enact_bench, installed or not. A lifeline parent pid
+    inherited from whoever started this process is not the child's."""
     import enact_bench
     root = str(Path(enact_bench.__file__).resolve().parents[1])
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != lifeline.PARENT_ENV}
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -125,12 +129,14 @@ def run_in_own_group(cmd: list[str], log_file: Path, env: dict, timeout_s: float
 def launch_subprocess(case: Case, run_dir: Path, *, run_id: str, suite: str,
                       timeout_s: float | None = None) -> Record:
     """The case in a fresh `python -m enact_bench.run.launch` process; its record, or an error
-    record saying how the process ended (timeout, signal, exit code) with the log's tail."""
+    record saying how the process ended (timeout, signal, exit code) with the log's tail.
+    The child ends with this process (enact_bench.lifeline), whatever ends this one."""
     paths = CasePaths.of(run_dir, case)
     paths.record_file.unlink(missing_ok=True)
     paths.case_file.write_text(json.dumps({"case": case.to_dict(), "run_id": run_id, "suite": suite}, indent=1))
     started, t0 = utc_now(), time.perf_counter()
-    rc = run_in_own_group(child_command(paths), paths.log_file, child_env(), timeout_s)
+    env = {**child_env(), lifeline.PARENT_ENV: str(os.getpid())}
+    rc = run_in_own_group(child_command(paths), paths.log_file, env, timeout_s)
     if paths.record_file.exists():
         return Record.from_dict(json.loads(paths.record_file.read_text()))
     tail = paths.log_file.read_text(errors="replace").strip().splitlines()[-15:]
@@ -149,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--case-json", required=True, help="file with {case, run_id, suite}")
     p.add_argument("--record-out", required=True, help="where to write the record (JSON)")
     args = p.parse_args(argv)
+    # first: a launcher killed from now on (even by SIGKILL) takes this case's process group with it
+    lifeline.end_with_parent(whole_group=True)
     for name in filter(None, (s.strip() for s in os.environ.get(CASE_IMPORTS_ENV, "").split(","))):
         importlib.import_module(name)
     spec = json.loads(Path(args.case_json).read_text())

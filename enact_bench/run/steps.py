@@ -14,18 +14,15 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from enact_bench.suite import Case
+from enact_bench.suite.case import Case
 
 
 def build_model(case: Case):
     """The case's detector (random weights, or its checkpoint loaded), on the CPU."""
-    from enact_bench.detectors import create_detector, load_checkpoint
+    from enact_bench.detectors import build_variant, load_checkpoint
 
-    enact = case.enact
-    if case.enact and case.enact_config:
-        from enact import EnactConfig
-        enact = EnactConfig(**case.enact_config)
-    model = create_detector(case.detector, enact=enact, num_classes=case.num_classes, **case.overrides)
+    model = build_variant(case.detector, enact=case.enact, enact_config=case.enact_config,
+                          num_classes=case.num_classes, overrides=case.overrides)
     if case.checkpoint:
         # a source model's checkpoint has the wrapped model's own keys (save_pretrained, its state_dict)
         target = model.checkpoint_module() if hasattr(model, "checkpoint_module") else model
@@ -70,15 +67,14 @@ class CaseSteps:
 def case_steps(case: Case, model, device, holder: dict, forward=None) -> CaseSteps:
     """`forward`: what the measured step calls instead of `model` (its DistributedDataParallel
     wrapper under torchrun); the FLOPs passes call `model` itself."""
-    import torch
-
     from enact_bench.train import step as steps
+    from enact_bench.train.optim import make_optimizer
 
     amp = autocast_for(case, device)
     if case.mode == "train":
         model.train()
         criterion = model.build_criterion().to(device)
-        opt = torch.optim.AdamW(model.param_groups(), **model.default_optimizer_kwargs)
+        opt = make_optimizer(model)
         clip = clip_norm_of(case, model)
 
         def step():

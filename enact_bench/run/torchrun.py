@@ -33,8 +33,9 @@ import sys
 import time
 from pathlib import Path
 
+from enact_bench import lifeline
 from enact_bench.records import Record, utc_now
-from enact_bench.suite import Case
+from enact_bench.suite.case import Case
 
 GRACE_S = 10.0  # after SIGTERM, before SIGKILL
 
@@ -169,8 +170,9 @@ def run_case_torchrun(case: Case, run_dir: Path, *, run_id: str, suite: str,
         f.unlink()
     record_file.unlink(missing_ok=True)
     case_file.write_text(json.dumps({"case": case.to_dict(), "run_id": run_id, "suite": suite}, indent=1))
-    cmd = torchrun_command(case, ["--case-json", str(case_file), "--record-out", str(record_file),
-                                  "--work-dir", str(work)])
+    # torchrun through the lifeline wrapper: it ends with this process, its ranks with it
+    cmd = lifeline.wrap_command(torchrun_command(case, ["--case-json", str(case_file), "--record-out",
+                                                        str(record_file), "--work-dir", str(work)]))
     child_env_ = {**child_env(), **(env or {})}
     if not case.device.startswith("cuda"):
         child_env_.setdefault("OMP_NUM_THREADS", str(case.cpu_threads or 1))

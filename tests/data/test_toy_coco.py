@@ -51,3 +51,33 @@ def test_same_seed_same_files_other_seed_differs(tmp_path):
 def test_bad_config_names_the_field(tmp_path):
     with pytest.raises(ValueError, match="categories"):
         make_toy_coco(tmp_path, images=4, categories=5)
+
+
+@pytest.mark.parametrize("existing", ["annotations/instances_train2017.json", "val2017/000000000001.jpg"])
+def test_a_folder_holding_a_dataset_is_refused_unless_overwrite(tmp_path, existing):
+    # make-toy-coco into an existing COCO-style folder silently replaced its annotations and images
+    from typer.testing import CliRunner
+
+    from enact_bench.cli import app
+
+    held = tmp_path / existing
+    held.parent.mkdir(parents=True)
+    held.write_bytes(b"the user's own file")
+    cli = CliRunner()
+    res = cli.invoke(app, ["make-toy-coco", str(tmp_path), "--images", "4", "--min-side", "64", "--max-side", "80"])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.output
+    assert "already holds a COCO-style dataset" in lines[0] and "--overwrite" in lines[0]
+    assert held.read_bytes() == b"the user's own file"
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [existing]
+    res = cli.invoke(app, ["make-toy-coco", str(tmp_path), "--images", "4", "--min-side", "64", "--max-side", "80",
+                           "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "annotations" / "instances_train2017.json").read_text())["images"]
+
+
+def test_an_empty_or_unrelated_folder_is_written(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a dataset")
+    (tmp_path / "train2017").mkdir()  # an empty image folder holds nothing to lose
+    counts = make_toy_coco(tmp_path, images=4, min_side_px=64, max_side_px=80)
+    assert counts["train_images"] + counts["val_images"] == 4

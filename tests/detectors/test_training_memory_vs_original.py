@@ -40,7 +40,8 @@ import pytest
 import torch
 
 from enact_bench.detectors import create_detector
-from enact_bench.predict.fake_step import make_batch, measure_train_step
+from enact_bench.data.batch import make_batch
+from enact_bench.measure.train_step import measure_train_step
 
 SIZE, BATCH = (128, 160), 2
 

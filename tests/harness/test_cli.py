@@ -16,7 +16,7 @@ def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("reports")
     args = ["run", "--suite", "smoke", "--inline", "--out", str(out), "--image-size", "64x96", "--batch-size", "1",
             "--iters", "1", "--warmup", "1", "--set", "mode=train", "--set", "flops=false",
-            "--set", "cpu_threads=1", "--run-id", "t"]
+            "--set", "cpu_threads=1", "--set", "overrides={}", "--run-id", "t"]
     result = cli.invoke(app, args)
     return out / "t", result
 
@@ -62,6 +62,9 @@ def test_list_and_env():
     assert listed.exit_code == 0
     for name in ("smoke", "synthetic-detr", "ci", "detr_tiny", "detr_r50", "synthetic"):
         assert name in listed.output
+    from enact_bench.predict.gpus import GPUS
+    assert "GPUs" in listed.output and all(g in listed.output for g in GPUS)  # plan --gpu's names
+    assert "81,121" in listed.output  # the H100's usable memory (CUDA's total)
     env = cli.invoke(app, ["env", "--device", "cpu"])
     assert env.exit_code == 0 and "torchvision" in env.output and "device_kind" in env.output
 
@@ -86,7 +89,7 @@ def test_paths_that_are_files_are_one_line_errors(tmp_path):
                     "--out", "is a file")
     _one_line_error(cli.invoke(app, ["run", "--suite", "smoke", "--coco-root", str(f)]), "--coco-root", "not a folder")
     _one_line_error(cli.invoke(app, ["report", str(f), "--out", str(f)]), "--out", "is a file")
-    _one_line_error(cli.invoke(app, ["show", str(f)]), "no records in")
+    _one_line_error(cli.invoke(app, ["show", str(f)]), f"{f} is a file, not records", "expected a run folder")
     _one_line_error(cli.invoke(app, ["check", str(tmp_path), "--baseline", str(tmp_path)]), "--baseline", "is a folder")
     _one_line_error(cli.invoke(app, ["check", str(tmp_path), "--baseline", "no-such-baseline"]), "unknown baseline")
 
@@ -100,7 +103,7 @@ def test_bad_options_are_one_line_errors(tmp_path):
     cases = [
         (["--set", "foo"], "expected key=value"),
         (["--set", "iters=abc"], "expected an integer"),
-        (["--image-size", "0x5"], "image sides must be >= 1"),
+        (["--image-size", "0x5"], '--image-size 0x5: expected image sides >= 1 pixel, e.g. "800x1333"'),
         (["--case-timeout", "-1"], "expected seconds > 0"),
         (["--run-id", "a/b"], "no path separators"),
         (["--set", "overrides.nonsense=1"], "unknown key(s) 'nonsense' for detector 'detr_tiny'"),
@@ -130,15 +133,14 @@ def test_piped_output_has_a_line_when_each_case_starts_and_ends(smoke_run):
     assert "MiB cpu_tracked" in end and "ms/step" in end and end.rstrip().endswith(" s)"), end
 
 
-def test_a_run_that_measured_nothing_exits_1(tmp_path, monkeypatch):
-    # fault 3: --device cuda on a machine without a GPU skipped every case and exited 0
-    import enact_bench.run.suite_run as suite_run
+def test_device_cuda_without_a_gpu_fails_before_any_work(tmp_path, monkeypatch):
+    # --device cuda on a machine without a GPU used to run the 20 s estimate, skip every case
+    # and write an empty report before failing: now one line, exit 2, and no run folder at all
+    import enact_bench.predict.planner as planner
 
-    monkeypatch.setattr(suite_run, "needs_missing_cuda", lambda case: True)
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    res = cli.invoke(app, ["run", "--suite", "smoke", "--device", "cuda", "--out", str(tmp_path), "--no-report",
+    monkeypatch.setattr(planner, "plan_detector", lambda req: pytest.fail("the estimate ran"))
+    res = cli.invoke(app, ["run", "--suite", "smoke", "--device", "cuda", "--out", str(tmp_path / "out"),
                            "--iters", "1", "--warmup", "1"])
-    assert res.exit_code == 1, res.output
-    why = [line for line in res.output.splitlines() if line.startswith("nothing was measured")]
-    assert why == ["nothing was measured: 4 skipped of 4 case(s) (first: device 'cuda' requested but no CUDA "
-                   "device is available)"], res.output
+    _one_line_error(res, "--device cuda: no CUDA device is available here", "--device cpu")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

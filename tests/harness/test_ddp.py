@@ -144,7 +144,7 @@ def test_tracker_counts_a_storage_first_seen_as_a_write_destination_from_the_sta
 
 
 def test_estimate_with_ddp_adds_the_trainable_parameters_bytes():
-    from enact_bench.predict.fake_step import estimate_detector
+    from tests.estimate_helpers import estimate_detector
     from enact_bench.detectors import create_detector
 
     model = create_detector("detr_tiny")
@@ -205,7 +205,7 @@ def test_ddp_rank_peak_exceeds_the_single_process_by_the_bucket_bytes(smoke_reco
 
 @pytest.mark.slow
 def test_ddp_estimate_predicts_the_gloo_ranks_tracked_peak(smoke_records):
-    from enact_bench.predict.fake_step import estimate_detector
+    from tests.estimate_helpers import estimate_detector
 
     ddp = smoke_records["torchrun"]
     est = estimate_detector("detr_tiny", 2, (64, 80), ddp=True)

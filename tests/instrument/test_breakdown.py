@@ -8,10 +8,11 @@ from torch import nn
 
 from enact_bench.detectors import create_detector
 from enact_bench.predict.allocator import replay
-from enact_bench.instrument.breakdown import CATEGORIES, MODULE_GROUPS, breakdown_train_step
+from enact_bench.instrument.breakdown import CATEGORIES, MODULE_GROUPS
 from enact_bench.instrument.live_tensors import LiveTensorTracker
-from enact_bench.predict.fake_step import (Batch, estimate_train_step, make_batch, measure_train_step,
-                                          use_fixed_assignment)
+from enact_bench.data.batch import Batch, make_batch
+from enact_bench.measure.train_step import measure_train_step
+from enact_bench.predict.fake_step import estimate_train_step, use_fixed_assignment
 
 SIZE = (64, 96)
 
@@ -65,7 +66,7 @@ def _detr_tiny():
 def test_breakdown_sums_to_the_peak_and_matches_what_is_alive():
     model, crit = _detr_tiny()
     batch = make_batch(2, SIZE, num_targets=3)
-    m = breakdown_train_step(model, crit, batch)
+    m = measure_train_step(model, crit, batch, breakdown=True)
     bd = m.breakdown
     ref_model, ref_crit = _detr_tiny()
     ref = measure_train_step(ref_model, ref_crit, make_batch(2, SIZE, num_targets=3))
@@ -92,7 +93,7 @@ def test_breakdown_sums_to_the_peak_and_matches_what_is_alive():
 
 def _adamw_state_of_twin(model, crit, batch):
     """AdamW state after two steps of a twin: (exp_avg, exp_avg_sq, step) per trainable parameter."""
-    from enact_bench.predict.fake_step import make_optimizer
+    from enact_bench.train.optim import make_optimizer
     from enact_bench.train.step import train_step
     opt = make_optimizer(model)
     train_step(model, crit, opt, batch.images, batch.targets, mask=batch.mask, clip_max_norm=0.1)
@@ -135,8 +136,8 @@ class _ToyLoss(nn.Module):
 def test_backward_allocations_go_to_the_module_whose_forward_made_the_node():
     torch.manual_seed(0)
     model, crit = _Toy(), _ToyLoss()
-    batch = Batch(torch.randn(64, 256), None, [])
-    m = breakdown_train_step(model, crit, batch, clip_max_norm=0.0)
+    batch = Batch(images=torch.randn(64, 256), targets=[])
+    m = measure_train_step(model, crit, batch, clip_max_norm=0.0, breakdown=True)
     assert sum(m.breakdown.modules_bytes.values()) == m.peak_bytes
     from enact_bench.instrument import breakdown as bmod
     # re-run with the attribution at hand to read its tags
@@ -149,7 +150,7 @@ def test_backward_allocations_go_to_the_module_whose_forward_made_the_node():
 
     bmod.StepAttribution.result = keep
     try:
-        breakdown_train_step(model, crit, batch, clip_max_norm=0.0)
+        measure_train_step(model, crit, batch, clip_max_norm=0.0, breakdown=True)
     finally:
         bmod.StepAttribution.result = orig
     tr = att["a"].tracker
@@ -223,7 +224,7 @@ def test_observing_from_inside_the_fake_mode_records_what_a_mode_above_it_record
             fake_params_from(t.model, mode)
             fake_params_from(t.criterion, mode)
             with mode:
-                from enact_bench.predict.fake_step import make_optimizer
+                from enact_bench.train.optim import make_optimizer
                 t.optimizer = make_optimizer(t.model, foreach=True)
         return t
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from enact_bench.predict.cuda_policy import CudaArch, cuda_sdpa_policy, sdpa_backend
-from enact_bench.predict.fake_step import estimate_detector
+from tests.estimate_helpers import estimate_detector
 from enact_bench.instrument.step_probe import SavedTensorCounter
 
 B, H, L, S, E = 2, 8, 100, 70, 32

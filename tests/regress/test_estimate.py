@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from enact_bench.detectors import create_detector
-from enact_bench.predict.fake_step import (estimate_train_step, make_batch, measure_train_step,
-                                          use_fixed_assignment)
+from enact_bench.data.batch import make_batch
+from enact_bench.measure.train_step import measure_train_step
+from enact_bench.predict.fake_step import estimate_train_step, use_fixed_assignment
 
 SIZE = (96, 128)
 
