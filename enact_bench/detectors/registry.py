@@ -80,10 +80,13 @@ def list_detectors(tiny: bool | None = None, family: str | None = None) -> list[
 
 
 def get_spec(name: str) -> DetectorSpec:
-    from .sources import is_source_name, source_spec
+    from .sources import check_source_overrides, family_of, is_source_name, source_description
 
-    if is_source_name(name):
-        return source_spec(name)
+    if is_source_name(name):  # a model source (detectors/sources.py): its own family and override check
+        family = family_of(name)
+        return DetectorSpec(name, family, False, lambda *a, **kw: create_detector(name, **kw), (),
+                            source_description(name, family),
+                            check_overrides=lambda overrides: check_source_overrides(name, overrides))
     _load_families()
     if name not in _REGISTRY:
         raise KeyError(f"unknown detector {name!r}; registered detectors: {', '.join(sorted(_REGISTRY))}")

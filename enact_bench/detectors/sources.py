@@ -7,7 +7,7 @@
 
 `create_source_detector` builds a ForeignDetector (detectors/foreign.py) from any of them, with
 ENACT patched into the encoder's dense self-attention when asked (enact.patch and its adapters);
-`source_spec` is the registry's DetectorSpec of the name (family, override check);
+`family_of` and `check_source_overrides` give the registry's DetectorSpec of the name;
 `source_variants` says which plan variants apply (original, eager, fused, enact, enact+fused).
 """
 from __future__ import annotations
@@ -128,14 +128,9 @@ def check_source_build(name: str, overrides: dict) -> None:
         create_source_detector(name, overrides=overrides)
 
 
-def source_spec(name: str):
-    """The registry's DetectorSpec of a source name."""
-    from .registry import DetectorSpec
-
-    family = family_of(name)
-    return DetectorSpec(name, family, False, lambda *a, **kw: create_source_detector(name, **kw), (),
-                        f"{SYNTAX.split(',')[0] if family.startswith('hf:') else 'factory'} model {name}",
-                        check_overrides=lambda overrides: check_source_overrides(name, overrides))
+def source_description(name: str, family: str) -> str:
+    """The line `list` and the registry's DetectorSpec give a source model."""
+    return f"{'transformers' if family.startswith('hf:') else 'factory'} model {name}"
 
 
 def create_source_detector(name: str, *, enact_config=None, num_classes: int | None = None,

@@ -12,7 +12,7 @@ from enact_bench.detectors import ModelSpec, create_detector, get_spec
 from enact_bench.detectors.foreign import ForeignDetector, ModelOutputError
 from enact_bench.detectors.sources import SourceName, parse_source
 from enact_bench.errors import UserInputError
-from enact_bench.predict.fake_step import make_batch
+from enact_bench.data.batch import make_batch
 from enact_bench.train.step import loss_of
 
 

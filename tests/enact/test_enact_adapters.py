@@ -91,7 +91,7 @@ def test_hf_encoders_take_enact_in_every_encoder_self_attention(model_type):
     """HF's DETR family through the harness's source: ENACT in each encoder self-attention (and
     nowhere else), the model still trains (output shapes, gradients into W_prob)."""
     from enact_bench.detectors import create_detector
-    from enact_bench.predict.fake_step import make_batch
+    from enact_bench.data.batch import make_batch
     from enact_bench.train.step import loss_of
 
     torch.manual_seed(0)

@@ -11,7 +11,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from enact_bench.detectors import create_detector
 from enact_bench.predict.fake_policy import FakePolicy
-from enact_bench.predict.fake_step import estimate_train_step, make_batch, measure_train_step
+from enact_bench.data.batch import make_batch
+from enact_bench.measure.train_step import measure_train_step
+from enact_bench.predict.fake_step import estimate_train_step
 
 
 def _under_policy(fn):

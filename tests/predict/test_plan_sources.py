@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from enact_bench.cli import app
 from enact_bench.errors import UserInputError
 from enact_bench.predict.gpus import get_gpu
-from enact_bench.predict.plan import PlanRequest, plan_detector, variant_spec
+from enact_bench.predict.plan import PlanRequest, variant_spec
+from enact_bench.predict.planner import plan_detector
 
 
 def test_source_variants_and_their_reasons():
