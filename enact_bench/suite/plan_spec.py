@@ -35,9 +35,17 @@ class PlanSpec:
             raise ValueError("detectors must be a list of detector names")
         if not is_int(self.enact_cluster_size) or self.enact_cluster_size < 1:
             raise ValueError("enact_cluster_size must be an integer >= 1")
+        from enact_bench.detectors.sources import check_source, is_source_name
+        from enact_bench.errors import UserInputError
+
         known = known_detectors()
         for d in self.detectors:
-            if d not in known:
+            if is_source_name(d):  # hf:..., a factory (detectors/sources.py)
+                try:
+                    check_source(d)
+                except UserInputError as e:
+                    raise ValueError(f"detectors: {e}") from None
+            elif d not in known:
                 raise ValueError(f"detectors: unknown detector {d!r}; expected one of {', '.join(sorted(known))}")
         from enact_bench.predict.gpus import get_gpu
 
@@ -51,12 +59,12 @@ class PlanSpec:
         if min(size) < MIN_PLAN_SIDE_PX:
             raise ValueError(f"image_size = {size[0]}x{size[1]}: both sides must be >= {MIN_PLAN_SIDE_PX} pixels "
                              "(the backbone's stride)")
-        from enact_bench.predict.plan import VARIANTS
+        from enact_bench.predict.plan import ALL_VARIANTS
 
         if not isinstance(self.variants, tuple) or not self.variants or not all(
-                v in VARIANTS for v in self.variants):
+                v in ALL_VARIANTS for v in self.variants):
             written = list(self.variants) if isinstance(self.variants, tuple) else self.variants
-            raise ValueError(f"variants = {written!r}: expected a list of one or more of {', '.join(VARIANTS)}")
+            raise ValueError(f"variants = {written!r}: expected a list of one or more of {', '.join(ALL_VARIANTS)}")
 
     @classmethod
     def from_table(cls, table: Any, where: str) -> "PlanSpec":

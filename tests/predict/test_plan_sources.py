@@ -60,7 +60,7 @@ def test_a_shipped_hf_suite_case_runs_for_real_on_cpu():
     from enact_bench.suite import load_suite
 
     suite = load_suite("hf-detr")
-    assert suite.plan["detectors"] == ["hf:detr"] and suite.plan["variants"] == ["original", "eager", "enact"]
+    assert suite.plan.detectors == ("hf:detr",) and suite.plan.variants == ("original", "eager", "enact")
     case = next(c for c in suite.cases if c.enact and c.mode == "train")
     import dataclasses
     rec = run_case(dataclasses.replace(case, device="cpu", iters=1, warmup=1, cpu_threads=1, flops=False))
