@@ -13,14 +13,17 @@ fake step runs, and `FakePolicy.answers` counts every answer by what was assumed
 - **Guards, answered as a valid batch answers them.** `isfinite(x).all()` -> True (DETR-family
   encoder layers clamp activations otherwise), `isnan(x).any()` / `isinf(x).any()` -> False,
   `(a >= b).all()` over unknown values -> True (the GIoU box-format asserts).
-- **Data-dependent sizes of unknown values**, bounded above: `nonzero` of an unknown mask counts
-  every element.
+- **Data-dependent sizes of unknown values**, bounded above: `nonzero`, `masked_select`, `unique`
+  and boolean-mask indexing (`x[mask]`, `x[mask] = v`) of an unknown mask count every element.
 - **The Hungarian matcher**: any `scipy.optimize.linear_sum_assignment` a loaded module calls
   returns a fixed assignment (query i <-> target i, min(queries, targets) pairs: the real
   assignment's size), as the presets' FixedAssignmentMatcher does.
 - **HF's tracing test**: transformers' `is_tracing(tensor)` is True for fake tensors, so HF would
   keep a 4-D padding mask that eager mode drops; answered as in eager mode (False).
 - **`module.to()` inside the step** (D-FINE's loss): swapping a fake tensor with itself is skipped.
+- **`torch.equal` of unknown values**: True for the same memory (the same storage, offset, shape
+  and strides), False for tensors computed apart (D-FINE compares each decoder layer's corners
+  with the last layer's).
 - **HF's lru caches** of tensors (`compile_compatible_method_lru_cache`: position embeddings,
   anchors) are cleared when a fake step starts and ends: a cache filled under one fake mode fails
   under the next ("Mixing fake modes").
@@ -49,6 +52,8 @@ SHADOW_LIMIT = 1 << 25
 # shapes) only when this small: autograd's and the optimizer's large empty buffers never need one
 EMPTY_SHADOW_LIMIT = 1 << 12
 
+# indexing ops whose (list of) indices may hold boolean masks: the kernel turns each into nonzero's indices
+_INDEXING = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
 # ops whose output's shape depends on the input's values
 _DYNAMIC = {aten.nonzero.default, aten.masked_select.default, aten._unique2.default, aten.unique_dim.default,
             aten.unique_consecutive.default, aten.repeat_interleave.Tensor}
@@ -192,11 +197,20 @@ class _Shadows(TorchDispatchMode):
             return self._read(args[0])
         if func in _DYNAMIC:
             return self._dynamic(func, args, kwargs)
+        if func in _INDEXING and len(args) > 1 and any(_is_mask(i) for i in args[1]):
+            return self._mask_index(func, args, kwargs)
         if func is aten.equal.default:
             values = [self._value(a) for a in args]
             if all(v is not None for v in values):
                 self.policy.note("torch.equal of tensors known from the batch: exact")
                 return self._real(func, values, {})
+            a, b = args[0], args[1]
+            same = a.untyped_storage() is b.untyped_storage() and (a.shape, a.stride(), a.storage_offset()) == (
+                b.shape, b.stride(), b.storage_offset())
+            # the same memory is equal; tensors computed apart are taken to differ, as real values do
+            # (D-FINE's loss compares each layer's corners with the last layer's: equal only there)
+            self.policy.note(f"torch.equal of unknown values: {same} ({'the same memory' if same else 'distinct tensors'})")
+            return same
         out = func(*args, **kwargs)
         self._follow(func, args, kwargs, out)
         return out
@@ -255,6 +269,9 @@ class _Shadows(TorchDispatchMode):
         """Shadows and tags of one op's outputs. Most ops of a step read large activations that
         have no shadow: they leave at the first input without one."""
         written = _written(func, args, kwargs)
+        if func in _LIKE:  # zeros_like & co.: known values whatever the input's, only its layout matters
+            self._follow_like(func, args, kwargs, out)
+            return
         tensors_in = _tensors(args, kwargs)
         if not written and func not in _NO_SHADOW:
             for a in tensors_in:
@@ -300,6 +317,19 @@ class _Shadows(TorchDispatchMode):
                     pass
         if func in _TAG_OPS:
             self._tag(func, args, flat_out)
+
+    def _follow_like(self, func, args, kwargs, out) -> None:
+        """zeros_like / ones_like / full_like: the one value they fill, as a uniform shadow when large."""
+        with _disable_current_modes(), torch.no_grad():
+            one = torch.empty([1] * out.dim(), dtype=args[0].dtype)
+            value = func(one, *args[1:], **{k: v for k, v in kwargs.items() if k != "device"})
+        if out.numel() > UNIFORM_FROM:
+            self._set_uniform(out, value)
+        else:
+            with _disable_current_modes():
+                self.shadow[out] = value.reshape(()).expand(tuple(out.shape)).clone(
+                    memory_format=torch.contiguous_format).as_strided(tuple(out.shape), tuple(out.stride())) \
+                    if out.is_contiguous() else value.reshape(()).expand(tuple(out.shape)).clone()
 
     def _follow_write(self, func, args, kwargs, tensors_in, written) -> None:
         """An in-place op: its destinations' shadows follow when its other inputs are known; an
@@ -411,8 +441,57 @@ class _Shadows(TorchDispatchMode):
             n = torch.broadcast_shapes(x.shape, mask.shape)
             self.policy.note("masked_select of an unknown mask: bounded above (every element selected)")
             return torch.empty((math.prod(n),), dtype=x.dtype, device=x.device)
+        if func is aten._unique2.default:
+            x = args[0]
+            self.policy.note("unique of unknown values: bounded above (every element distinct)")
+            n = x.numel()
+            return (torch.empty((n,), dtype=x.dtype, device=x.device),
+                    torch.empty(tuple(x.shape) if kwargs.get("return_inverse", len(args) > 2 and args[2]) else (0,),
+                                dtype=torch.int64, device=x.device),
+                    torch.empty((n,) if kwargs.get("return_counts", len(args) > 3 and args[3]) else (0,),
+                                dtype=torch.int64, device=x.device))
         raise RuntimeError(f"fake step: {func} over unknown values has a data-dependent size and the fake-tensor "
                            f"policy has no bound for it (enact_bench/predict/fake_policy.py)")
+
+    def _mask_index(self, func, args, kwargs):
+        """x[mask] and x[mask] = v: each boolean index becomes the long indices of its True
+        elements (what the kernel does inside, with nonzero): exact where the mask is known, every
+        element where it is not (bounded above). The index tensors are the kernel's own
+        temporaries, so a tracker observing from inside the fake mode does not see them."""
+        host = next((a.fake_mode for a in _tensors(args, kwargs) if is_fake(a)), None)
+        depth = hasattr(host, "_depth")
+        if depth:
+            host._depth += 1
+        try:
+            indices = []
+            for i in args[1]:
+                if not _is_mask(i):
+                    indices.append(i)
+                    continue
+                known = self._value(i)
+                if known is not None:
+                    with _disable_current_modes():
+                        real = known.nonzero()  # (n, k)
+                    self.policy.note("boolean-mask indexing over a mask known from the batch: exact")
+                else:
+                    real = None
+                    self.policy.note("boolean-mask indexing over unknown values: bounded above (every element selected)")
+                n = real.shape[0] if real is not None else i.numel()
+                nz = torch.empty((n, i.dim()), dtype=torch.int64, device=i.device)
+                if real is not None:
+                    self.shadow[nz] = real
+                indices += [nz.select(1, d) for d in range(i.dim())]
+        finally:
+            if depth:
+                host._depth -= 1
+        new_args = (args[0], indices, *args[2:])
+        out = func(*new_args, **kwargs)
+        self._follow(func, new_args, kwargs, out)
+        return out
+
+
+def _is_mask(i) -> bool:
+    return isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
 
 
 class _OnTensor:
