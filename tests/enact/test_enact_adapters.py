@@ -86,7 +86,7 @@ def test_key_padding_from_boolean_and_additive_masks():
 
 
 @pytest.mark.parametrize("model_type", ["detr", "conditional_detr", "dab-detr", "table-transformer", "rt_detr",
-                                        "rt_detr_v2"])
+                                        "rt_detr_v2", "d_fine"])
 def test_hf_encoders_take_enact_in_every_encoder_self_attention(model_type):
     """HF's DETR family through the harness's source: ENACT in each encoder self-attention (and
     nowhere else), the model still trains (output shapes, gradients into W_prob)."""

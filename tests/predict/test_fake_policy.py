@@ -82,12 +82,16 @@ def test_scipy_matcher_gets_a_fixed_assignment_only_inside_and_only_for_fake_cos
     assert hf_loss.linear_sum_assignment is original and scipy.optimize.linear_sum_assignment is original
 
 
+BOUNDED = ("d_fine",)  # its loss selects with masks of predicted values: the fake step bounds them above
+
+
 @pytest.mark.parametrize("model_type", ["detr", "conditional_detr", "dab-detr", "table-transformer",
-                                        "deformable_detr", "yolos", "rt_detr", "rt_detr_v2"])
+                                        "deformable_detr", "yolos", "rt_detr", "rt_detr_v2", "d_fine"])
 def test_fake_step_equals_the_real_cpu_step_to_the_byte(model_type):
     """A tiny HF model, batch 2 at 64x96: the real CPU step's tracked peak and start bytes equal the
     fake step's, whose optimizer state is primed (no warm-up step) for the parameters its loss
-    reaches (Conditional DETR and DAB-DETR leave a query_scale MLP without a gradient)."""
+    reaches (Conditional DETR and DAB-DETR leave a query_scale MLP without a gradient); D-FINE's
+    fake peak is an upper bound of the real one (its boolean masks of predicted values)."""
     name = f"hf:{model_type}"
     torch.manual_seed(0)
     real_model = create_detector(name, tiny=True)
@@ -99,6 +103,10 @@ def test_fake_step_equals_the_real_cpu_step_to_the_byte(model_type):
     fake = estimate_train_step(fake_model, fake_model.build_criterion(), 2, (64, 96), num_targets=3,
                                num_classes=fake_model.num_classes, clip_max_norm=clip, warmup="prime",
                                count_flops=False)
-    assert (fake.peak_bytes, fake.start_bytes) == (real.peak_bytes, real.start_bytes)
     assert any("Hungarian matcher" in a for a in fake.assumptions)
+    if model_type in BOUNDED:  # boolean-mask indexing over unknown values counts every element
+        assert fake.start_bytes == real.start_bytes and fake.peak_bytes >= real.peak_bytes
+        assert any("bounded above" in a for a in fake.assumptions)
+        return
+    assert (fake.peak_bytes, fake.start_bytes) == (real.peak_bytes, real.start_bytes)
     assert sys.modules["transformers.utils.import_utils"].is_tracing.__module__.startswith("transformers")
