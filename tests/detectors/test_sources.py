@@ -203,3 +203,15 @@ def test_hf_training_step_through_the_adapter_gives_gradients_and_postprocess_bo
         out = model.postprocess(model(images), torch.tensor([[400, 560], [320, 480]]))
     assert [o["boxes"].shape for o in out] == [torch.Size([10, 4])] * 2
     assert all((o["labels"] < 2).all() for o in out)  # the "no object" column is not a label
+
+
+def test_hf_detr_quirk_is_planned_as_it_is_its_resnet_path_freezes_the_whole_backbone():
+    """docs/own-model.md names it: HF DETR's own ResNet backbone trains nothing, the timm path all."""
+    resnet = {"model_type": "resnet", "depths": [1, 1, 1, 1], "hidden_sizes": [16, 32, 64, 128],
+              "embedding_size": 16, "out_features": ["stage4"]}
+    hf_resnet = create_detector("hf:detr", tiny=True, **{"config.backbone_config": resnet})
+    timm = create_detector("hf:detr", tiny=True)
+    for model, trainable in ((hf_resnet, False), (timm, True)):
+        flags = {p.requires_grad for n, p in model.named_parameters() if ".backbone." in n}
+        assert flags == {trainable}
+    assert any("freezes every backbone parameter" in n for n in timm.notes)
