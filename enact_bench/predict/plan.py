@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 
 from enact_bench.metrics import MIB
 from enact_bench.errors import UserInputError
-from enact_bench.choices import DTYPES, TARGETS
+from enact_bench.choices import DTYPES, TARGETS, VARIANTS
 from enact_bench.predict.image_sizes import ImageSizes
 
-VARIANTS = ("original", "fused", "enact", "enact+fused")
 LINEAR_TOLERANCE = 0.01  # relative: fake run's tensor peak vs the probes' line
 DEFAULT_MARGIN_PCT = 5.0
 DEFAULT_CLUSTER_SIZE = 6
