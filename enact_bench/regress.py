@@ -9,12 +9,15 @@ Verdicts per (case, metric):
 Exit codes (`check`): 0 nothing regressed, 1 something regressed (or a case failed or is
 missing), 2 the run and the baseline are not comparable (suite, device kind, torch major.minor,
 GPU model), each with a one-line reason. docs/regress.md explains the file format.
+`--baseline` is a path or a shipped baseline's name (`find_baseline`: the `baselines/` folder
+beside the shipped suites).
 
 This module does not import torch: records are plain JSON.
 """
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +27,7 @@ from typing import Any
 from enact_bench import metrics as metrics_schema
 from enact_bench.errors import UserInputError
 from enact_bench.records import latest_per_case, read_record_dicts, records_file
+from enact_bench.suite.load import suite_dirs
 
 BASELINE_FORMAT = 1
 
@@ -61,6 +65,32 @@ def load_run(run_dir: str | Path) -> list[dict]:
     if not latest:
         raise UserInputError(f"{path} holds no records")
     return latest
+
+
+def list_baselines() -> dict[str, Path]:
+    """Shipped baselines by name (file stem): <suite folder>/baselines/*.json."""
+    found: dict[str, Path] = {}
+    for d in suite_dirs():
+        for p in sorted((d / "baselines").glob("*.json")):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def find_baseline(name_or_path: str | os.PathLike) -> Path:
+    """`--baseline ci-cpu` (a shipped baseline's name) or a path. A path is returned as given
+    (it need not exist: `check --update` writes it); a bare name must be shipped."""
+    text = str(name_or_path)
+    p = Path(text).expanduser()
+    if p.suffix == ".json" or os.sep in text or "/" in text or p.exists():
+        if p.is_dir():
+            raise UserInputError(f"--baseline {text}: is a folder; expected a baseline .json file "
+                                 f"(e.g. suites/baselines/ci-cpu.json) or a shipped baseline name")
+        return p
+    shipped = list_baselines()
+    if text in shipped:
+        return shipped[text]
+    raise UserInputError(f"unknown baseline {text!r}: expected a path to a .json file or a shipped "
+                         f"baseline name ({', '.join(sorted(shipped)) or 'none shipped'})")
 
 
 def load_baseline(path: str | Path) -> dict:

@@ -65,8 +65,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Compare a run with a baseline: exit 0 ok, 1 regression, 2 not comparable."""
         from enact_bench.console import console, err_console
-        from enact_bench.regress import check_update_target, run_check
-        from enact_bench.suite import find_baseline
+        from enact_bench.regress import check_update_target, find_baseline, run_check
 
         path = find_baseline(baseline)
         if update:

@@ -10,7 +10,7 @@ def environment(device: str = "auto") -> dict:
     """Plain body: capture_env for `device` plus whether CUDA and NVML are usable."""
     from enact_bench.measure.memory import NvmlSampler
     from enact_bench.records import capture_env
-    from enact_bench.suite import resolve_device
+    from enact_bench.suite.load import resolve_device
 
     dev = resolve_device(device)
     env = capture_env(dev)

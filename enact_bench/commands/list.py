@@ -1,4 +1,4 @@
-"""`enact-bench list`: shipped suites, registered detectors, data sources and evaluations."""
+"""`enact-bench list`: shipped suites, registered detectors, the GPUs `plan` knows, data sources and evaluations."""
 from __future__ import annotations
 
 import typer
@@ -12,7 +12,8 @@ def list_everything() -> dict:
     from enact_bench.detectors import get_spec, list_detectors
     from enact_bench.errors import UserInputError
     from enact_bench.evaluate.registry import list_evaluations
-    from enact_bench.suite import list_baselines, list_suites, load_suite
+    from enact_bench.regress import list_baselines
+    from enact_bench.suite.load import list_suites, load_suite
 
     suites = []
     for name, path in list_suites().items():
@@ -24,7 +25,19 @@ def list_everything() -> dict:
     detectors = [(n, get_spec(n).family, get_spec(n).tiny, get_spec(n).description) for n in list_detectors()]
     sources = [(n, get_data_source(n).description) for n in list_data_sources()]
     return {"suites": suites, "detectors": detectors, "data": sources, "evaluations": list_evaluations(),
-            "baselines": [(n, str(p)) for n, p in list_baselines().items()]}
+            "baselines": [(n, str(p)) for n, p in list_baselines().items()], "gpus": gpu_rows()}
+
+
+def gpu_rows() -> list[dict]:
+    """The GPU table `enact-bench plan --gpu` knows (predict/gpus.py): memory as NVML and CUDA see
+    it, and what the plan estimates the CUDA context and library workspaces at."""
+    from enact_bench.metrics import MIB
+    from enact_bench.predict.gpus import GPUS, library_workspace_bytes
+
+    return [{"name": g.name, "aliases": list(g.aliases), "memory_mib": g.memory_mib, "usable_mib": g.usable_mib,
+             "usable_is_estimate": g.cuda_total_mib is None, "context_mib": g.context_mib,
+             "workspaces_mib": round(sum(library_workspace_bytes(g)) / MIB, 2),
+             "compute_capability": f"{g.compute_capability[0]}.{g.compute_capability[1]}"} for g in GPUS.values()]
 
 
 def register(app: typer.Typer) -> None:
@@ -48,6 +61,15 @@ def register(app: typer.Typer) -> None:
             t.add_column(col)
         for name, family, tiny, desc in info["detectors"]:
             t.add_row(name, family, "yes" if tiny else "", desc)
+        console.print(t)
+        t = Table(title="GPUs (enact-bench plan --gpu NAME; context and workspaces are ESTIMATES, docs/gpu-estimate.md)")
+        for col in ("gpu", "aliases", "memory MiB (NVML)", "usable MiB", "CUDA context MiB", "cuBLAS + cuBLASLt workspaces MiB",
+                    "compute capability"):
+            t.add_column(col, justify="right" if "MiB" in col else "left")
+        for g in info["gpus"]:
+            t.add_row(g["name"], ", ".join(g["aliases"]), f"{g['memory_mib']:,}",
+                      f"{g['usable_mib']:,}" + (" (est.)" if g["usable_is_estimate"] else ""),
+                      f"{g['context_mib']:,.0f}", f"{g['workspaces_mib']:,.2f}", g["compute_capability"])
         console.print(t)
         console.print("data sources: " + ", ".join(n for n, _ in info["data"]))
         console.print("baselines (check --baseline NAME): "

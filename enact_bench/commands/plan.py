@@ -28,38 +28,88 @@ def _confirmed(plan) -> str:
     return f"{common}" + (f" ({other})" if other else "")
 
 
-def plan_table(plan):
-    """A rich table: one row per (variant, batch size) fake run."""
-    from rich.table import Table
-
-    from enact_bench.predict.plan import fits_summary
+def plan_title(plan) -> str:
     from enact_bench.predict.search import AFFINE_PROBES
 
     req = plan.request
-    title = (f"{req.detector} ({plan.family}) on {req.gpu.name} ({req.gpu.memory_mib:,} MiB, {req.gpu.usable_mib:,} usable, "
-             f"budget {req.budget_bytes / MIB:,.0f} MiB = {100 - req.margin_pct:g}% of it), {req.image_size[0]}x{req.image_size[1]}, "
-             f"{req.dtype}, one AdamW training step{', one DDP rank (gradient buckets counted)' if req.ddp else ''}: "
-             f"ESTIMATES (fake tensors, CUDA target; row from: fake = a fake run at that batch, affine = the "
-             f"allocation stream fitted through fake runs at batch {' and '.join(map(str, AFFINE_PROBES))} and "
-             f"confirmed exactly by one at {_confirmed(plan)})")
-    t = Table(title=title, title_justify="left")
-    for col in ("variant", "batch", "from", "tensor peak MiB", "alloc MiB", "reserved MiB", "device MiB", "fits", "note"):
+    return (f"{req.detector} ({plan.family}) on {req.gpu.name} ({req.gpu.memory_mib:,} MiB, {req.gpu.usable_mib:,} usable, "
+            f"budget {req.budget_bytes / MIB:,.0f} MiB = {100 - req.margin_pct:g}% of it), {req.dtype}, image size "
+            f"{req.images.label()}, one AdamW training step{', one DDP rank (gradient buckets counted)' if req.ddp else ''}: "
+            f"ESTIMATES (fake tensors, CUDA target; row from: fake = a fake run at that batch, affine = the "
+            f"allocation stream fitted through fake runs at batch {' and '.join(map(str, AFFINE_PROBES))} and "
+            + (f"confirmed exactly by one at {_confirmed(plan)})" if req.images.typical_hw is None else
+               f"carried to the typical size with its fake run at {AFFINE_PROBES[0]}: one template for both sizes, "
+               f"confirmed exactly by the typical size's fake run at {_confirmed(plan)})"))
+
+
+def plan_table(plan):
+    """A rich table: one row per (variant, batch size), with the typical batch's device memory
+    beside each row of a run-worst plan."""
+    from rich.table import Table
+
+    from enact_bench.predict.plan import fits_summary
+
+    req = plan.request
+    typical = req.images.typical_hw
+    t = Table(title=plan_title(plan), title_justify="left")
+    cols = ["variant", "batch", "image", "from", "tensor peak MiB", "alloc MiB", "reserved MiB", "device MiB", "fits"]
+    if typical:
+        cols += [f"typical {typical[0]}x{typical[1]}: device MiB", "fits"]
+    for col in cols + ["note"]:
         t.add_column(col, justify="right" if "MiB" in col or col == "batch" else "left")
+
+    def yes(f):
+        return "-" if f is None else "[green]yes[/]" if f else "[red]no[/]"
 
     for v in plan.variants:
         if not v.applicable or v.error or not v.rows:
-            t.add_row(v.variant, "-", "-", "-", "-", "-", "-", "-", fits_summary(v, req))
+            t.add_row(v.variant, *["-"] * (len(cols) - 1), fits_summary(v, req))
             continue
         for i, r in enumerate(v.rows):
             note = ""
-            if r.batch_size == v.max_batch_size:
+            if (v.searched and r.batch_size == v.max_batch_size) or (not v.searched and i == 0):
                 note = fits_summary(v, req)
             elif i == 0:
                 note = v.reason
-            t.add_row(v.variant if i == 0 else "", str(r.batch_size), r.source, _mib(r.tensor_peak_bytes), _mib(r.alloc_peak_bytes),
-                      _mib(r.reserved_peak_bytes), _mib(r.device_used_bytes),
-                      "[green]yes[/]" if r.fits else "[red]no[/]", note)
+            hw = f"{r.image_size[0]}x{r.image_size[1]}" if r.image_size else "-"
+            cells = [v.variant if i == 0 else "", str(r.batch_size), hw, r.source, _mib(r.tensor_peak_bytes),
+                     _mib(r.alloc_peak_bytes), _mib(r.reserved_peak_bytes), _mib(r.device_used_bytes), yes(r.fits)]
+            if typical:
+                cells += [_mib(r.typical_device_used_bytes), yes(r.typical_fits)]
+            t.add_row(*cells, note)
         t.add_section()
+    return t
+
+
+def gpu_table(plans):
+    """--gpu all: one row per GPU, one column per variant, the largest batch in each cell (the
+    run's worst padded batch, the typical batch's in brackets)."""
+    from rich.table import Table
+
+    first = plans[0].request
+    typical = first.images.typical_hw
+    what = "whether each batch size given fits, per GPU" if first.batch_sizes else "the largest training batch per GPU"
+    t = Table(title=f"{first.detector} ({plans[0].family}): {what}, {first.dtype}, image size "
+                    f"{first.images.label()}{f' (typical {typical[0]}x{typical[1]} in brackets)' if typical else ''}, "
+                    f"margin {first.margin_pct:g}%: ESTIMATES (fake tensors, CUDA target, caching-allocator model, "
+                    f"CUDA context estimated per GPU)", title_justify="left")
+    t.add_column("gpu")
+    t.add_column("usable MiB", justify="right")
+    for v in plans[0].variants:
+        t.add_column(v.variant, justify="right")
+    for p in plans:
+        cells = []
+        for v in p.variants:
+            if not v.applicable:
+                cells.append("n/a")
+            elif v.error:
+                cells.append("[red]error[/]")
+            elif v.max_batch_size is None:
+                cells.append(", ".join(f"{r.batch_size}: {'yes' if r.fits else 'no'}" for r in v.rows))
+            else:
+                typ = v.typical.max_batch_size if v.typical is not None else None
+                cells.append(f"{v.max_batch_size}" + (f" ({typ})" if typ is not None else ""))
+        t.add_row(p.request.gpu.name, f"{p.request.gpu.usable_mib:,}", *cells)
     return t
 
 
@@ -86,6 +136,32 @@ def plan_summary_table(d: dict):
         top2 = ", ".join(f"{k} {val:,.0f}" for k, val in sorted(bd.items(), key=lambda kv: -kv[1])[:2])
         t.add_row(v["variant"], f"{r2['device_used_mib']:,.0f}" if r2 else "-", f"{per:,.0f}" if per else "-",
                   str(v.get("max_batch_size")), f"{top['device_used_mib']:,.0f}" if top else "-", top2)
+    return t
+
+
+def steps_table(plan):
+    """--steps: per variant, the run of drawn shapes through one allocator model against one step
+    of the worst shape."""
+    from rich.table import Table
+
+    runs = [(v, v.steps) for v in plan.variants if v.steps is not None]
+    if not runs:
+        return None
+    s0 = runs[0][1]
+    t = Table(title=f"{plan.request.detector}: {s0.steps} training steps of drawn padded shapes (seed {s0.seed}; sources: "
+                    f"{s0.sources}; sizes rounded up to multiples of {s0.quantum} px) through one caching-allocator "
+                    f"model on {plan.request.gpu.name}, against one step of the worst shape: ESTIMATES",
+              title_justify="left")
+    for col in ("variant", "batch", "distinct shapes", "worst shape", "one worst step: reserved / device MiB",
+                "the run: reserved after / device MiB", "run fits", "note"):
+        t.add_column(col, justify="right" if "MiB" in col or col in ("batch", "distinct shapes") else "left")
+    for v, s in runs:
+        note = f"out of memory at step {s.oom_step}" if s.oom_step else (
+            f"cached segments released {s.retries} times" if s.retries else "")
+        t.add_row(v.variant, str(s.batch_size), str(len(set(s.shapes))), f"{s.worst_hw[0]}x{s.worst_hw[1]}",
+                  f"{_mib(s.one_step_reserved_bytes)} / {_mib(s.one_step_device_bytes)}",
+                  f"{_mib(s.run_reserved_bytes)} / {_mib(s.run_device_bytes)}",
+                  "[green]yes[/]" if s.fits else "[red]no[/]", note)
     return t
 
 
@@ -122,22 +198,89 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def check_json_out(path: Path | None) -> bool:
+    """--json: None (no JSON), "-" (stdout: True is returned) or a file that can be written; a
+    directory, a path under a file or an unwritable place is a UserInputError now, before the
+    estimate."""
+    import os
+
+    from enact_bench.errors import UserInputError
+
+    if path is None or str(path) == "-":
+        return path is not None
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserInputError(f"--json {path}: is a directory; expected a file name (or - for stdout)")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise UserInputError(f"--json {path}: the file is not writable")
+    for q in p.parents:
+        if q.exists():
+            if not q.is_dir():
+                raise UserInputError(f"--json {path}: {q} is a file, not a folder")
+            if not os.access(q, os.W_OK | os.X_OK):
+                raise UserInputError(f"--json {path}: {q} is not writable")
+            break
+    return False
+
+
+def _variant_list(text: str | None, families: dict[str, str]) -> tuple[str, ...]:
+    """--variants: the default list, or the user's (each known; the fused ones only where the
+    family's encoder attention is dense: asked for explicitly elsewhere, a UserInputError)."""
+    from enact_bench.errors import UserInputError
+    from enact_bench.predict.plan import FUSED_FAMILIES, VARIANTS
+
+    if text is None:
+        return VARIANTS
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in names if v not in VARIANTS]
+    if bad or not names:
+        raise UserInputError(f"--variants {text!r}: expected a comma list of {', '.join(VARIANTS)}")
+    if "enact+fused" in names:
+        off = [d for d, f in families.items() if f not in FUSED_FAMILIES]
+        if off:
+            raise UserInputError(f"--variants enact+fused: {', '.join(off)} has no dense encoder attention to fuse "
+                                 f"(only {', '.join(sorted(FUSED_FAMILIES))} do); use --variants enact")
+    return names
+
+
+def _progress(err_console):
+    """The reporter for predict/progress.py: a status line on a terminal, else one line each."""
+    from contextlib import contextmanager
+
+    from rich.markup import escape
+
+    @contextmanager
+    def shown():
+        if err_console.is_terminal:
+            with err_console.status("planning ...") as status:
+                yield lambda m: status.update(escape(m))
+        else:
+            yield lambda m: err_console.print(escape(m), highlight=False, soft_wrap=True)
+    return shown()
+
+
 def register(app: typer.Typer) -> None:
     @app.command("plan")
     @user_errors
     def plan(
         detectors: list[str] = typer.Argument(..., help="registered detector names (enact-bench list)"),
-        gpu: str = typer.Option(None, "--gpu", help="GPU model, e.g. h100-80gb, a100-40gb, v100-16gb, rtx4090-24gb"),
+        gpu: str = typer.Option(None, "--gpu", help="GPU model, e.g. h100-80gb, a100-40gb, v100-16gb, rtx4090-24gb "
+                                                    "(enact-bench list shows them)"),
         gpu_mem: float = typer.Option(None, "--gpu-mem", help="or the GPU's memory in GiB"),
-        image_size: str = typer.Option("800x1333", "--image-size",
-                                       help="HxW of the padded batch, or 'worst' (max_size x max_size of the augmentation)"),
+        image_size: str = typer.Option("run-worst", "--image-size",
+                                       help="'run-worst' (default: the largest padded batch the training augmentation "
+                                            "forms at each batch size, the typical 800x1333 beside it) or HxW (fixed)"),
         batch_size: list[int] = typer.Option(None, "--batch-size", "-b",
-                                             help="batch sizes to estimate (repeatable); default: search the largest that fits"),
+                                             help="batch sizes to estimate (repeatable): says whether each fits; "
+                                                  "default: search the largest that fits"),
         dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16 (autocast)"),
         enact_cluster_size: int = typer.Option(6, "--enact-cluster-size", help="ENACT's fixed cluster size L"),
-        variants: str = typer.Option("original,fused,enact", "--variants", help="comma list of original, fused, enact"),
+        variants: str = typer.Option(None, "--variants",
+                                     help="comma list of original, fused, enact, enact+fused (default: all four; "
+                                          "the fused ones where the encoder's attention is dense)"),
         margin: float = typer.Option(5.0, "--margin", help="percent of the GPU's memory kept free"),
-        json_out: Path = typer.Option(None, "--json", help="write the plan(s) as JSON to this file"),
+        json_out: Path = typer.Option(None, "--json", help="write the plan(s) as JSON to this file (- : stdout, "
+                                                          "the tables then on stderr)"),
         validate: bool = typer.Option(False, "--validate",
                                       help="on a CUDA GPU: run the real training step at the planned batch sizes"),
         jobs: int = typer.Option(None, "--jobs", help="parallel processes for the variants (default: one each)"),
@@ -145,53 +288,104 @@ def register(app: typer.Typer) -> None:
                                                       "(the trainable parameters' bytes) to every row"),
         fake_runs: bool = typer.Option(False, "--fake-runs",
                                        help="run every row as a fake training step of its own (no affine stream; slower)"),
+        steps: int = typer.Option(None, "--steps",
+                                  help="also replay N training steps of padded shapes drawn from the augmentation "
+                                       "through one allocator model (at each variant's largest batch), against one "
+                                       "step of the worst shape"),
+        seed: int = typer.Option(0, "--seed", help="--steps: the seed of the drawn shapes"),
+        sizes_from: Path = typer.Option(None, "--sizes-from",
+                                        help="a COCO annotation file: its images' sizes are the source images of "
+                                             "--steps and of the run-worst size (default: a labelled assumption)"),
     ) -> None:
         """Predict training memory per variant and batch size on a GPU, without one."""
         from enact_bench.console import console, err_console
         from enact_bench.errors import UserInputError
+        from enact_bench.predict.progress import reporting
 
+        every_gpu = gpu is not None and gpu.strip().lower() == "all"
+        if every_gpu and gpu_mem is not None:
+            raise UserInputError("--gpu all plans every GPU of the table; --gpu-mem describes one GPU: give one of them")
+        if every_gpu and steps:
+            raise UserInputError("--steps replays a run on one GPU: give --gpu NAME, not all")
+        if every_gpu and validate:
+            raise UserInputError("--validate checks one GPU's plan on this machine's GPU: give --gpu NAME, not all")
         if (gpu is None) == (gpu_mem is None):
-            raise UserInputError("give exactly one of --gpu NAME or --gpu-mem GIB")
+            raise UserInputError("give exactly one of --gpu NAME (or all) or --gpu-mem GIB")
+        if steps is not None and steps < 1:
+            raise UserInputError(f"--steps {steps}: give at least 1 training step (or leave --steps out)")
+        sources = None
+        if sizes_from is not None:
+            from enact_bench.data.augmentation_sizes import coco_image_sizes
+
+            try:
+                sources = tuple(coco_image_sizes(sizes_from))
+            except ValueError as e:
+                raise UserInputError(f"--sizes-from {e}") from None
+        to_stdout = check_json_out(json_out)
+        out_console = err_console if to_stdout else console  # with --json -, stdout holds the JSON alone
         if validate:
             from enact_bench.predict.validate import require_cuda
             require_cuda()
-        from enact_bench.predict.gpus import custom_gpu, get_gpu
+        from enact_bench.predict.gpus import GPUS, custom_gpu, get_gpu
 
         try:
-            spec = get_gpu(gpu) if gpu is not None else custom_gpu(gpu_mem)
+            every = tuple(GPUS.values()) if every_gpu else ()
+            spec = every[0] if every_gpu else get_gpu(gpu) if gpu is not None else custom_gpu(gpu_mem)
         except ValueError as e:
             raise UserInputError(str(e)) from None
-        from enact_bench.predict.plan import PlanRequest, parse_hw
-        from enact_bench.predict.planner import detector_family, plan_detector
+        from enact_bench.predict.image_sizes import parse_image_size
+        from enact_bench.predict.plan import PlanRequest
+        from enact_bench.predict.planner import detector_family, plan_detector, plan_detector_gpus
 
+        families = {det: detector_family(det) for det in detectors}
+        names = _variant_list(variants, families)
         requests = []
-        for det in detectors:
-            family = detector_family(det)
-            requests.append(PlanRequest(det, spec, parse_hw(image_size, family), tuple(batch_size or ()), dtype,
-                                        enact_cluster_size, tuple(v.strip() for v in variants.split(",") if v.strip()),
-                                        margin, jobs=jobs, ddp=ddp, affine=not fake_runs))
+        for det, family in families.items():
+            images = parse_image_size(image_size, family, sources, str(sizes_from or ""))
+            requests.append(PlanRequest(det, spec, images.padded_hw, tuple(batch_size or ()), dtype,
+                                        enact_cluster_size, names, margin, jobs=jobs, ddp=ddp, affine=not fake_runs,
+                                        images=images, steps=steps or 0, seed=seed, source_sizes=sources,
+                                        sources_label=f"{sizes_from}" if sizes_from else ""))
         out = []
         for req in requests:
-            p = plan_detector(req)
-            console.print(plan_table(p))
+            if every:
+                with _progress(err_console) as show, reporting(show):
+                    plans = plan_detector_gpus(req, every)
+                out_console.print(gpu_table(plans))
+                out_console.print(f"[dim]{req.detector}: {plans[0].seconds:.1f} s, {len(plans)} GPUs[/]")
+                out += [p.as_dict() for p in plans]
+                continue
+            with _progress(err_console) as show, reporting(show):
+                p = plan_detector(req)
+            out_console.print(plan_table(p))
             bt = breakdown_table(p)
             if bt is not None:
-                console.print(bt)
+                out_console.print(bt)
+            st = steps_table(p)
+            if st is not None:
+                out_console.print(st)
             for v in p.variants:
                 if v.affine_note and v.affine_note.startswith("no affine"):
                     err_console.print(f"[yellow]{req.detector} {v.variant}: {v.affine_note}[/]")
                 if v.linear is False:
                     err_console.print(f"[yellow]{req.detector} {v.variant}: the tensor peak is not linear in the batch "
                                       f"size here; every row is a fake run of its own[/]")
-            console.print(f"[dim]{req.detector}: {p.seconds:.1f} s[/]")
+            out_console.print(f"[dim]{req.detector}: {p.seconds:.1f} s[/]")
             d = p.as_dict()
             if validate:
                 from enact_bench.predict.validate import device_name, validate_plan, validation_table
                 d["validation"] = validate_plan(p)
                 d["validation_device"] = device_name()
-                console.print(validation_table(d))
+                out_console.print(validation_table(d))
             out.append(d)
         if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(out[0] if len(out) == 1 else out, indent=1))
-            console.print(f"[dim]wrote {json_out}[/]")
+            text = json.dumps(out[0] if len(out) == 1 else out, indent=1)
+            if to_stdout:
+                import sys
+
+                sys.stdout.write(text + "\n")
+                sys.stdout.flush()
+            else:
+                json_out.parent.mkdir(parents=True, exist_ok=True)
+                json_out.write_text(text)
+                out_console.print(f"[dim]wrote {json_out}[/]")

@@ -11,7 +11,8 @@ from enact_bench.commands import output_folder, user_errors
 from enact_bench.errors import SuiteError, UserInputError
 from enact_bench.run.run_dir import edit_suite, load_run_suite, prepare_run
 from enact_bench.run.suite_run import RunResult, run_suite
-from enact_bench.suite import load_suite, parse_set_option
+from enact_bench.suite.load import load_suite, parse_set_option
+from enact_bench.suite.plan_spec import PlanSpec
 
 
 # the command-line option that sets each case key (flag errors name the flag, not the suite file)
@@ -23,10 +24,10 @@ FLAGS = {"detector": "--detector", "device": "--device", "batch_size": "--batch-
 def check_flag(label: str, key: str, value: Any) -> None:
     """A command-line value checked as the suite key it sets; the error names the option
     (`label`, e.g. "--image-size 0x0" or "--set iters=0"), not the suite file."""
-    from enact_bench import suite as suites
+    from enact_bench.suite.checks import check_value
 
     try:
-        suites._check(key, value, label)
+        check_value(key, value, label)
     except SuiteError as e:
         text = str(e)
         prefix = f"{label}: {key} = {value!r}: "
@@ -233,8 +234,8 @@ def what_the_figures_are(suite) -> str:
     fake = len(suite.cases) - len(real)
     parts = []
     if suite.plan:
-        parts.append(f"the first table is an ESTIMATE for the full-size {', '.join(suite.plan['detectors'])} on a "
-                     f"{suite.plan['gpu']} GPU (computed here from fake tensors; nothing runs on a GPU)")
+        parts.append(f"the first table is an ESTIMATE for the full-size {', '.join(suite.plan.detectors)} on a "
+                     f"{suite.plan.gpu} GPU (computed here from fake tensors; nothing runs on a GPU)")
     if real:
         devices = " and ".join(dict.fromkeys(c.device for c in real))
         parts.append(f"the {len(real)} case(s) after it are MEASURED on this machine's {devices}"
@@ -262,15 +263,16 @@ def print_case_list(suite) -> None:
         console.print(f"{suite.name}: {suite.description}", highlight=False, soft_wrap=True)
     if suite.plan:
         p = suite.plan
-        console.print(f"first, the full-size estimate: {', '.join(p['detectors'])} at "
-                      f"{'x'.join(map(str, p['image_size']))} on {p['gpu']} ({', '.join(p['variants'])})",
+        console.print(f"first, the full-size estimate: {', '.join(p.detectors)} at "
+                      f"{'x'.join(map(str, p.image_size))} on {p.gpu} ({', '.join(p.variants)})",
                       highlight=False)
     console.print(t)
 
 
-def _plan_first(plan_cfg: dict, run_dir: Path) -> None:
-    """A suite's [plan]: the full-size estimates, printed before the measured cases and kept in
-    RUN_DIR/plan.json (the report shows them, labelled as estimates). Reused on --resume."""
+def _plan_first(plan_cfg: PlanSpec, run_dir: Path) -> None:
+    """A suite's [plan] (checked when the suite loaded): the full-size estimates, printed before
+    the measured cases and kept in RUN_DIR/plan.json (the report shows them, labelled as
+    estimates). Reused on --resume."""
     import json
 
     from enact_bench.commands.plan import plan_summary_table
@@ -285,10 +287,9 @@ def _plan_first(plan_cfg: dict, run_dir: Path) -> None:
     else:
         plans = []
         try:
-            for det in plan_cfg["detectors"]:
-                req = PlanRequest(det, get_gpu(plan_cfg["gpu"]), tuple(plan_cfg["image_size"]),
-                                  enact_cluster_size=plan_cfg["enact_cluster_size"],
-                                  variants=tuple(plan_cfg["variants"]))
+            for det in plan_cfg.detectors:
+                req = PlanRequest(det, get_gpu(plan_cfg.gpu), plan_cfg.image_size,
+                                  enact_cluster_size=plan_cfg.enact_cluster_size, variants=plan_cfg.variants)
                 plans.append(plan_detector(req).as_dict())
         except Exception as e:  # noqa: BLE001 -- the estimate is an extra: the measured cases still run
             err_console.print(f"[yellow]full-size estimate failed[/]: {type(e).__name__}: {e}", highlight=False)

@@ -19,30 +19,11 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 from torchvision.transforms.v2._utils import query_size
 
+from enact_bench.data.augmentation_sizes import (CROP_MAX, CROP_MIN, MAX_SIZE, PRE_CROP_SIZES,  # noqa: F401
+                                                TRAIN_SCALES, VAL_SIZE, detr_resize_hw)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TRAIN_SCALES = tuple(range(480, 801, 32))  # 480, 512, ..., 800
-VAL_SIZE = 800
-MAX_SIZE = 1333
-PRE_CROP_SIZES = (400, 500, 600)
-CROP_MIN, CROP_MAX = 384, 600
-
-
-def detr_resize_hw(h: int, w: int, size: int, max_size: int | None) -> tuple[int, int]:
-    """DETR's get_size_with_aspect_ratio: shorter side -> size, longer side <= max_size.
-
-    Same integer arithmetic as the original (round the reduced size, truncate the long side), which
-    differs by a pixel from v2.Resize(max_size=...) on some aspect ratios.
-    """
-    if max_size is not None:
-        short, long = float(min(h, w)), float(max(h, w))
-        if long / short * size > max_size:
-            size = int(round(max_size * short / long))
-    if (w <= h and w == size) or (h <= w and h == size):
-        return h, w
-    if w < h:
-        return int(size * h / w), size
-    return size, int(size * w / h)
 
 
 class DetrResize(v2.Transform):

@@ -6,7 +6,8 @@ layers, width 256, FFN 2048, dropout 0.1) and conditional_detr_tiny (CPU tests).
 ConditionalDetrConfig is an override.
 
 The encoder is DETR's (shared `detr_transformer.EncoderLayer`, so `attention="sdpa"` and ENACT
-work as for DETR); with ENACT its self-attention is enact.EnactAttention with the keys of the
+work as for DETR; `attention="sdpa"` also sends the decoder's self- and cross-attention through
+F.scaled_dot_product_attention, the same numbers without stored weights); with ENACT its self-attention is enact.EnactAttention with the keys of the
 ENACT release's Conditional-DETR-ENACT (transformer.encoder.layers.i.self_attn.W_{q,k,v,o,prob}),
 no padding mask, sigma 3. The decoder is Conditional DETR's (`conditional_transformer`).
 """
@@ -43,7 +44,7 @@ ENACT_LR = 5e-5         # GSavathrakis/ENACT Conditional-DETR-ENACT main.py
 @dataclass(frozen=True)
 class ConditionalDetrConfig(DetectorConfig):
     num_queries: int = 300
-    attention: str = "mha"  # encoder self-attention: "mha" (original: weights stored) | "sdpa"
+    attention: str = "mha"  # every attention: "mha" (original: weights stored) | "sdpa" (no weights kept)
     # matcher costs, loss weights, focal loss
     set_cost_class: float = 2.0
     cls_loss_coef: float = 2.0
@@ -78,7 +79,7 @@ class ConditionalTransformer(nn.Module):
                                  cfg.dropout, need_weights=False, use_padding_mask=enact_config.mask_padding)
         self.encoder = Encoder([copy.deepcopy(enact if (enact is not None and i in enact_set) else plain)
                                 for i in range(cfg.enc_layers)])
-        layer = ConditionalDecoderLayer(d, cfg.nheads, cfg.dim_feedforward, cfg.dropout)
+        layer = ConditionalDecoderLayer(d, cfg.nheads, cfg.dim_feedforward, cfg.dropout, need_weights)
         self.decoder = ConditionalDecoder(layer, cfg.dec_layers, d)
         for p in self.parameters():
             if p.dim() > 1:

@@ -26,14 +26,17 @@ class BareMultiheadAttention(nn.Module):
     """Attention over already projected q, k (S, B, Dqk) and v (S, B, Dv); owns `out_proj` only.
 
     As the original's: logits scaled by (Dqk/heads)^-0.5, key padding -> -inf, dropout on the
-    weights, output projection Dv -> Dv (bias initialised to 0)."""
+    weights, output projection Dv -> Dv (bias initialised to 0). need_weights=False computes the
+    same through F.scaled_dot_product_attention (its default scale is the same (Dqk/heads)^-0.5),
+    so a fused kernel keeps no attention weights (the `attention="sdpa"` mode)."""
 
-    def __init__(self, qk_dim: int, num_heads: int, v_dim: int, dropout: float = 0.0):
+    def __init__(self, qk_dim: int, num_heads: int, v_dim: int, dropout: float = 0.0, need_weights: bool = True):
         super().__init__()
         if qk_dim % num_heads or v_dim % num_heads:
             raise ValueError(f"qk_dim {qk_dim} and v_dim {v_dim} must be divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.dropout = dropout
+        self.need_weights = need_weights
         self.out_proj = nn.Linear(v_dim, v_dim)
         nn.init.zeros_(self.out_proj.bias)
 
@@ -41,6 +44,14 @@ class BareMultiheadAttention(nn.Module):
         tq, b, dqk = q.shape
         tk, dv = k.shape[0], v.shape[-1]
         h = self.num_heads
+        if not self.need_weights:
+            qh = q.reshape(tq, b, h, dqk // h).permute(1, 2, 0, 3)                 # (B, h, Tq, dqk/h)
+            kh = k.reshape(tk, b, h, dqk // h).permute(1, 2, 0, 3)                 # (B, h, Tk, dqk/h)
+            vh = v.reshape(tk, b, h, dv // h).permute(1, 2, 0, 3)                  # (B, h, Tk, dv/h)
+            keep = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
+            out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=keep,
+                                                 dropout_p=self.dropout if self.training else 0.0)
+            return self.out_proj(out.permute(2, 0, 1, 3).reshape(tq, b, dv))     # (Tq, B, Dv)
         q = q.reshape(tq, b * h, dqk // h).transpose(0, 1) * (dqk // h) ** -0.5   # (B*h, Tq, dqk/h)
         k = k.reshape(tk, b * h, dqk // h).transpose(0, 1)                         # (B*h, Tk, dqk/h)
         v = v.reshape(tk, b * h, dv // h).transpose(0, 1)                          # (B*h, Tk, dv/h)
@@ -66,14 +77,14 @@ def sine_embed_points(points: Tensor, num_feats: int) -> Tensor:
 
 
 class ConditionalDecoderLayer(nn.Module):
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, need_weights: bool = True):
         super().__init__()
         self.sa_qcontent_proj = nn.Linear(d_model, d_model)
         self.sa_qpos_proj = nn.Linear(d_model, d_model)
         self.sa_kcontent_proj = nn.Linear(d_model, d_model)
         self.sa_kpos_proj = nn.Linear(d_model, d_model)
         self.sa_v_proj = nn.Linear(d_model, d_model)
-        self.self_attn = BareMultiheadAttention(d_model, nhead, d_model, dropout)
+        self.self_attn = BareMultiheadAttention(d_model, nhead, d_model, dropout, need_weights)
 
         self.ca_qcontent_proj = nn.Linear(d_model, d_model)
         self.ca_qpos_proj = nn.Linear(d_model, d_model)
@@ -81,7 +92,7 @@ class ConditionalDecoderLayer(nn.Module):
         self.ca_kpos_proj = nn.Linear(d_model, d_model)
         self.ca_v_proj = nn.Linear(d_model, d_model)
         self.ca_qpos_sine_proj = nn.Linear(d_model, d_model)
-        self.cross_attn = BareMultiheadAttention(d_model * 2, nhead, d_model, dropout)
+        self.cross_attn = BareMultiheadAttention(d_model * 2, nhead, d_model, dropout, need_weights)
         self.nhead = nhead
 
         self.linear1 = nn.Linear(d_model, dim_feedforward)

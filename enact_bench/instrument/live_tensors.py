@@ -4,7 +4,9 @@
 the moment it first appears until its Python object is freed (a weakref finalizer). Storages
 already alive when tracking starts (parameters, gradients, optimizer state, inputs) are found
 with the garbage collector and counted in, so the peak means what `max_memory_allocated` means
-on CUDA: every live tensor at the peak. Unlike RSS it is exact and deterministic.
+on CUDA: every live tensor at the peak. Unlike RSS it is exact and deterministic. `host_ops`
+(empty by default; the estimate's CUDA target sets it, predict/host_tensors.py) names ops whose
+outputs are host memory on a GPU: their storages, and views of them, are not counted.
 
 Storages that no Python object reaches when tracking starts (the garbage collector cannot find
 them) but that an op writes into during the block were alive all along: DistributedDataParallel's
@@ -85,6 +87,11 @@ class LiveTensorTracker(TorchDispatchMode):
         self.event_shapes: list | None = [] if record_events else None
         self._op = None
         self._meta = None  # (shape, element size) of the tensor being counted, for _record
+        # ops whose outputs live on the host when the step stands for a GPU's (set by the estimate's
+        # CUDA target: aten.lift_fresh, a tensor built from Python data): their storages, and every
+        # view of them, are not counted
+        self.host_ops: frozenset = frozenset()
+        self._host_storages: set[int] = set()
 
     # --- bookkeeping -------------------------------------------------------------------
     def _track(self, t: torch.Tensor) -> None:
@@ -93,6 +100,8 @@ class LiveTensorTracker(TorchDispatchMode):
             return
         st, nbytes = found
         key = id(st)
+        if key in self._host_storages:
+            return
         if self._recording:
             self._meta = _shape_of(t, nbytes)
         if key in self._live:
@@ -131,6 +140,8 @@ class LiveTensorTracker(TorchDispatchMode):
         if found is None or id(found[0]) in self._live:
             return
         st, nbytes = found
+        if id(st) in self._host_storages:
+            return
         if self._recording:
             self._meta = _shape_of(t, nbytes)
         self._live[id(st)] = nbytes
@@ -141,6 +152,14 @@ class LiveTensorTracker(TorchDispatchMode):
         if self._recording:
             self._record("alloc", id(st), nbytes)
         weakref.finalize(st, self._free, id(st))
+
+    def _mark_host(self, out) -> None:
+        for t in ((out,) if isinstance(out, torch.Tensor) else tree_leaves(out)):
+            found = _storage_nbytes(t) if isinstance(t, torch.Tensor) else None
+            if found is not None and id(found[0]) not in self._live:
+                key = id(found[0])
+                self._host_storages.add(key)
+                weakref.finalize(found[0], self._host_storages.discard, key)
 
     def reset_peak(self) -> None:
         self.peak_bytes = self.current_bytes
@@ -194,6 +213,9 @@ class LiveTensorTracker(TorchDispatchMode):
                 if isinstance(t, torch.Tensor):
                     self._track_late(t)
         out = run()
+        if func in self.host_ops:
+            self._mark_host(out)
+            return out
         if self._recording:
             self._op = func
         for t in ((out,) if isinstance(out, torch.Tensor) else tree_leaves(out)):

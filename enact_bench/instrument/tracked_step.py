@@ -59,6 +59,11 @@ class StepMeasure:
     event_ops: list | None = field(default=None, repr=False)
     event_classes: tuple | None = field(default=None, repr=False)
     event_shapes: list | None = field(default=None, repr=False)  # per alloc: (shape, element size) or None
+    # the fake step's SDPA calls, what decides their kernel (predict/sdpa_calls.py), in order
+    sdpa_calls: list | None = field(default=None, repr=False)
+    # with record_events: how many of the first alloc events are the tensors alive before the step,
+    # as (model and optimizer state, the batch, extra live tensors such as DDP's buckets)
+    live_before_counts: tuple | None = None
 
     @property
     def peak_mib(self) -> float:
@@ -110,7 +115,7 @@ def live_before_step(model: nn.Module, criterion: nn.Module, optimizer: torch.op
 
 
 def warm_up(model: nn.Module, criterion: nn.Module, optimizer, batch, how: str, *, clip_max_norm: float,
-            autocast: Callable = nullcontext, foreach: bool | None = None) -> None:
+            autocast: Callable = nullcontext, foreach: bool | None = None, scaler=None) -> None:
     """Bring the step to steady state. "step": a first training step (creates gradients and
     optimizer state); "prime": create them directly (train/optim.prime_optimizer_state; half the
     work); "none": the model and optimizer are already in steady state."""
@@ -118,7 +123,7 @@ def warm_up(model: nn.Module, criterion: nn.Module, optimizer, batch, how: str, 
 
     if how == "step":
         train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
-                   clip_max_norm=clip_max_norm, autocast=autocast, foreach=foreach)
+                   clip_max_norm=clip_max_norm, autocast=autocast, foreach=foreach, scaler=scaler)
     elif how == "prime":
         prime_optimizer_state(model, optimizer)
     elif how != "none":
@@ -135,6 +140,7 @@ class StepInstruments:
     flops: tuple[FlopCounterMode, FlopCounterMode] | None = None  # forward, backward
     attribution: object | None = None  # instrument/breakdown.StepAttribution
     autocast: Callable = nullcontext  # the forward and loss run under it
+    live_before_counts: tuple | None = None  # set by `run` (StepMeasure.live_before_counts)
 
     @classmethod
     def build(cls, model: nn.Module, criterion: nn.Module, optimizer, batch, *, probes: bool = True,
@@ -175,21 +181,30 @@ class StepInstruments:
         return self.flops[1] if self.flops else nullcontext()
 
     def run(self, model: nn.Module, criterion: nn.Module, optimizer, batch, *, clip_max_norm: float,
-            foreach: bool | None = None, extra_live=()) -> int:
-        """The measured step under the instruments; returns the bytes alive when it started."""
+            foreach: bool | None = None, extra_live=(), scaler=None) -> int:
+        """The measured step under the instruments; returns the bytes alive when it started.
+        scaler: float16's GradScaler (train/step.py train_step)."""
         fwd, bwd = self._forward_ctx, self._backward_ctx
         if self.attribution is not None:
             fwd = lambda: self.attribution.forward(self._forward_ctx)  # noqa: E731
             bwd = lambda: self.attribution.backward(self._backward_ctx)  # noqa: E731
         with self.tracker:
-            for t in live_before_step(model, criterion, optimizer, batch) + list(extra_live):
-                self.tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
+            live = live_before_step(model, criterion, optimizer, batch)
+            n_batch = len(batch.tensors())  # live_before_step ends with the batch's tensors
+            counts = []
+            for group in (live[:len(live) - n_batch], live[len(live) - n_batch:], list(extra_live)):
+                before = len(self.tracker.events) if self.tracker.events is not None else 0
+                for t in group:
+                    self.tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
+                counts.append(len(self.tracker.events) - before if self.tracker.events is not None else 0)
+            self.live_before_counts = tuple(counts)
             start = self.tracker.current_bytes
             self.tracker.reset_peak()
             if self.attribution is not None:
                 self.attribution.begin()
             train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
-                       clip_max_norm=clip_max_norm, forward_ctx=fwd, backward_ctx=bwd, foreach=foreach)
+                       clip_max_norm=clip_max_norm, forward_ctx=fwd, backward_ctx=bwd, foreach=foreach,
+                       scaler=scaler)
         return start
 
     def measure(self, model: nn.Module, batch, start: int, *, t0: float, fake: bool, target: str = "cpu",
@@ -214,6 +229,7 @@ class StepInstruments:
             event_shapes=list(tr.event_shapes) if events else None,
             event_classes=self.attribution.event_classes() if self.attribution is not None else None,
             ddp_bucket_bytes=sum(b.untyped_storage().nbytes() for b in extra_live) if ddp else None,
+            live_before_counts=self.live_before_counts if events else None,
         )
 
 

@@ -220,6 +220,10 @@ class CachingAllocatorModel:
     def segments(self) -> int:
         return len(self._segments)
 
+    def live_requests(self) -> dict:
+        """key -> bytes asked for, of every live allocation (in the order they were made)."""
+        return {k: (b if isinstance(b, int) else b.requested) for k, b in self._live.items()}
+
     def reset_peak(self) -> None:
         """Like torch.cuda.reset_peak_memory_stats: peaks restart at the current values."""
         self._max_allocated, self._max_reserved = self._allocated, self._reserved
@@ -251,25 +255,34 @@ class CachingAllocatorModel:
             self._requested += nbytes
             self._bump()
             return
-        size = round_size(nbytes)
+        # round_size, inlined (this is the replay's hot path)
+        size = K_MIN_BLOCK_SIZE if nbytes < K_MIN_BLOCK_SIZE else (nbytes + K_MIN_BLOCK_SIZE - 1) // K_MIN_BLOCK_SIZE * K_MIN_BLOCK_SIZE
         small = size <= K_SMALL_SIZE
         block = self._get_free_block(small, size)
         if block is None:
             block = self._alloc_segment(small, size)
-        if self._should_split(block, size):
-            rest = _Block(block.addr + size, block.size - size, block.small, block.segment)
-            rest.prev, rest.next = block, block.next
-            if block.next is not None:
-                block.next.prev = rest
+        remaining = block.size - size  # _should_split, inlined
+        if (remaining >= K_MIN_BLOCK_SIZE) if small else (size < self.max_split_size and remaining > K_SMALL_SIZE):
+            rest = _Block(block.addr + size, remaining, small, block.segment)
+            nxt = block.next
+            rest.prev, rest.next = block, nxt
+            if nxt is not None:
+                nxt.prev = rest
             block.next = rest
             block.size = size
-            self._insert_free(rest)
+            k = (remaining, rest.addr)  # _insert_free, inlined
+            bisect.insort(self._pools[small], k)
+            self._free_blocks[k] = rest
         block.allocated = True
         block.requested = nbytes
         self._live[key] = block
         self._allocated += block.size
         self._requested += nbytes
-        self._bump()
+        # _bump for the two counters a malloc from the cache changes (a new segment bumped the rest)
+        if self._allocated > self._max_allocated:
+            self._max_allocated = self._allocated
+        if self._requested > self._max_requested:
+            self._max_requested = self._requested
 
     def free(self, key: int) -> None:
         try:
@@ -330,13 +343,13 @@ class CachingAllocatorModel:
         i = bisect.bisect_left(pool, (size, -1))
         if i == len(pool):
             return None
-        bsize = pool[i][0]
-        if size < self.max_split_size and bsize >= self.max_split_size:
-            return None  # "Do not return an oversized block for a large request"
-        if size >= self.max_split_size and bsize >= size + self.max_non_split_rounding_size:
-            return None  # "Allow oversized block size to be rounded up but within a limit"
-        block = self._free_blocks.pop(pool.pop(i))
-        return block
+        if self.max_split_size != UNLIMITED:
+            bsize = pool[i][0]
+            if size < self.max_split_size and bsize >= self.max_split_size:
+                return None  # "Do not return an oversized block for a large request"
+            if size >= self.max_split_size and bsize >= size + self.max_non_split_rounding_size:
+                return None  # "Allow oversized block size to be rounded up but within a limit"
+        return self._free_blocks.pop(pool.pop(i))
 
     def _should_split(self, block: _Block, size: int) -> bool:
         remaining = block.size - size

@@ -18,18 +18,35 @@ what they keep alive, and this module switches them to CUDA's choice while the e
    meta kernels give the CUDA shapes (the efficient kernel's logsumexp is padded to a multiple
    of 32 queries) and whose autograd node saves what CUDA's does.
 
+3. `aten::dropout` runs `native_dropout` (output + bool mask kept) where the CPU multiplies by a
+   float noise tensor, and float16 softmax upcasts inside its kernel (predict/composites_cuda.py,
+   from aten/src/ATen/native/Dropout.cpp and SoftMax.cpp).
+4. A tensor built from Python data is a host tensor, copied to the GPU only when asked
+   (predict/host_tensors.py).
+5. Mixed precision follows CUDA's autocast lists, not the CPU's (predict/autocast_cuda.py, from
+   aten/src/ATen/autocast_mode.h / .cpp), and float16 trains with a GradScaler
+   (predict/amp_scaler.py).
+
+`step_kernels(target, ...)` is the one context the fake training step enters for all of these.
+
 nn.MultiheadAttention with need_weights=True never calls scaled_dot_product_attention (it runs
-bmm + softmax + dropout + bmm itself), on CPU and CUDA alike, so it is unchanged here.
+bmm + softmax + dropout + bmm itself), on CPU and CUDA alike, so only its dropout changes here.
 """
 from __future__ import annotations
 
 import math
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from enact_bench.choices import TARGETS
+from enact_bench.predict import autocast_cuda
+from enact_bench.predict.composites_cuda import cuda_composites
+from enact_bench.predict.host_tensors import HOST_OPS, cuda_host_copies
 
 
 @dataclass(frozen=True)
@@ -134,6 +151,13 @@ def _efficient_mask(mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tor
     return mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
 
 
+def _plain_cast(to_type: torch.dtype, t: torch.Tensor) -> torch.Tensor:
+    """autocast_mode.cpp cached_cast for a tensor that is not a parameter (no cache)."""
+    if t.is_floating_point() and t.dtype not in (to_type, torch.float64):
+        return t.to(to_type)
+    return t
+
+
 class CudaSdpa:
     """A stand-in for F.scaled_dot_product_attention that runs the kernel CUDA would pick.
 
@@ -146,6 +170,24 @@ class CudaSdpa:
 
     def __call__(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                  enable_gqa=False):
+        # aten::scaled_dot_product_attention is in CUDA's lower-precision autocast list: q, k, v and
+        # a floating mask are cast before the kernel is chosen, then the kernel runs without
+        # autocast (autocast_mode.h WrapFunction_ excludes the key while it runs)
+        amp = autocast_cuda.active()
+        if amp is not None and torch.is_autocast_enabled("cpu"):  # CUDA's autocast on fake CPU tensors
+            low, key_set = torch.get_autocast_dtype("cpu"), torch._C.DispatchKey.AutocastCPU
+            cast = amp.cast
+        elif query.is_cuda and torch.is_autocast_enabled("cuda"):  # fake CUDA tensors (fake_cuda_reference)
+            low, key_set = torch.get_autocast_dtype("cuda"), torch._C.DispatchKey.AutocastCUDA
+            cast = _plain_cast
+        else:
+            return self._run(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        query, key, value = (cast(low, t) for t in (query, key, value))
+        attn_mask = cast(low, attn_mask) if attn_mask is not None else None
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key_set)):
+            return self._run(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+    def _run(self, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
         backend = sdpa_backend(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa, self.arch)
         self.counts[backend] += 1
         aten = torch.ops.aten
@@ -187,3 +229,41 @@ def cuda_sdpa_policy(arch: CudaArch = CudaArch()):
         yield sdpa
     finally:
         F.scaled_dot_product_attention = original
+
+
+@dataclass
+class StepKernels:
+    """What the fake training step runs with, per target: `sdpa` (the CudaSdpa counting the kernels
+    modelled; None for the CPU), `autocast` (a factory of the forward's autocast context) and
+    `scaler` (float16 on the CUDA target: the GradScaler; else None)."""
+
+    sdpa: CudaSdpa | None
+    autocast: Callable
+    scaler: object | None = None
+    host_ops: frozenset = frozenset()  # ops whose outputs the tracker leaves out (host memory)
+
+
+@contextmanager
+def step_kernels(target: str, arch: CudaArch = CudaArch(), autocast_dtype: str | None = None, optimizer=None):
+    """The kernels of `target` for one training step. "cpu": FakeTensorMode's CPU kernels and
+    torch.autocast("cpu") (the CPU's lists). "cuda": CUDA's SDPA kernel choice, native_dropout,
+    host tensors left out and copied to the device when asked, CUDA's autocast lists, and for float16 the GradScaler kept with `optimizer` (none without
+    one: a forward and loss alone need no scaler)."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if autocast_dtype not in (None, "bfloat16", "float16"):
+        raise ValueError(f"autocast_dtype must be None, 'bfloat16' or 'float16', got {autocast_dtype!r}")
+    dtype = getattr(torch, autocast_dtype) if autocast_dtype else None
+    if target == "cpu":
+        yield StepKernels(None, (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else nullcontext)
+        return
+    with ExitStack() as stack:
+        sdpa = stack.enter_context(cuda_sdpa_policy(arch))
+        stack.enter_context(cuda_composites())
+        stack.enter_context(cuda_host_copies())
+        amp = stack.enter_context(autocast_cuda.cuda_autocast_kernels(dtype)) if dtype else None
+        scaler = None
+        if dtype == torch.float16 and optimizer is not None:
+            from enact_bench.predict.amp_scaler import scaler_for
+            scaler = scaler_for(optimizer)
+        yield StepKernels(sdpa, amp.region if amp is not None else nullcontext, scaler, HOST_OPS)

@@ -10,8 +10,10 @@ tensors are unchanged.
 
 `target` says whose kernels the step follows. "cpu" (the CI gate's exact figures, equal to a real
 CPU step's): what the CPU runs, AdamW per tensor, SDPA as the CPU dispatches it. "cuda": what a
-CUDA GPU runs (predict/cuda_policy.py): AdamW and gradient clipping with foreach, and SDPA
-through the fused kernel CUDA would pick (output + logsumexp kept, dropout inside the kernel).
+CUDA GPU runs (predict/cuda_policy.py step_kernels): AdamW and gradient clipping with foreach,
+SDPA through the fused kernel CUDA would pick (output + logsumexp kept, dropout inside the kernel),
+dropout as native_dropout (a bool mask kept), tensors built from Python data on the host unless
+copied, CUDA's autocast lists and, for float16, a GradScaler.
 
 `ddp=True` predicts one DistributedDataParallel rank: DDP's gradient buckets (predict/ddp_buckets.py:
 the bytes of the trainable parameters, in the layout DDP rebuilds them to) are alive through the
@@ -24,7 +26,6 @@ builds a model once (on the meta device) and steps it at any number of batch siz
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -34,9 +35,10 @@ from enact_bench.data.batch import make_batch
 from enact_bench.metrics import MIB
 from enact_bench.instrument.live_tensors import ObservingFakeTensorMode
 from enact_bench.choices import TARGETS
-from enact_bench.predict.cuda_policy import CudaArch, cuda_sdpa_policy
+from enact_bench.predict.cuda_policy import CudaArch, step_kernels
 from enact_bench.instrument.tracked_step import StepInstruments, StepMeasure, warm_up
 from enact_bench.predict.ddp_buckets import make_bucket_tensors
+from enact_bench.predict.sdpa_calls import SdpaCallLog
 from enact_bench.train.optim import make_optimizer, prime_optimizer_state
 
 
@@ -109,8 +111,8 @@ def fake_train_step(model: nn.Module, criterion: nn.Module, batch, *, optimizer=
 
     warmup: "step" | "prime" | "none" (instrument/tracked_step.warm_up). record_events keeps the
     tracker's ordered allocation/free stream (for the caching-allocator model). autocast_dtype
-    ("bfloat16", "float16"): the forward and loss under torch.autocast on the CPU (the CPU's
-    autocast op lists; docs/gpu-estimate.md says where CUDA's differ). probes=False skips the
+    ("bfloat16", "float16"): the forward and loss under autocast, with the op lists of `target`
+    (cuda_policy.step_kernels; float16 on "cuda" adds a GradScaler). probes=False skips the
     saved-for-backward counter and the op recorder (faster; those fields then read 0 / []).
     breakdown=True also attributes the peak (instrument/breakdown.py; implies record_events and
     the saved-tensor counter); the figures measured are the same either way. ddp: DDP's gradient
@@ -124,21 +126,27 @@ def fake_train_step(model: nn.Module, criterion: nn.Module, batch, *, optimizer=
     criterion.train()
     foreach = True if target == "cuda" else None
     optimizer = optimizer or make_optimizer(model, foreach=foreach)
-    policy = cuda_sdpa_policy(arch) if target == "cuda" else nullcontext(None)
-    amp = (lambda: torch.autocast("cpu", dtype=getattr(torch, autocast_dtype))) if autocast_dtype else nullcontext
-    with policy as sdpa:
+    with step_kernels(target, arch, autocast_dtype, optimizer) as kernels:
+        sdpa, amp, scaler = kernels.sdpa, kernels.autocast, kernels.scaler
+        # the SDPA calls' inputs, for the kernels other GPUs would pick (predict/sdpa_calls.py)
+        calls = SdpaCallLog.install(sdpa) if sdpa is not None else None
         warm_up(model, criterion, optimizer, batch, warmup, clip_max_norm=clip_max_norm, autocast=amp,
-                foreach=foreach)
+                foreach=foreach, scaler=scaler)
         if sdpa is not None:
             sdpa.counts.clear()  # count the measured step only
+            calls.calls.clear()
         buckets = make_bucket_tensors(model) if ddp else []  # alive until this function returns
         inst = StepInstruments.build(model, criterion, optimizer, batch, probes=probes, count_flops=count_flops,
                                      record_events=record_events, breakdown=breakdown, fake=True, host=host,
                                      autocast=amp)
+        inst.tracker.host_ops = kernels.host_ops
         start = inst.run(model, criterion, optimizer, batch, clip_max_norm=clip_max_norm, foreach=foreach,
-                         extra_live=buckets)
-    return inst.measure(model, batch, start, t0=t0, fake=True, target=target,
-                        sdpa_kernels=sdpa.counts if sdpa is not None else None, extra_live=buckets, ddp=ddp)
+                         extra_live=buckets + (scaler.state_tensors() if scaler is not None else []),
+                         scaler=scaler)
+    m = inst.measure(model, batch, start, t0=t0, fake=True, target=target,
+                     sdpa_kernels=sdpa.counts if sdpa is not None else None, extra_live=buckets, ddp=ddp)
+    m.sdpa_calls = calls.calls if calls is not None else None
+    return m
 
 
 def estimate_train_step(model: nn.Module, criterion: nn.Module, batch_size: int,
@@ -185,13 +193,14 @@ def predicted_gpu_fields(m: StepMeasure, gpu, reasons: dict) -> dict:
     return out
 
 
-def fake_params_from(model: nn.Module, mode: FakeTensorMode) -> nn.Module:
-    """Give every parameter and buffer of `model` a fake CPU tensor of the same shape, stride
-    and dtype, in place, without reading its values (so `model` may live on the meta device:
-    nothing real is ever allocated or initialised). Tied parameters stay tied."""
+def fake_params_from(model: nn.Module, mode: FakeTensorMode, device: str = "cpu") -> nn.Module:
+    """Give every parameter and buffer of `model` a fake tensor on `device` (the estimate's "cpu";
+    "cuda" for predict/fake_cuda_reference.py) of the same shape, stride and dtype, in place,
+    without reading its values (so `model` may live on the meta device: nothing real is ever
+    allocated or initialised). Tied parameters stay tied."""
     def fake_like(t: torch.Tensor) -> torch.Tensor:
         with mode:
-            return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device="cpu")
+            return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device=device)
 
     return _swap_tensors(model, fake_like)
 
@@ -230,6 +239,9 @@ class FakeTrainer:
         self.clip_max_norm = clip
         with self.mode:
             self.optimizer = make_optimizer(model, foreach=True if target == "cuda" else None)
+        if target == "cuda" and autocast_dtype:  # read once here, not in each forked worker
+            from enact_bench.predict.autocast_cuda import load_dispatcher_tables
+            load_dispatcher_tables()
         self._primed = False
 
     def prime(self) -> None:
@@ -240,9 +252,11 @@ class FakeTrainer:
                 prime_optimizer_state(self.model, self.optimizer)
             self._primed = True
 
-    def step(self, batch_size: int, *, record_events: bool = True, breakdown: bool = False) -> StepMeasure:
+    def step(self, batch_size: int, *, record_events: bool = True, breakdown: bool = False,
+             image_size: tuple[int, int] | None = None) -> StepMeasure:
+        """One steady-state step at `batch_size` images of `image_size` (default: the trainer's)."""
         with self.mode:
-            batch = make_batch(batch_size, self.image_size, self.num_targets, self.num_classes)
+            batch = make_batch(batch_size, tuple(image_size or self.image_size), self.num_targets, self.num_classes)
             m = fake_train_step(self.model, self.criterion, batch, optimizer=self.optimizer,
                                 clip_max_norm=self.clip_max_norm, target=self.target,
                                 warmup="none" if self._primed else "prime", count_flops=False,

@@ -34,18 +34,13 @@ from dataclasses import dataclass, field
 from enact_bench.metrics import MIB
 from enact_bench.errors import UserInputError
 from enact_bench.choices import DTYPES, TARGETS
+from enact_bench.predict.image_sizes import ImageSizes
 
-VARIANTS = ("original", "fused", "enact")
+VARIANTS = ("original", "fused", "enact", "enact+fused")
 LINEAR_TOLERANCE = 0.01  # relative: fake run's tensor peak vs the probes' line
 DEFAULT_MARGIN_PCT = 5.0
 DEFAULT_CLUSTER_SIZE = 6
 MAX_SEARCH_STEPS = 12
-
-# Largest side the originals' multi-scale training augmentation can produce (RandomResize(scales,
-# max_size=1333) in each release's datasets/coco.py; DINO: data_aug_max_size = 1333 in
-# config/DINO/DINO_4scale.py). `--image-size worst` pads a batch to max_size x max_size.
-FAMILY_MAX_SIZE = {"detr": 1333, "conditional_detr": 1333, "anchor_detr": 1333, "deformable_detr": 1333,
-                   "dino": 1333}
 
 # Families whose encoder self-attention is dense (nn.MultiheadAttention): "fused" applies to them.
 FUSED_FAMILIES = {"detr", "conditional_detr"}
@@ -59,18 +54,14 @@ FUSED_SKIP_REASON = {
 }
 
 
-def parse_hw(text: str, family: str | None = None) -> tuple[int, int]:
-    """"HxW" -> (H, W); "worst" -> (max_size, max_size) of the family's augmentation."""
-    t = str(text).strip().lower()
-    if t == "worst":
-        return (FAMILY_MAX_SIZE.get(family or "detr", 1333),) * 2
-    parts = t.split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise UserInputError(f"--image-size {text!r}: expected HxW (e.g. 800x1333) or 'worst'")
-    h, w = (int(p) for p in parts)
-    if h < 32 or w < 32:
-        raise UserInputError(f"--image-size {text!r}: both sides must be >= 32 pixels (the backbone's stride)")
-    return h, w
+def parse_hw(text: str) -> tuple[int, int]:
+    """"HxW" -> (H, W) (a fixed --image-size)."""
+    from enact_bench.predict.image_sizes import parse_image_size
+
+    sizes = parse_image_size(text, None)
+    if sizes.policy != "fixed":
+        raise UserInputError(f"--image-size {text!r}: expected HxW (e.g. 800x1333)")
+    return sizes.padded_hw
 
 
 @dataclass(frozen=True)
@@ -89,15 +80,28 @@ class VariantSpec:
 
 
 def variant_spec(family: str, variant: str, cluster_size: int) -> VariantSpec:
+    """How `variant` is built for `family`: "original" (the release), "fused" (every attention
+    through SDPA: `attention="sdpa"`), "enact" (ENACT in the encoder at cluster size L, the rest
+    as released), "enact+fused" (ENACT in the encoder, every other attention through SDPA). The
+    fused ones apply only where the encoder's attention is dense (FUSED_FAMILIES); elsewhere the
+    spec is not applicable and says why."""
+    if variant not in VARIANTS:
+        raise UserInputError(f"--variants: unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     if variant == "original":
         return VariantSpec("original", True, "the release's attention")
+    if variant == "enact":
+        return VariantSpec("enact", True, f"ENACT at a fixed cluster size L = {cluster_size}",
+                           enact_cluster_size=cluster_size)
+    if family not in FUSED_FAMILIES:
+        why = FUSED_SKIP_REASON.get(family, f"no fused attention variant for {family}")
+        return VariantSpec(variant, False, why if variant == "fused" else
+                           f"{why}; ENACT with the release's other attention is the 'enact' variant")
     if variant == "fused":
-        if family in FUSED_FAMILIES:
-            return VariantSpec("fused", True, "encoder and decoder attention through SDPA (need_weights=False)",
-                               overrides={"attention": "sdpa"})
-        return VariantSpec("fused", False, FUSED_SKIP_REASON.get(family, f"no fused attention variant for {family}"))
-    return VariantSpec("enact", True, f"ENACT at a fixed cluster size L = {cluster_size}",
-                       enact_cluster_size=cluster_size)
+        return VariantSpec("fused", True, "every attention through SDPA (need_weights=False)",
+                           overrides={"attention": "sdpa"})
+    return VariantSpec("enact+fused", True, f"ENACT (L = {cluster_size}) in the encoder, the decoder's self- and "
+                                            f"cross-attention through SDPA", enact_cluster_size=cluster_size,
+                       overrides={"attention": "sdpa"})
 
 
 @dataclass(frozen=True)
@@ -114,8 +118,24 @@ class PlanRequest:
     jobs: int | None = None  # parallel variant processes (None: min(cores, variants))
     ddp: bool = False  # one DistributedDataParallel rank: its gradient buckets are live all step
     affine: bool = True  # search rows from the confirmed affine stream (False: a fake run per row)
+    # the padded size per batch size (predict/image_sizes.py); None: `image_size` fixed. Given, it
+    # sets `image_size` to its size for batches of 2 or more
+    images: ImageSizes | None = None
+    # --steps: replay this many steps of drawn shapes through one allocator model (0: none), the
+    # draws' seed, the source images' ((h, w), count) (None: the labelled assumption) and their label
+    steps: int = 0
+    seed: int = 0
+    source_sizes: tuple | None = None
+    sources_label: str = ""
+    augmentation: object | None = None  # data/augmentation_sizes.Augmentation for --steps (None: the family's)
 
     def __post_init__(self):
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise UserInputError(f"--steps must be a positive number of training steps, got {self.steps!r}")
+        if self.images is None:
+            object.__setattr__(self, "images", ImageSizes.fixed(tuple(self.image_size)))
+        else:
+            object.__setattr__(self, "image_size", self.images.padded_hw)
         if any((not isinstance(b, int)) or b < 1 for b in self.batch_sizes):
             raise UserInputError(f"--batch-size must be positive integers, got {list(self.batch_sizes)}")
         if self.dtype not in DTYPES:
@@ -129,6 +149,18 @@ class PlanRequest:
             raise UserInputError(f"--margin {self.margin_pct}: expected a percentage in [0, 100)")
         if self.target not in TARGETS:
             raise UserInputError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+
+    def hw(self, batch: int) -> tuple[int, int]:
+        """The padded (H, W) of a batch of `batch` images under this request's image sizes."""
+        return self.images.hw(batch)
+
+    def typical(self) -> "PlanRequest | None":
+        """The same request at the typical batch size, fixed (run-worst only; else None)."""
+        import dataclasses
+
+        if self.images.typical_hw is None:
+            return None
+        return dataclasses.replace(self, images=ImageSizes.fixed(self.images.typical_hw))
 
     @property
     def budget_bytes(self) -> int:
@@ -151,9 +183,24 @@ class PlanRow:
     modules_mib: dict | None = None
     peak_phase: str | None = None
     source: str = "fake"  # "fake": a fake run at this batch; "affine": the confirmed affine stream
+    image_size: tuple[int, int] | None = None  # the padded (H, W) of this batch
+    # run-worst plans: the same batch size at the typical image size (predict/image_sizes.py)
+    typical_tensor_peak_bytes: int | None = None
+    typical_device_used_bytes: int | None = None
+    typical_fits: bool | None = None
+
+    def set_typical(self, row: "PlanRow") -> None:
+        self.typical_tensor_peak_bytes, self.typical_device_used_bytes = row.tensor_peak_bytes, row.device_used_bytes
+        self.typical_fits = row.fits
 
     def as_dict(self) -> dict:
+        typical = {}
+        if self.typical_device_used_bytes is not None:
+            typical = {"typical_tensor_peak_mib": round(self.typical_tensor_peak_bytes / MIB, 1),
+                       "typical_device_used_mib": round(self.typical_device_used_bytes / MIB, 1),
+                       "typical_fits": self.typical_fits}
         return {"batch_size": self.batch_size,
+                "image_size": list(self.image_size) if self.image_size else None, **typical,
                 "tensor_peak_mib": round(self.tensor_peak_bytes / MIB, 1),
                 "alloc_peak_mib": round(self.alloc_peak_bytes / MIB, 1),
                 "reserved_peak_mib": round(self.reserved_peak_bytes / MIB, 1),
@@ -182,9 +229,24 @@ class VariantPlan:
     affine_confirmed_at: int | None = None  # the confirmed affine stream's check batch (None: none)
     affine_note: str | None = None
     ddp_bucket_bytes: int | None = None
+    # run-worst plans: the plan at the typical image size (its own search; None otherwise)
+    typical: "VariantPlan | None" = None
+    # --gpu all: the same variant's plan on each GPU (GPU name -> VariantPlan; not in as_dict: the
+    # planner makes one DetectorPlan per GPU of them)
+    gpu_plans: dict | None = None
+    # --steps: the run of drawn shapes through one allocator model (predict/steps_plan.StepsResult)
+    steps: object | None = None
 
     def as_dict(self) -> dict:
-        return {"variant": self.variant, "applicable": self.applicable, "reason": self.reason,
+        typical = {}
+        if self.typical is not None:
+            t = self.typical
+            typical = {"typical_max_batch_size": t.max_batch_size,
+                       "typical": {"max_batch_size": t.max_batch_size, "rows": [r.as_dict() for r in t.rows],
+                                   "fake_runs": t.fake_runs, "affine_confirmed_at": t.affine_confirmed_at,
+                                   "affine_note": t.affine_note, "error": t.error}}
+        steps = {"steps": self.steps.as_dict()} if self.steps is not None else {}
+        return {"variant": self.variant, "applicable": self.applicable, "reason": self.reason, **typical, **steps,
                 "fake_runs": self.fake_runs, "affine_confirmed_at": self.affine_confirmed_at,
                 "affine_note": self.affine_note, "ddp_bucket_bytes": self.ddp_bucket_bytes,
                 "max_batch_size": self.max_batch_size, "rows": [r.as_dict() for r in self.rows],
@@ -202,8 +264,7 @@ class DetectorPlan:
     def as_dict(self) -> dict:
         r = self.request
         return {"detector": r.detector, "family": self.family, "target": r.target, "ddp": r.ddp, "gpu": r.gpu.as_dict(),
-                "usable_mib": r.gpu.usable_mib,
-                "image_size": list(r.image_size), "dtype": r.dtype, "margin_pct": r.margin_pct,
+                "usable_mib": r.gpu.usable_mib, **r.images.as_dict(), "dtype": r.dtype, "margin_pct": r.margin_pct,
                 "budget_mib": round(r.budget_bytes / MIB, 1), "enact_cluster_size": r.enact_cluster_size,
                 "variants": [v.as_dict() for v in self.variants], "seconds": round(self.seconds, 2),
                 "estimate": "FakeTensorMode training step (AdamW, clip), CUDA kernel policies, caching-allocator model; "
@@ -211,15 +272,24 @@ class DetectorPlan:
 
 
 def fits_summary(plan: VariantPlan, req: PlanRequest) -> str:
-    """One line: the largest batch and the headroom it leaves."""
+    """One line: the largest batch and the headroom it leaves (a search), or which of the batch
+    sizes given fit (never "the largest": nothing was searched)."""
     if not plan.applicable:
         return f"n/a: {plan.reason}"
     if plan.error:
         return f"error: {plan.error}"
+    if not plan.searched:
+        fit = [r.batch_size for r in plan.rows if r.fits]
+        out = [r.batch_size for r in plan.rows if not r.fits]
+        return "; ".join(p for p in (f"fits at {', '.join(map(str, fit))}" if fit else "",
+                                     f"does not fit at {', '.join(map(str, out))}" if out else "") if p)
+    typical = ""
+    if plan.typical is not None and plan.typical.max_batch_size is not None:
+        typical = f"; typical {req.images.typical_hw[0]}x{req.images.typical_hw[1]}: max batch {plan.typical.max_batch_size}"
     if plan.max_batch_size == 0:
-        return "batch 1 does not fit"
+        return "batch 1 does not fit" + typical
     row = next((r for r in plan.rows if r.batch_size == plan.max_batch_size), None)
     if row is None:
-        return f"max batch {plan.max_batch_size}"
+        return f"max batch {plan.max_batch_size}" + typical
     free = req.gpu.usable_mib - row.device_used_bytes / MIB
-    return f"max batch {plan.max_batch_size} ({free:,.0f} MiB left of {req.gpu.usable_mib:,} usable)"
+    return f"max batch {plan.max_batch_size} ({free:,.0f} MiB left of {req.gpu.usable_mib:,} usable)" + typical

@@ -8,11 +8,13 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from enact_bench.errors import UserInputError
 from enact_bench.predict.plan import DetectorPlan, PlanRequest, variant_spec
 from enact_bench.predict.pool import run_all
+from enact_bench.predict.progress import report
 from enact_bench.predict.variant_plan import plan_variant
 
 
@@ -39,17 +41,39 @@ def _preload() -> None:
 def plan_detector(req: PlanRequest) -> DetectorPlan:
     """Every variant of the request's detector: built, probed, fitted and searched (or run at the
     batch sizes given), in forked processes when there is more than one variant to plan."""
+    return _plan(req, ())[0]
+
+
+def plan_detector_gpus(req: PlanRequest, gpus) -> list[DetectorPlan]:
+    """The plan on each GPU of `gpus`, in their order, from one set of fake steps wherever the
+    GPUs make the same ones (predict/gpu_sweep.py); req.gpu is the one planned first."""
+    gpus = tuple(gpus)
+    return _plan(req, gpus)
+
+
+def _plan(req: PlanRequest, gpus: tuple) -> list[DetectorPlan]:
     t0 = time.perf_counter()
     family = detector_family(req.detector)
     specs = [variant_spec(family, v, req.enact_cluster_size) for v in req.variants]
     applicable = [s for s in specs if s.applicable]
+    report(f"{req.detector}: importing torch and the detectors")
     _preload()  # imported once here, shared by the forked workers
+    report(f"{req.detector}: building the variants' models ({', '.join(s.variant for s in applicable)})")
     # one process per variant even on fewer cores: the OS shares them, and the slowest variant
-    # no longer waits for a core behind another one
+    # does not wait for a core behind another one
     workers = req.jobs if req.jobs is not None else min(len(applicable), 4)
     if workers > 1 and len(applicable) > 1:
-        done = iter(run_all(req, applicable, workers))
+        done = iter(run_all(req, applicable, workers, gpus))
     else:
-        done = iter([plan_variant(req, s) for s in applicable])
-    plans = [next(done) if s.applicable else plan_variant(req, s) for s in specs]
-    return DetectorPlan(req, family, plans, time.perf_counter() - t0)
+        done = iter([plan_variant(req, s, gpus=gpus) for s in applicable])
+    plans = [next(done) if s.applicable else plan_variant(req, s, gpus=gpus) for s in specs]
+    seconds = time.perf_counter() - t0
+    if not gpus:
+        return [DetectorPlan(req, family, plans, seconds)]
+    out = []
+    for g in gpus:
+        # a variant that failed before the sweep shows its error on every GPU
+        per_gpu = [(v.gpu_plans or {}).get(g.name, v) for v in plans]
+        out.append(DetectorPlan(dataclasses.replace(req, gpu=g), family, per_gpu, seconds))
+    return out
+

@@ -9,20 +9,38 @@ forked workers inherit (a module global, set only around the fork and cleared af
 from __future__ import annotations
 
 from enact_bench.predict.plan import PlanRequest, VariantPlan, VariantSpec
-from enact_bench.predict.search import AFFINE_CONFIRM, AFFINE_ORIGIN, AFFINE_PROBES, trainer_for
+from enact_bench.predict.progress import report
+from enact_bench.predict.search import AFFINE_ORIGIN, AFFINE_PROBES, probe_plan, trainer_for
 from enact_bench.predict.variant_plan import plan_variant
 
 
 # What forked workers inherit from plan_detector: the variants' trainers, built and primed once
-# before the fork, and the probes' fake runs (variant -> batch -> StepMeasure).
-_FORKED: dict = {"trainers": {}, "probes": {}}
+# before the fork, the sizes probed ("main": the plan's, "typical": the typical batch's beside a
+# run-worst plan) and the probes' fake runs (variant -> "main" | "typical" -> batch -> StepMeasure).
+_FORKED: dict = {"trainers": {}, "probes": {}, "sizes": {}, "plan": {}}
 
 
 def plan_variant_job(args) -> VariantPlan:
     import torch
     torch.set_num_threads(1)
-    req, spec = args
-    return plan_variant(req, spec, _FORKED["trainers"].get(spec.variant), _FORKED["probes"].get(spec.variant))
+    req, spec, gpus = args
+    probes = _FORKED["probes"].get(spec.variant, {})
+    return plan_variant(req, spec, _FORKED["trainers"].get(spec.variant), probes.get("main"), probes.get("typical"),
+                        gpus)
+
+
+def _indexed_job(item):
+    i, args = item
+    return i, plan_variant_job(args)
+
+
+def _outcome(plan: VariantPlan) -> str:
+    if plan.error:
+        return "error"
+    if plan.max_batch_size is None:
+        return f"{len(plan.rows)} rows"
+    typical = f", typical {plan.typical.max_batch_size}" if plan.typical is not None else ""
+    return f"largest batch {plan.max_batch_size}{typical}"
 
 
 def _probe_job(b: int) -> tuple[int, dict]:
@@ -35,10 +53,13 @@ def _probe_job(b: int) -> tuple[int, dict]:
     torch.set_num_threads(1)
     out = {}
     for variant, trainer in _FORKED["trainers"].items():
-        try:
-            out[variant] = trainer.step(b, record_events=True, breakdown=(b == AFFINE_ORIGIN))
-        except Exception:  # noqa: BLE001 -- see the docstring
-            pass
+        for which in _FORKED["plan"][b]:  # the plan's size, the typical one beside it (search.probe_plan)
+            hw = _FORKED["sizes"][which]
+            try:
+                out[(variant, which)] = trainer.step(b, record_events=True, image_size=hw,
+                                                     breakdown=(b == AFFINE_ORIGIN and which == "main"))
+            except Exception:  # noqa: BLE001 -- see the docstring
+                pass
     return b, out
 
 
@@ -53,13 +74,23 @@ def probe_all(req: PlanRequest, specs: list[VariantSpec], pool_of) -> None:
         except Exception:  # noqa: BLE001 -- the variant's own job builds it again and reports why
             trainers.pop(spec.variant, None)
     _FORKED["trainers"] = trainers
-    batches = AFFINE_PROBES + (AFFINE_CONFIRM,)
+    _FORKED["plan"] = probe_plan(req)
+    batches = tuple(_FORKED["plan"])
+    typical = req.typical()
+    _FORKED["sizes"] = {"main": req.hw(AFFINE_PROBES[0]), **({"typical": typical.hw(AFFINE_PROBES[0])} if typical else {})}
+    report(f"{req.detector}: probes at batch {', '.join(map(str, batches))} for {', '.join(trainers)}, "
+           f"one process per batch")
+    done = []
     with pool_of(len(batches)) as pool:
-        done = pool.map(_probe_job, batches, chunksize=1)
-    _FORKED["probes"] = {v: {b: per[v] for b, per in done if v in per} for v in trainers}
+        for b, out in pool.imap_unordered(_probe_job, batches, chunksize=1):
+            done.append((b, out))
+            sizes = sorted({f"{_FORKED['sizes'][w][0]}x{_FORKED['sizes'][w][1]}" for _, w in out})
+            report(f"{req.detector}: probe at batch {b} done ({len(out)} fake steps at {', '.join(sizes)})")
+    _FORKED["probes"] = {v: {which: {b: per[(v, which)] for b, per in done if (v, which) in per}
+                             for which in _FORKED["sizes"]} for v in trainers}
 
 
-def run_all(req: PlanRequest, specs: list[VariantSpec], workers: int) -> list[VariantPlan]:
+def run_all(req: PlanRequest, specs: list[VariantSpec], workers: int, gpus: tuple = ()) -> list[VariantPlan]:
     """Every applicable variant's plan, in `workers` forked processes (the probes first, when a
     search will use them), in the order of `specs`."""
     import gc
@@ -71,15 +102,19 @@ def run_all(req: PlanRequest, specs: list[VariantSpec], workers: int) -> list[Va
     # which forked children would each copy
     gc.freeze()
     pool_of = fork_pool  # workers end with this process, even when it is killed
-    jobs = [(req, s) for s in specs]
+    jobs = [(req, s, gpus) for s in specs]
     try:
-        if not req.batch_sizes and req.affine:  # a search: its probes first, batch by batch
+        if probe_plan(req):  # a search: its probes first, batch by batch
             probe_all(req, specs, pool_of)
+        results = [None] * len(jobs)
         with pool_of(workers) as pool:
-            results = pool.map(plan_variant_job, jobs, chunksize=1)
+            for i, r in pool.imap_unordered(_indexed_job, list(enumerate(jobs)), chunksize=1):
+                results[i] = r
+                report(f"{req.detector}: {r.variant} planned ({_outcome(r)})")
     finally:
         gc.unfreeze()
-        _FORKED.update(trainers={}, probes={})
+        _FORKED.update(trainers={}, probes={}, sizes={}, plan={})
     # torch refuses autograd in a child forked after the parent ran a backward (its autograd
     # threads exist): those variants run here instead
-    return [plan_variant(*j) if r.error and "Autograd-and-Fork" in r.error else r for j, r in zip(jobs, results)]
+    return [plan_variant(j[0], j[1], gpus=j[2]) if r.error and "Autograd-and-Fork" in r.error else r
+            for j, r in zip(jobs, results)]

@@ -52,7 +52,7 @@ def measure_real_step(detector: str, batch_size: int, image_size: tuple[int, int
     dev = torch.device(device)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    model = criterion = optimizer = batch = None
+    model = criterion = optimizer = batch = scaler = None
     try:
         model = build_variant(detector, cluster_size=enact_cluster_size, overrides=overrides).to(dev)
         criterion = model.build_criterion().to(dev)
@@ -61,13 +61,15 @@ def measure_real_step(detector: str, batch_size: int, image_size: tuple[int, int
         batch = make_batch(batch_size, image_size, num_classes=getattr(model, "num_classes", 91)).to(dev)
         amp = ((lambda: torch.autocast("cuda", dtype=getattr(torch, dtype))) if dtype != "float32"
                else contextlib.nullcontext)
+        # float16 trains with a loss scaler, as the plan's CUDA target models (predict/amp_scaler.py)
+        scaler = torch.amp.GradScaler("cuda") if dtype == "float16" else None
         train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask, clip_max_norm=clip,
-                   autocast=amp)  # warm-up
+                   autocast=amp, scaler=scaler)  # warm-up
         sampler = NvmlSampler(dev).start()
         try:
             with CudaPeakMemory(dev) as mem:
                 train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
-                           clip_max_norm=clip, autocast=amp)
+                           clip_max_norm=clip, autocast=amp, scaler=scaler)
         finally:
             sampler.stop()
         f = mem.fields
@@ -77,7 +79,7 @@ def measure_real_step(detector: str, batch_size: int, image_size: tuple[int, int
     except torch.OutOfMemoryError as e:
         out = {"status": "oom", "error": str(e).splitlines()[0][:300]}
     finally:
-        del model, criterion, optimizer, batch
+        del model, criterion, optimizer, batch, scaler
         gc.collect()
         torch.cuda.empty_cache()
     out["seconds"] = round(time.perf_counter() - t0, 2)
@@ -112,7 +114,7 @@ def validate_plan(plan) -> list[dict]:
         if not v.applicable or v.error:
             continue
         for row in (r.as_dict() for r in v.rows):
-            measured = measure_real_step(req.detector, row["batch_size"], req.image_size,
+            measured = measure_real_step(req.detector, row["batch_size"], req.hw(row["batch_size"]),
                                          enact_cluster_size=v.enact_cluster_size, overrides=v.overrides, dtype=req.dtype)
             out.append({"variant": v.variant, **compare(row, measured)})
     return out

@@ -5,33 +5,38 @@ from __future__ import annotations
 
 import time
 
+from enact_bench.predict.gpu_sweep import plan_on_gpus
 from enact_bench.predict.plan import PlanRequest, VariantPlan, VariantSpec
-from enact_bench.predict.search import VariantSearch
+from enact_bench.predict.variant_rows import fill_plan, searches, typical_plan
 
 
-def plan_variant(req: PlanRequest, spec: VariantSpec, trainer=None, measures: dict | None = None) -> VariantPlan:
+def plan_variant(req: PlanRequest, spec: VariantSpec, trainer=None, measures: dict | None = None,
+                 typical_measures: dict | None = None, gpus: tuple = ()) -> VariantPlan:
     """One variant's plan; `trainer` and `measures` as VariantSearch takes them (their fake runs' time
-    counts in `seconds`)."""
+    counts in `seconds`); `typical_measures`: the fake runs already made at the typical size
+    (run-worst requests, whose plan carries the typical batch's beside it). `gpus`: other GPUs to
+    plan from the same fake steps where they make the same ones (predict/gpu_sweep.py), returned
+    in `gpu_plans`."""
     t0 = time.perf_counter() - sum(m.seconds for m in (measures or {}).values())
+    t0 -= sum(m.seconds for m in (typical_measures or {}).values())
     out = VariantPlan(spec.variant, spec.applicable, spec.reason, enact_cluster_size=spec.enact_cluster_size,
                       overrides=dict(spec.overrides))
     if not spec.applicable:
+        if gpus:
+            out.gpu_plans = {g.name: out for g in gpus}
         return out
     try:
-        run = VariantSearch(req, spec, trainer, measures)
-        if req.batch_sizes:
-            out.searched = False
-            run.affine_note = "batch sizes given: each row a fake run"
-            for b in req.batch_sizes:
-                run.row(b)
-            fitting = [b for b in req.batch_sizes if run.rows[b].fits]
-            out.max_batch_size = max(fitting) if fitting else 0
-        else:
-            out.max_batch_size, out.linear = run.search()
-        out.rows = [run.rows[b] for b in sorted(run.rows)]
-        out.fake_runs = sorted(run.measures)
-        out.affine_confirmed_at = run.stream.confirmed_at if run.stream is not None else None
-        out.affine_note, out.ddp_bucket_bytes = run.affine_note, run.ddp_bucket_bytes
+        run, other = searches(req, spec, trainer, measures, typical_measures, replays={})
+        fill_plan(out, run, req)
+        if other is not None:
+            out.typical = typical_plan(other, spec, out)
+        if req.steps:
+            from enact_bench.predict.steps_plan import plan_steps
+
+            batch = out.max_batch_size if out.searched else max(req.batch_sizes)
+            out.steps = plan_steps(req, spec, run.trainer, max(batch or 1, 1))
+        if gpus:
+            out.gpu_plans = plan_on_gpus(req, spec, run, other, out, gpus)
     except Exception as e:  # noqa: BLE001 -- one variant failing is a result of the plan
         out.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
     out.seconds = time.perf_counter() - t0

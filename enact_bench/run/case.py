@@ -18,7 +18,7 @@ import traceback
 from enact_bench import metrics as metrics_schema
 from enact_bench.records import Record, utc_now
 from enact_bench.run import steps as case_steps_mod
-from enact_bench.suite import Case
+from enact_bench.suite.case import Case
 
 METRIC_KEYS = metrics_schema.record_metric_names()  # every real record starts with these, null
 FAKE_NOT_MEASURED = metrics_schema.fake_not_measured()
@@ -195,7 +195,7 @@ def measure_case_fake(case: Case, metrics: dict, reasons: dict, record_case: dic
     clip = case_steps_mod.clip_norm_of(case, model, default=0.1)
     record_case["target"] = case.target
     reset_msda_impls()
-    if case.target == "cpu":  # today's figures, byte for byte (the CI gate's baseline)
+    if case.target == "cpu":  # the CPU's kernels: a real CPU step's figures, byte for byte (the CI gate's baseline)
         m = estimate_train_step(model, model.build_criterion(), case.batch_size, case.image_size,
                                 num_classes=case.num_classes, clip_max_norm=clip or 0.0, ddp=case.ddp)
         for k in metrics_schema.names(tracker="predicted_gpu_fields"):

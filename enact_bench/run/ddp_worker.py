@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from enact_bench.records import Record, utc_now
     from enact_bench.run.case import is_oom
-    from enact_bench.suite import Case
+    from enact_bench.suite.case import Case
 
     import importlib
 

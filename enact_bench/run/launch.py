@@ -30,7 +30,7 @@ from typing import Protocol
 from enact_bench import lifeline
 from enact_bench.records import Record, utc_now
 from enact_bench.run import case as case_mod
-from enact_bench.suite import Case
+from enact_bench.suite.case import Case
 
 CHILD_MODULE = "enact_bench.run.launch"
 CASE_IMPORTS_ENV = "ENACT_BENCH_CASE_IMPORTS"

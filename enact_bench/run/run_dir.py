@@ -9,7 +9,7 @@ from pathlib import Path
 
 from enact_bench.errors import UserInputError
 from enact_bench.records import utc_now
-from enact_bench.suite import Suite, load_suite_text
+from enact_bench.suite.load import Suite, load_suite_text
 
 
 def new_run_id(suite_name: str) -> str:

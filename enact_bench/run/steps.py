@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from enact_bench.suite import Case
+from enact_bench.suite.case import Case
 
 
 def build_model(case: Case):

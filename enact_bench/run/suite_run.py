@@ -22,7 +22,8 @@ from typing import Callable
 
 from enact_bench.records import Record, append_record, latest_by_case, read_records
 from enact_bench.run import launch, torchrun
-from enact_bench.suite import Case, Suite
+from enact_bench.suite.case import Case
+from enact_bench.suite.load import Suite
 
 
 @dataclass

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from enact_bench import lifeline
 from enact_bench.records import Record, utc_now
-from enact_bench.suite import Case
+from enact_bench.suite.case import Case
 
 GRACE_S = 10.0  # after SIGTERM, before SIGKILL
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from enact_bench.errors import UserInputError
-from enact_bench.suite import Suite
+from enact_bench.suite.load import Suite
 
 COCO_SOURCES = ("coco", "toy")
 COCO_ENV_VAR = "ENACT_BENCH_COCO"  # enact_bench.data.coco.ENV_VAR (this module does not import data/)
@@ -42,7 +42,7 @@ class CheckpointSpec:
         p = Path(path).expanduser()
         if not p.is_file():
             raise UserInputError(f"--checkpoint {text!r}: file not found: {p}")
-        from enact_bench.suite import check_checkpoint_file
+        from enact_bench.suite.checks import check_checkpoint_file
         check_checkpoint_file(p, f"--checkpoint {text!r}")
         return cls(detector, variant == "enact", str(p.resolve()))
 

@@ -36,14 +36,16 @@ def loss_of(criterion: nn.Module, outputs: dict, targets: list[dict]) -> torch.T
 def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, images, targets,
                *, mask: torch.Tensor | None = None, clip_max_norm: float | None = None,
                autocast: Ctx = nullcontext, forward_ctx: Ctx = nullcontext,
-               backward_ctx: Ctx = nullcontext, foreach: bool | None = None) -> torch.Tensor:
+               backward_ctx: Ctx = nullcontext, foreach: bool | None = None, scaler=None) -> torch.Tensor:
     """One training step; returns the loss, detached (0-dim, on the model's device).
 
     images: a list of (3, H_i, W_i) tensors or a padded (B, 3, H, W) tensor with its (B, H, W)
     `mask`; targets: DETR-style dicts. `autocast` wraps forward and loss (mixed precision);
     `forward_ctx` / `backward_ctx` let a measurement wrap the forward+loss and the backward.
     `foreach` goes to clip_grad_norm_ (None: torch's default; the CUDA-target estimate passes
-    True, what CUDA tensors get by default).
+    True, what CUDA tensors get by default). `scaler`: a torch.amp.GradScaler (float16 training):
+    the loss is scaled for backward, the gradients unscaled before clipping (torch.amp's recipe),
+    and the scaler steps the optimizer and updates its scale.
     """
     with autocast(), forward_ctx():
         outputs = model(images, mask, targets=targets)
@@ -51,10 +53,16 @@ def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Op
     del outputs  # the graph keeps what backward needs; the output dict itself goes
     optimizer.zero_grad(set_to_none=True)  # after the forward: the previous gradients are freed here
     with backward_ctx():
-        loss.backward()
+        (scaler.scale(loss) if scaler is not None else loss).backward()
     if clip_max_norm:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm, foreach=foreach)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     return loss.detach()
 
 

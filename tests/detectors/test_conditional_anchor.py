@@ -204,11 +204,16 @@ def test_postprocess_is_topk_over_sigmoid_scores(name):
 
 
 
-def test_conditional_encoder_sdpa_mode_gives_the_same_numbers():
+def test_conditional_sdpa_mode_gives_the_same_numbers():
+    """attention="sdpa": the encoder's and the decoder's self- and cross-attention (whose q/k and
+    v head sizes differ) through SDPA, with the padding mask: the same outputs."""
     torch.manual_seed(0)
     mha = create_detector("conditional_detr_tiny").eval()
     sdpa = create_detector("conditional_detr_tiny", attention="sdpa").eval()
     sdpa.load_state_dict(mha.state_dict())
+    layers = sdpa.transformer.decoder.layers
+    assert all(not (l.self_attn.need_weights or l.cross_attn.need_weights) for l in layers)
+    assert all(l.cross_attn.need_weights for l in mha.transformer.decoder.layers)
     imgs = images(sizes=[(64, 96), (80, 64)])
     with torch.no_grad():
         a, b = mha(imgs), sdpa(imgs)

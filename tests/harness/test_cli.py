@@ -62,6 +62,9 @@ def test_list_and_env():
     assert listed.exit_code == 0
     for name in ("smoke", "synthetic-detr", "ci", "detr_tiny", "detr_r50", "synthetic"):
         assert name in listed.output
+    from enact_bench.predict.gpus import GPUS
+    assert "GPUs" in listed.output and all(g in listed.output for g in GPUS)  # plan --gpu's names
+    assert "81,121" in listed.output  # the H100's usable memory (CUDA's total)
     env = cli.invoke(app, ["env", "--device", "cpu"])
     assert env.exit_code == 0 and "torchvision" in env.output and "device_kind" in env.output
 

@@ -101,7 +101,8 @@ def test_editable_install_finds_the_suites_from_another_directory(tmp_path):
     proc = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
                            "-e", str(src)], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    proc = subprocess.run([str(py), "-c", "from enact_bench.suite import find_baseline, list_suites; "
+    proc = subprocess.run([str(py), "-c", "from enact_bench.regress import find_baseline; "
+                           "from enact_bench.suite import list_suites; "
                            "print(list_suites()['smoke']); print(find_baseline('ci-cpu'))"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

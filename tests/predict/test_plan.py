@@ -41,11 +41,15 @@ def test_plan_json_schema_and_the_largest_batch_bracket(tmp_path):
     assert "max batch" in r.output and "ESTIMATES" in r.output
 
 
-def test_explicit_batch_sizes_are_run_as_given():
+def test_explicit_batch_sizes_are_run_as_given_and_none_is_called_the_largest():
+    from enact_bench.predict.plan import fits_summary
+
     req = PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), batch_sizes=(1, 3), variants=("original",), jobs=1)
     v = plan_detector(req).variants[0]
     assert [r.batch_size for r in v.rows] == [1, 3] and not v.searched
-    assert v.max_batch_size == 3  # both fit in 1.5 GiB at this size
+    assert v.max_batch_size is None and v.as_dict()["max_batch_size"] is None  # nothing was searched
+    assert all(r.fits for r in v.rows)  # both fit in 1.5 GiB at this size
+    assert fits_summary(v, req) == "fits at 1, 3"
     # tensor peak grows with the batch; the fake runs are independent of each other's order
     assert v.rows[1].tensor_peak_bytes > v.rows[0].tensor_peak_bytes
 
@@ -79,9 +83,12 @@ def test_parallel_variants_give_the_same_rows_as_one_process(search):
 
 def test_fused_does_not_apply_to_deformable_encoders_and_says_why():
     for family in ("deformable_detr", "dino", "anchor_detr"):
-        spec = variant_spec(family, "fused", 6)
-        assert not spec.applicable and spec.reason
+        for variant in ("fused", "enact+fused"):
+            spec = variant_spec(family, variant, 6)
+            assert not spec.applicable and spec.reason
     assert variant_spec("detr", "fused", 6).overrides == {"attention": "sdpa"}
+    both = variant_spec("conditional_detr", "enact+fused", 4)
+    assert both.applicable and both.overrides == {"attention": "sdpa"} and both.enact_cluster_size == 4
     plan = plan_detector(PlanRequest("deformable_detr_tiny", custom_gpu(4), (96, 128), batch_sizes=(1,),
                                      variants=("fused",)))
     v = plan.variants[0]
@@ -95,9 +102,42 @@ def test_dino_plans_train_with_their_denoising_queries():
         assert "dn_number" not in spec.overrides and "denoising" not in spec.reason
 
 
-def test_worst_image_size_is_the_augmentations_max_size():
-    assert parse_hw("worst", "detr") == (1333, 1333)
+def test_run_worst_is_the_augmentations_largest_padded_batch_per_batch_size():
+    from enact_bench.data.augmentation_sizes import max_long_side
+    from enact_bench.predict.image_sizes import parse_image_size
+
+    sizes = parse_image_size("run-worst", "detr")
+    side = max_long_side().long_side
+    assert sizes.policy == "run-worst" and sizes.hw(1) == (800, 1333) and sizes.typical_hw == (800, 1333)
+    assert sizes.hw(2) == sizes.hw(64) == (side, side) and side > 1333  # the resize's rounding
+    assert "ASSUMED" in sizes.basis and parse_image_size("worst", "dino") == parse_image_size("run-worst", "detr")
+    fixed = parse_image_size("800x1333", "detr")
+    assert fixed.policy == "fixed" and fixed.hw(1) == fixed.hw(9) == (800, 1333) and fixed.typical_hw is None
     assert parse_hw("800x1333") == (800, 1333)
+
+
+def test_a_run_worst_plan_runs_each_batch_at_its_size_with_the_typical_figure_beside_it():
+    """Batch 1 at the single worst image, batch 2 at the padded worst, and beside each the
+    typical batch's figures: those of a fixed plan at the typical size, to the byte."""
+    from enact_bench.predict.image_sizes import ImageSizes
+
+    sizes = ImageSizes("run-worst", (128, 160), (96, 128), (96, 128), "test sizes")
+    base = dict(batch_sizes=(1, 2), variants=("original",), jobs=1)
+    plan = plan_detector(PlanRequest("detr_tiny", custom_gpu(1.5), images=sizes, **base))
+    fixed = plan_detector(PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), **base)).variants[0]
+    v = plan.variants[0]
+    assert [r.image_size for r in v.rows] == [(96, 128), (128, 160)]
+    for r, f in zip(v.rows, fixed.rows):
+        assert (r.typical_tensor_peak_bytes, r.typical_device_used_bytes, r.typical_fits) == \
+            (f.tensor_peak_bytes, f.device_used_bytes, f.fits)
+    assert v.rows[0].tensor_peak_bytes == fixed.rows[0].tensor_peak_bytes  # batch 1: the typical image itself
+    assert v.rows[1].tensor_peak_bytes > fixed.rows[1].tensor_peak_bytes  # batch 2: padded larger
+    d = plan.as_dict()
+    assert (d["image_size_policy"], d["image_size"], d["image_size_batch1"], d["typical_image_size"]) == \
+        ("run-worst", [128, 160], [96, 128], [96, 128])
+    row2 = d["variants"][0]["rows"][1]
+    assert row2["image_size"] == [128, 160] and row2["typical_tensor_peak_mib"] < row2["tensor_peak_mib"]
+    assert row2["typical_device_used_mib"] <= row2["device_used_mib"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -105,16 +145,56 @@ def test_worst_image_size_is_the_augmentations_max_size():
     (["detr_tiny"], "exactly one of --gpu"),
     (["detr_tiny", "--gpu", "h100", "--gpu-mem", "80"], "exactly one of --gpu"),
     (["detr_tiny", "--gpu", "h100", "--image-size", "big"], "--image-size"),
+    (["detr_tiny", "--gpu", "h100", "--image-size", "16x800"], ">= 32 pixels"),
     (["detr_tiny", "--gpu", "h100", "--variants", "original,turbo"], "--variants"),
     (["detr_tiny", "--gpu", "h100", "--batch-size", "0"], "--batch-size"),
     (["detr_tiny", "--gpu", "h100", "--dtype", "int8"], "--dtype"),
     (["no_such_detector", "--gpu", "h100"], "unknown detector"),
+    (["deformable_detr_tiny", "--gpu", "h100", "--variants", "enact+fused"], "no dense encoder attention"),
+    (["detr_tiny", "deformable_detr_tiny", "--gpu", "h100", "--variants", "original,enact+fused"], "deformable_detr_tiny"),
+    (["detr_tiny", "--gpu", "all", "--gpu-mem", "80"], "--gpu all"),
+    (["detr_tiny", "--gpu", "h100", "--json", "."], "is a directory"),
+    (["detr_tiny", "--gpu", "h100", "--json", "pyproject.toml/plan.json"], "is a file"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     r = cli.invoke(app, ["plan", *args])
     assert r.exit_code == 2, r.output
     assert message in r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_enact_plus_fused_is_enact_in_the_encoder_and_sdpa_in_the_decoder():
+    """The detector it builds: ENACT layers in the encoder, the decoder's attentions keep no weights;
+    its fake step keeps less than ENACT alone (the decoder's stored weights gone)."""
+    from enact_bench.detectors import build_variant
+
+    spec = variant_spec("detr", "enact+fused", 2)
+    with torch.device("meta"):
+        model = build_variant("detr_tiny", cluster_size=2, overrides=spec.overrides)
+    assert all(type(l.self_attn).__name__ == "EnactAttention" for l in model.transformer.encoder.layers)
+    assert all(not l.need_weights for l in model.transformer.decoder.layers)
+    from enact_bench.predict.search import trainer_for
+
+    req = PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), enact_cluster_size=2)
+    steps = {v: trainer_for(req, variant_spec("detr", v, 2)).step(2) for v in ("enact", "enact+fused")}
+    allocated = {v: sum(n for kind, _, n in m.events if kind == "alloc") for v, m in steps.items()}
+    # the decoder's attention weights (and their dropout masks) are no longer allocated
+    assert allocated["enact+fused"] < allocated["enact"]
+    assert steps["enact+fused"].sdpa_kernels.get("efficient", 0) > steps["enact"].sdpa_kernels.get("efficient", 0)
+
+
+def test_json_to_stdout_holds_the_json_alone_and_given_batch_sizes_are_never_the_largest(tmp_path):
+    r = cli.invoke(app, ["plan", "detr_tiny", "--gpu-mem", "1.5", "--image-size", SIZE, "-b", "1", "-b", "2",
+                         "--variants", "original", "--json", "-"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)  # nothing else on stdout
+    v = d["variants"][0]
+    assert v["max_batch_size"] is None and not v["searched"] and [row["batch_size"] for row in v["rows"]] == [1, 2]
+    assert "fits at 1, 2" in r.stderr and "max batch" not in r.stderr  # the table went to stderr
+    title = " ".join(r.stderr.split())  # the console wraps the title at its width
+    assert "float32" in title and "fixed 96x128" in title  # the title names the dtype and the size policy
+    assert "fake training step at batch 1" in r.stderr  # progress: one line per step when not a terminal
+    assert not (tmp_path / "-").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path; a CUDA device is present")
@@ -154,11 +234,43 @@ def test_rows_from_the_affine_stream_equal_fake_runs_to_the_byte(variant):
     assert fast.stream is not None and fast.stream.confirmed_at == 4, fast.affine_note
     fields = ("tensor_peak_bytes", "alloc_peak_bytes", "reserved_peak_bytes", "device_used_bytes", "fits",
               "breakdown_mib", "modules_mib", "peak_phase", "sdpa_kernels")
+    light = fast.row(7, breakdown=False)  # a row without the breakdown: the same figures, the breakdown added later
+    light_figures = {k: getattr(light, k) for k in fields[:5]}
+    assert light.breakdown_mib is None
     for b in (2, 7, 13):
         f, s = fast.row(b), slow.row(b)
+        if b == 7:
+            assert f is light and {k: getattr(s, k) for k in fields[:5]} == light_figures
         assert f.source == ("fake" if b == 2 else "affine") and s.source == "fake"
         assert {k: getattr(f, k) for k in fields} == {k: getattr(s, k) for k in fields}, b
     assert sorted(fast.measures) == [2, 3, 4]  # no fake run beyond the probes
+
+
+@pytest.mark.parametrize("detector, variant", [("detr_tiny", "fused"),
+                                              ("deformable_detr_tiny", "enact")])
+def test_a_run_worst_plans_two_streams_share_one_template_and_equal_fake_runs(detector, variant):
+    """fit_pair: the run-worst size fitted through batch 2 and 3, carried to the typical size with
+    that size's fake run at 2 and confirmed by its fake run at 4 (four fake runs for both streams);
+    the rows of both, at two far batch sizes, equal a fake run per row to the byte."""
+    from enact_bench.predict.image_sizes import ImageSizes
+    from enact_bench.predict.search import VariantSearch, fit_pair
+
+    sizes = ImageSizes("run-worst", (128, 160), (96, 128), (96, 128), "test sizes")
+    req = PlanRequest(detector, custom_gpu(1.5), images=sizes, enact_cluster_size=2, jobs=1)
+    spec = variant_spec(detector.replace("_tiny", ""), variant, 2)
+    main = VariantSearch(req, spec)
+    typical = VariantSearch(req.typical(), spec, main.trainer, breakdown=False)
+    fit_pair(main, typical)
+    assert main.pair_note is None and main.stream.confirmed_at == typical.stream.confirmed_at == 4
+    assert sorted(main.measures) == [2, 3] and sorted(typical.measures) == [2, 4]
+    fields = ("tensor_peak_bytes", "alloc_peak_bytes", "reserved_peak_bytes", "device_used_bytes", "fits")
+    for search, hw in ((main, (128, 160)), (typical, (96, 128))):
+        slow = VariantSearch(PlanRequest(detector, custom_gpu(1.5), hw, enact_cluster_size=2, jobs=1, affine=False),
+                             spec, main.trainer)
+        for b in (6, 11):
+            f, s = search.row(b), slow.row(b, breakdown=False)
+            assert f.source == "affine" and f.image_size == s.image_size == hw
+            assert {k: getattr(f, k) for k in fields} == {k: getattr(s, k) for k in fields}, (hw, b)
 
 
 def test_without_shapes_the_quadratic_fit_through_three_probes_takes_over(monkeypatch):
@@ -203,3 +315,50 @@ def test_ddp_raises_every_rows_tensor_peak_by_the_bucket_bytes(tmp_path):
     d = json.loads(out.read_text())
     assert d["ddp"] is True and d["variants"][0]["ddp_bucket_bytes"] == buckets
     assert "DDP rank" in r.output
+
+
+def test_gpu_all_reuses_the_fake_steps_and_gives_each_gpu_its_own_plan():
+    """A sweep over GPUs (two memory sizes, two compute capabilities with other cuBLAS workspaces)
+    from one set of fake steps: on each GPU the largest batch and its row are those of a plan made
+    for that GPU alone."""
+    from enact_bench.predict.planner import plan_detector_gpus
+
+    gpus = (custom_gpu(1.5), custom_gpu(2.0, compute_capability=(9, 0)))
+    base = dict(variants=("original",), jobs=1)
+    swept = plan_detector_gpus(PlanRequest("detr_tiny", gpus[0], (96, 128), **base), gpus)
+    assert [p.request.gpu.name for p in swept] == [g.name for g in gpus]
+    assert swept[1].variants[0].fake_runs == [2, 3, 4]  # no fake run of its own
+    alone = plan_detector(PlanRequest("detr_tiny", gpus[1], (96, 128), **base)).variants[0]
+    v = swept[1].variants[0]
+    assert v.max_batch_size == alone.max_batch_size > swept[0].variants[0].max_batch_size
+    pick = lambda plan: next((r.device_used_bytes, r.reserved_peak_bytes, r.fits) for r in plan.rows  # noqa: E731
+                             if r.batch_size == plan.max_batch_size)
+    assert pick(v) == pick(alone)
+
+
+def test_sdpa_calls_tell_which_gpus_pick_other_kernels():
+    """bf16 fused DETR: flash on sm80 and sm90 alike, but no flash (and no bf16 memory-efficient
+    kernel) on sm70; the kernels recomputed from the recorded calls match the step's own count."""
+    from enact_bench.predict.cuda_policy import CudaArch
+    from enact_bench.predict.gpu_sweep import same_kernels
+    from enact_bench.predict.search import trainer_for
+
+    req = PlanRequest("detr_tiny", custom_gpu(1.5), (96, 128), dtype="bfloat16")
+    m = trainer_for(req, variant_spec("detr", "fused", 6)).step(2)
+    assert m.sdpa_calls and len(m.sdpa_calls) == sum(m.sdpa_kernels.values())
+    assert same_kernels([m], CudaArch(8, 0), CudaArch(9, 0)) and same_kernels([m], CudaArch(8, 0), CudaArch(8, 6))
+    assert not same_kernels([m], CudaArch(8, 0), CudaArch(7, 0))
+
+
+def test_gpu_all_on_the_command_line_gives_one_plan_per_gpu():
+    from enact_bench.predict.gpus import GPUS
+
+    r = cli.invoke(app, ["plan", "detr_tiny", "--gpu", "all", "-b", "2", "--variants", "original,fused",
+                         "--image-size", SIZE, "--json", "-"])
+    assert r.exit_code == 0, r.output
+    plans = json.loads(r.stdout)
+    assert [p["gpu"]["name"] for p in plans] == list(GPUS)
+    assert all(p["variants"][0]["rows"][0]["fits"] for p in plans)  # tiny: batch 2 fits everywhere
+    # the context differs per GPU: so does the device memory of the same step
+    assert len({p["variants"][0]["rows"][0]["device_used_mib"] for p in plans}) > 1
+    assert all(g in r.stderr for g in GPUS) and "whether each batch size given fits, per GPU" in " ".join(r.stderr.split())

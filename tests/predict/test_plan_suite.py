@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from enact_bench.errors import SuiteError
-from enact_bench.suite import Case, load_suite, load_suite_text
+from enact_bench.suite import Case, PlanSpec, load_suite, load_suite_text
 
 SUITE = '''
 name = "t"
@@ -120,8 +120,8 @@ def test_a_fake_case_without_target_runs_the_cuda_target_and_its_record_says_so(
 
 def test_the_smoke_suite_plans_detr_r50_on_an_80gb_gpu_first():
     s = load_suite("smoke")
-    assert s.plan == {"detectors": ["detr_r50"], "gpu": "h100-80gb", "image_size": [800, 1333],
-                      "variants": ["original", "fused", "enact"], "enact_cluster_size": 6}
+    assert s.plan == PlanSpec(detectors=("detr_r50",), gpu="h100-80gb", image_size=(800, 1333),
+                              variants=("original", "fused", "enact"), enact_cluster_size=6)
 
 
 def test_plan_table_rejects_unknown_keys():

@@ -1,10 +1,11 @@
-"""Suites: shipped files load, matrices expand to stable ids, bad input names key, file and choices."""
+"""Loading suites (suite/load.py): shipped files by name, matrices expanded to stable ids, overrides
+and --set, and whole-file errors that name the key, the file and the choices."""
 from __future__ import annotations
 
 import pytest
 
 from enact_bench.errors import SuiteError
-from enact_bench.suite import Case, find_suite, list_suites, load_suite, load_suite_text, parse_set_option
+from enact_bench.suite.load import find_suite, list_suites, load_suite, load_suite_text, parse_set_option
 
 
 def test_shipped_suites_found_by_name():
@@ -56,14 +57,6 @@ dtype = "bfloat16"
     assert ids[4:] == ["detr_tiny-base-infer-b2-32x48-dtype=bfloat16", "detr_tiny-base-infer-b2-coco-dtype=bfloat16"]
     assert s.cases[5].image_size is None and s.cases[5].image_size_dist == "coco"
     assert find_suite(str(p)) == p
-
-
-def test_case_id_is_stable_and_ignores_run_length():
-    a = Case(detector="detr_tiny", image_size=(64, 96), iters=3)
-    b = Case(detector="detr_tiny", image_size=(64, 96), iters=50, warmup=5, device="cuda")
-    assert a.case_id == b.case_id == "detr_tiny-base-train-b2-64x96"
-    assert Case(detector="detr_tiny", image_size=(64, 96), seed=1).case_id.endswith("-seed=1")
-    assert Case.from_dict(a.to_dict()) == a
 
 
 @pytest.mark.parametrize("text, needles", [
@@ -123,17 +116,6 @@ def test_set_option_parses_toml_values():
         parse_set_option("iters")
 
 
-def test_shipped_baseline_is_found_by_name_or_path(tmp_path):
-    from enact_bench.errors import UserInputError
-    from enact_bench.suite import find_baseline, list_baselines
-
-    assert find_baseline("ci-cpu") == list_baselines()["ci-cpu"]
-    assert find_baseline("ci-cpu").name == "ci-cpu.json" and find_baseline("ci-cpu").is_file()
-    assert find_baseline(str(tmp_path / "new.json")) == tmp_path / "new.json"  # --update may create it
-    with pytest.raises(UserInputError, match="unknown baseline 'nope'.*ci-cpu"):
-        find_baseline("nope")
-
-
 def test_registry_import_failure_is_loud(monkeypatch):
     """A registry that cannot be imported must not turn detector validation off."""
     import sys
@@ -169,26 +151,3 @@ def test_checkpoint_that_is_not_a_torch_file_fails_at_load(tmp_path):
                         base_dir=tmp_path)
     suite = load_suite_text('[defaults]\ndetector = "detr_tiny"\nimage_size = "64x64"\ntrust_checkpoint = true\n')
     assert suite.cases[0].trust_checkpoint and suite.cases[0].case_id == "detr_tiny-base-train-b2-64x64"
-
-
-def test_case_ids_are_short_readable_and_stable():
-    toy = load_suite("toy-detr").cases
-    assert max(len(c.case_id) for c in toy) <= 90
-    # the same options give the same id in every run (a resume and the baseline key on it)
-    assert toy[0].case_id == "detr_tiny-base-infer-b1-toy-opts=f0014e2f-num_classes=2-evaluate=coco"
-    assert load_suite("toy-detr").cases[0].case_id == toy[0].case_id
-    other = Case(detector="detr_tiny", data="toy", data_options={**toy[0].data_options, "images": 33})
-    assert other.case_id != Case(detector="detr_tiny", data="toy", data_options=toy[0].data_options).case_id
-    # key order in the suite file does not matter
-    a = Case(detector="detr_tiny", data="toy", data_options={"images": 8, "categories": 1})
-    b = Case(detector="detr_tiny", data="toy", data_options={"categories": 1, "images": 8})
-    assert a.case_id == b.case_id
-
-
-def test_ci_case_ids_are_the_baseline_keys():
-    import json
-
-    from enact_bench.suite import find_baseline
-
-    baseline = json.loads(find_baseline("ci-cpu").read_text())
-    assert [c.case_id for c in load_suite("ci").cases] == list(baseline["cases"])
