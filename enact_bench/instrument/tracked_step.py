@@ -197,6 +197,8 @@ class StepInstruments:
                     self.tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
                 counts.append(len(self.tracker.events) - before if self.tracker.events is not None else 0)
             self.live_before_counts = tuple(counts)
+            # no reference may outlive this: zero_grad must free the old gradients when it runs
+            del live, group, t
             start = self.tracker.current_bytes
             self.tracker.reset_peak()
             if self.attribution is not None:
