@@ -127,6 +127,7 @@ class PlanRequest:
     source_sizes: tuple | None = None
     sources_label: str = ""
     augmentation: object | None = None  # data/augmentation_sizes.Augmentation for --steps (None: the family's)
+    curve_points: int = 0  # --plot: this many batch sizes more per variant, from the streams (VariantPlan.curve)
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 0:
@@ -235,6 +236,9 @@ class VariantPlan:
     gpu_plans: dict | None = None
     # --steps: the run of drawn shapes through one allocator model (predict/steps_plan.StepsResult)
     steps: object | None = None
+    # --plot: device memory at more batch sizes, from the streams: {"batch_size", "device_used_mib",
+    # "typical_device_used_mib"} each
+    curve: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
         typical = {}
@@ -245,6 +249,8 @@ class VariantPlan:
                                    "fake_runs": t.fake_runs, "affine_confirmed_at": t.affine_confirmed_at,
                                    "affine_note": t.affine_note, "error": t.error}}
         steps = {"steps": self.steps.as_dict()} if self.steps is not None else {}
+        if self.curve:
+            steps["curve"] = self.curve
         return {"variant": self.variant, "applicable": self.applicable, "reason": self.reason, **typical, **steps,
                 "fake_runs": self.fake_runs, "affine_confirmed_at": self.affine_confirmed_at,
                 "affine_note": self.affine_note, "ddp_bucket_bytes": self.ddp_bucket_bytes,
