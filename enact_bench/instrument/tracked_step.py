@@ -115,7 +115,7 @@ def live_before_step(model: nn.Module, criterion: nn.Module, optimizer: torch.op
 
 
 def warm_up(model: nn.Module, criterion: nn.Module, optimizer, batch, how: str, *, clip_max_norm: float,
-            autocast: Callable = nullcontext, foreach: bool | None = None) -> None:
+            autocast: Callable = nullcontext, foreach: bool | None = None, scaler=None) -> None:
     """Bring the step to steady state. "step": a first training step (creates gradients and
     optimizer state); "prime": create them directly (train/optim.prime_optimizer_state; half the
     work); "none": the model and optimizer are already in steady state."""
@@ -123,7 +123,7 @@ def warm_up(model: nn.Module, criterion: nn.Module, optimizer, batch, how: str, 
 
     if how == "step":
         train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
-                   clip_max_norm=clip_max_norm, autocast=autocast, foreach=foreach)
+                   clip_max_norm=clip_max_norm, autocast=autocast, foreach=foreach, scaler=scaler)
     elif how == "prime":
         prime_optimizer_state(model, optimizer)
     elif how != "none":
@@ -181,8 +181,9 @@ class StepInstruments:
         return self.flops[1] if self.flops else nullcontext()
 
     def run(self, model: nn.Module, criterion: nn.Module, optimizer, batch, *, clip_max_norm: float,
-            foreach: bool | None = None, extra_live=()) -> int:
-        """The measured step under the instruments; returns the bytes alive when it started."""
+            foreach: bool | None = None, extra_live=(), scaler=None) -> int:
+        """The measured step under the instruments; returns the bytes alive when it started.
+        scaler: float16's GradScaler (train/step.py train_step)."""
         fwd, bwd = self._forward_ctx, self._backward_ctx
         if self.attribution is not None:
             fwd = lambda: self.attribution.forward(self._forward_ctx)  # noqa: E731
@@ -197,14 +198,17 @@ class StepInstruments:
                     self.tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
                 counts.append(len(self.tracker.events) - before if self.tracker.events is not None else 0)
             self.live_before_counts = tuple(counts)
-            # no reference may outlive this: zero_grad must free the old gradients when it runs
-            del live, group, t
+            # no reference beyond the loop: the step frees the previous gradients (zero_grad)
+            # and must see them go, as it does on a GPU
+            del live, group
+            t = None  # the loop's last tensor, too
             start = self.tracker.current_bytes
             self.tracker.reset_peak()
             if self.attribution is not None:
                 self.attribution.begin()
             train_step(model, criterion, optimizer, batch.images, batch.targets, mask=batch.mask,
-                       clip_max_norm=clip_max_norm, forward_ctx=fwd, backward_ctx=bwd, foreach=foreach)
+                       clip_max_norm=clip_max_norm, forward_ctx=fwd, backward_ctx=bwd, foreach=foreach,
+                       scaler=scaler)
         return start
 
     def measure(self, model: nn.Module, batch, start: int, *, t0: float, fake: bool, target: str = "cpu",
