@@ -141,16 +141,9 @@ def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b": []}, "b": {}}) is None
 
 
-def test_no_cycles_between_units():
-    graph = _graph()
-    cycle = _cycle(graph)
-    if cycle:
-        where = "; ".join(f"{a} -> {b} at {', '.join(graph[a][b][:3])}" for a, b in zip(cycle, cycle[1:]))
-        pytest.fail(f"import cycle {' -> '.join(cycle)}: {where}")
-
-
-def test_no_cycles_between_files():
-    graph = _file_graph()
+@pytest.mark.parametrize("granularity", ["units", "files"])
+def test_no_cycles(granularity):
+    graph = _graph() if granularity == "units" else _file_graph()
     cycle = _cycle(graph)
     if cycle:
         where = "; ".join(f"{a} -> {b} at {', '.join(graph[a][b][:3])}" for a, b in zip(cycle, cycle[1:]))

@@ -153,7 +153,7 @@ def steps_table(plan):
                     f"model on {plan.request.gpu.name}, against one step of the worst shape: ESTIMATES",
               title_justify="left")
     for col in ("variant", "batch", "distinct shapes", "worst shape", "one worst step: reserved / device MiB",
-                "the run: reserved after / device MiB", "run fits", "note"):
+                "the run: reserved after / peak device MiB", "run fits", "note"):
         t.add_column(col, justify="right" if "MiB" in col or col in ("batch", "distinct shapes") else "left")
     for v, s in runs:
         note = f"out of memory at step {s.oom_step}" if s.oom_step else (
@@ -221,6 +221,18 @@ def check_json_out(path: Path | None) -> bool:
                 raise UserInputError(f"--json {path}: {q} is not writable")
             break
     return False
+
+
+def check_plot_out(path: Path) -> None:
+    """--plot: a .png or .svg file that can be written; else a UserInputError, before the estimate."""
+    from enact_bench.errors import UserInputError
+
+    if Path(path).suffix.lower() not in (".png", ".svg"):
+        raise UserInputError(f"--plot {path}: expected a .png or .svg file name")
+    try:
+        check_json_out(Path(path))
+    except UserInputError as e:
+        raise UserInputError(str(e).replace("--json", "--plot").replace(" (or - for stdout)", "")) from None
 
 
 def _variant_list(text: str | None, families: dict[str, str]) -> tuple[str, ...] | None:
@@ -361,6 +373,8 @@ def register(app: typer.Typer) -> None:
                                        "through one allocator model (at each variant's largest batch), against one "
                                        "step of the worst shape"),
         seed: int = typer.Option(0, "--seed", help="--steps: the seed of the drawn shapes"),
+        plot: Path = typer.Option(None, "--plot", help="draw the plan to this .png or .svg file: memory against batch "
+                                                       "size per variant (one GPU), the largest batch per GPU (--gpu all)"),
         sizes_from: Path = typer.Option(None, "--sizes-from",
                                         help="a COCO annotation file: its images' sizes are the source images of "
                                              "--steps and of the run-worst size (default: a labelled assumption)"),
@@ -390,6 +404,8 @@ def register(app: typer.Typer) -> None:
             except ValueError as e:
                 raise UserInputError(f"--sizes-from {e}") from None
         to_stdout = check_json_out(json_out)
+        if plot is not None:
+            check_plot_out(plot)
         out_console = err_console if to_stdout else console  # with --json -, stdout holds the JSON alone
         if validate:
             from enact_bench.predict.validate import require_cuda
@@ -418,7 +434,8 @@ def register(app: typer.Typer) -> None:
                                         enact_cluster_size, _variants_of(det, names, overrides), margin, jobs=jobs,
                                         ddp=ddp, affine=not fake_runs, images=images, steps=steps or 0, seed=seed,
                                         source_sizes=sources, sources_label=f"{sizes_from}" if sizes_from else "",
-                                        overrides=overrides if is_source_name(det) else {}))
+                                        overrides=overrides if is_source_name(det) else {},
+                                        curve_points=8 if plot is not None and not every else 0))
         out = []
         for req in requests:
             if every:
@@ -454,6 +471,16 @@ def register(app: typer.Typer) -> None:
                 d["validation_device"] = device_name()
                 out_console.print(validation_table(d))
             out.append(d)
+        if plot is not None:
+            from enact_bench.report.plot_plan import plan_figure
+
+            groups: dict = {}
+            for d in out:
+                groups.setdefault(d["detector"], []).append(d)
+            for det, plans in groups.items():
+                target = plot if len(groups) == 1 else plot.with_name(f"{plot.stem}-{det}{plot.suffix}")
+                plan_figure(plans, target)
+                out_console.print(f"[dim]drew {target}[/]")
         if json_out is not None:
             text = json.dumps(out[0] if len(out) == 1 else out, indent=1)
             if to_stdout:

@@ -200,6 +200,10 @@ class StepInstruments:
                     self.tracker._track(t)  # counted in explicitly (count_existing=False scans nothing)
                 counts.append(len(self.tracker.events) - before if self.tracker.events is not None else 0)
             self.live_before_counts = tuple(counts)
+            # no reference beyond the loop: the step frees the previous gradients (zero_grad)
+            # and must see them go, as it does on a GPU
+            del live, group
+            t = None  # the loop's last tensor, too
             start = self.tracker.current_bytes
             self.tracker.reset_peak()
             if self.attribution is not None:

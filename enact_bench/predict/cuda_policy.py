@@ -1,7 +1,7 @@
 """What a CUDA GPU would run, modelled on fake CPU tensors (`target = "cuda"` of the estimate).
 
-FakeTensorMode on device cpu follows the CPU's kernel choices. Two of them differ on a GPU in
-what they keep alive, and this module switches them to CUDA's choice while the estimate runs:
+FakeTensorMode on device cpu follows the CPU's kernel choices. These differ on a GPU in what
+they keep alive, and the CUDA target switches them to CUDA's choice while the estimate runs:
 
 1. `torch.optim.AdamW` and `clip_grad_norm_` use the foreach implementation on CUDA tensors
    (torch/optim/optimizer.py `_default_to_fused_or_foreach`: foreach only for devices in
@@ -17,7 +17,6 @@ what they keep alive, and this module switches them to CUDA's choice while the e
    (`_scaled_dot_product_flash_attention` / `_scaled_dot_product_efficient_attention`), whose
    meta kernels give the CUDA shapes (the efficient kernel's logsumexp is padded to a multiple
    of 32 queries) and whose autograd node saves what CUDA's does.
-
 3. `aten::dropout` runs `native_dropout` (output + bool mask kept) where the CPU multiplies by a
    float noise tensor, and float16 softmax upcasts inside its kernel (predict/composites_cuda.py,
    from aten/src/ATen/native/Dropout.cpp and SoftMax.cpp).
@@ -235,7 +234,8 @@ def cuda_sdpa_policy(arch: CudaArch = CudaArch()):
 class StepKernels:
     """What the fake training step runs with, per target: `sdpa` (the CudaSdpa counting the kernels
     modelled; None for the CPU), `autocast` (a factory of the forward's autocast context) and
-    `scaler` (float16 on the CUDA target: the GradScaler; else None)."""
+    `scaler` (float16 on the CUDA target: the GradScaler; else None), `host_ops` (for the
+    live-tensor tracker)."""
 
     sdpa: CudaSdpa | None
     autocast: Callable
@@ -246,9 +246,10 @@ class StepKernels:
 @contextmanager
 def step_kernels(target: str, arch: CudaArch = CudaArch(), autocast_dtype: str | None = None, optimizer=None):
     """The kernels of `target` for one training step. "cpu": FakeTensorMode's CPU kernels and
-    torch.autocast("cpu") (the CPU's lists). "cuda": CUDA's SDPA kernel choice, native_dropout,
-    host tensors left out and copied to the device when asked, CUDA's autocast lists, and for float16 the GradScaler kept with `optimizer` (none without
-    one: a forward and loss alone need no scaler)."""
+    torch.autocast("cpu") (the CPU's lists). "cuda": CUDA's SDPA kernel choice, native_dropout
+    and float16 softmax, host tensors left out (and copied to the device when asked), CUDA's
+    autocast lists, and for float16 the GradScaler kept with `optimizer` (none without one: a
+    forward and loss alone need no scaler)."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     if autocast_dtype not in (None, "bfloat16", "float16"):

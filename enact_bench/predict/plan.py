@@ -33,13 +33,9 @@ from dataclasses import dataclass, field
 
 from enact_bench.metrics import MIB
 from enact_bench.errors import UserInputError
-from enact_bench.choices import DTYPES, TARGETS
+from enact_bench.choices import ALL_VARIANTS, DTYPES, SOURCE_ONLY_VARIANTS, TARGETS, VARIANTS
 from enact_bench.predict.image_sizes import ImageSizes
 
-VARIANTS = ("original", "fused", "enact", "enact+fused")
-# a source model's (hf:..., factories; detectors/sources.py) variant besides these: HF's eager attention
-SOURCE_ONLY_VARIANTS = ("eager",)
-ALL_VARIANTS = VARIANTS + SOURCE_ONLY_VARIANTS
 LINEAR_TOLERANCE = 0.01  # relative: fake run's tensor peak vs the probes' line
 DEFAULT_MARGIN_PCT = 5.0
 DEFAULT_CLUSTER_SIZE = 6
@@ -150,6 +146,7 @@ class PlanRequest:
     sources_label: str = ""
     augmentation: object | None = None  # data/augmentation_sizes.Augmentation for --steps (None: the family's)
     overrides: dict = field(default_factory=dict)  # --set KEY=VALUE: every variant's (a source model's config)
+    curve_points: int = 0  # --plot: this many batch sizes more per variant, from the streams (VariantPlan.curve)
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 0:
@@ -264,6 +261,9 @@ class VariantPlan:
     assumptions: list[str] = field(default_factory=list)
     attention: str | None = None
     user_error: bool = False  # the error is the user's to fix (a UserInputError: one line, exit 2 when all fail)
+    # --plot: device memory at more batch sizes, from the streams: {"batch_size", "device_used_mib",
+    # "typical_device_used_mib"} each
+    curve: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
         typical = {}
@@ -274,6 +274,8 @@ class VariantPlan:
                                    "fake_runs": t.fake_runs, "affine_confirmed_at": t.affine_confirmed_at,
                                    "affine_note": t.affine_note, "error": t.error}}
         steps = {"steps": self.steps.as_dict()} if self.steps is not None else {}
+        if self.curve:
+            steps["curve"] = self.curve
         return {"variant": self.variant, "applicable": self.applicable, "reason": self.reason, **typical, **steps,
                 "fake_runs": self.fake_runs, "affine_confirmed_at": self.affine_confirmed_at,
                 "affine_note": self.affine_note, "ddp_bucket_bytes": self.ddp_bucket_bytes,

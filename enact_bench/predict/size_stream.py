@@ -16,7 +16,10 @@ ENACT's windows add a condition: with cluster size L it pools floor(T / L) windo
 tokens and trims the T mod L left over, with other ops when there is a remainder. Where T (and
 so every level's token count) is a multiple of L, the window count T / L is bilinear too and the
 ops are the same; the corners are then L x Q apart (keeping T a multiple of L), and the model's
-values at sizes between them are exact fractions (`synthesize`).
+values at sizes between them are exact fractions (`synthesize`). The memory-efficient SDPA kernel
+adds two: it pads a key-padding mask whose length is not a multiple of 8 (other ops; so the
+fused variants keep T a multiple of 8 as well) and its logsumexp's query dimension to a multiple
+of 32 (modelled as such: the "lse" size).
 
 `plan --steps` rounds each drawn padded size up to such a size (`quantized`: multiples of Q,
 token count a multiple of L; a batch is never smaller than what it pads to) and synthesizes each

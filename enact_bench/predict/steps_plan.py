@@ -12,6 +12,7 @@ the GPU's workspaces and limit.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -67,7 +68,9 @@ def plan_steps(req, spec, trainer, batch: int) -> StepsResult:
     t0 = time.perf_counter()
     family = get_spec(req.detector).family
     q = FAMILY_QUANTUM.get(family, 64)
-    mult = spec.enact_cluster_size or 1  # ENACT: token counts a multiple of L (predict/size_stream.py)
+    # token counts a multiple of ENACT's L (its windows tile them) and, where SDPA gets the padding
+    # mask, of 8 (the memory-efficient kernel pads an unaligned mask with other ops: cuda_policy.py)
+    mult = math.lcm(spec.enact_cluster_size or 1, 8 if spec.overrides.get("attention") == "sdpa" else 1)
     sources = req.source_sizes or ASSUMED_SOURCE_SIZES
     aug = req.augmentation or augmentation_for(family)
     shapes = [quantized(hw, q, mult) for hw in sample_padded_sizes(req.seed, batch, req.steps, sources, aug)]

@@ -34,6 +34,8 @@ def plan_variant(req: PlanRequest, spec: VariantSpec, trainer=None, measures: di
         out.attention = getattr(getattr(run._trainer, "model", None), "attention", None)
         if other is not None:
             out.typical = typical_plan(other, spec, out)
+        if req.curve_points and out.searched:
+            out.curve = curve(run, other, out, req.curve_points)
         if req.steps:
             from enact_bench.predict.steps_plan import plan_steps
 
@@ -46,4 +48,22 @@ def plan_variant(req: PlanRequest, spec: VariantSpec, trainer=None, measures: di
     except Exception as e:  # noqa: BLE001 -- one variant failing is a result of the plan
         out.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
     out.seconds = time.perf_counter() - t0
+    return out
+
+
+def curve(run, other, plan: VariantPlan, points: int) -> list[dict]:
+    """Device memory at `points` batch sizes from 1 to past the largest batches (the run-worst
+    and the typical one), from the confirmed streams (no breakdowns); for --plot."""
+    from enact_bench.metrics import MIB
+
+    top = max(plan.max_batch_size or 1, (plan.typical.max_batch_size or 1) if plan.typical else 1) + 1
+    sizes = sorted({max(2, round(2 + k * (top - 2) / max(points - 1, 1))) for k in range(points)})
+    out = []
+    for b in sizes:
+        if run.stream is None or (other is not None and other.stream is None):
+            break  # only where no fake run is needed
+        entry = {"batch_size": b, "device_used_mib": round(run.row(b, breakdown=False).device_used_bytes / MIB, 1)}
+        if other is not None:
+            entry["typical_device_used_mib"] = round(other.row(b).device_used_bytes / MIB, 1)
+        out.append(entry)
     return out

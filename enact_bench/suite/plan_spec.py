@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from enact_bench.errors import SuiteError
+from enact_bench.choices import ALL_VARIANTS, VARIANTS
 from enact_bench.sizes import MIN_PLAN_SIDE_PX
 from enact_bench.suite.checks import known_detectors, check_value, is_int
 
@@ -24,7 +25,7 @@ class PlanSpec:
     detectors: tuple[str, ...]
     gpu: str = "h100-80gb"  # a name or alias of predict/gpus.py; kept as the table's name
     image_size: tuple[int, int] = (800, 1333)  # (H, W)
-    variants: tuple[str, ...] = ("original", "fused", "enact")
+    variants: tuple[str, ...] = VARIANTS
     enact_cluster_size: int = 6
 
     def __post_init__(self):
@@ -59,7 +60,6 @@ class PlanSpec:
         if min(size) < MIN_PLAN_SIDE_PX:
             raise ValueError(f"image_size = {size[0]}x{size[1]}: both sides must be >= {MIN_PLAN_SIDE_PX} pixels "
                              "(the backbone's stride)")
-        from enact_bench.predict.plan import ALL_VARIANTS
 
         if not isinstance(self.variants, tuple) or not self.variants or not all(
                 v in ALL_VARIANTS for v in self.variants):

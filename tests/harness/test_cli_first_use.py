@@ -100,8 +100,9 @@ def test_check_prints_its_table_only_when_it_has_rows(tmp_path):
 def test_show_report_and_check_default_to_the_latest_run(tmp_path, monkeypatch):
     older = _copy_run(tmp_path / "reports" / "older")
     newer = _copy_run(tmp_path / "reports" / "newer")
-    old = time.time() - 3600
-    os.utime(older / "records.jsonl", (old, old))
+    now = time.time()  # copytree keeps the fixture's mtime: set both, so the order is the test's own
+    os.utime(older / "records.jsonl", (now - 3600, now - 3600))
+    os.utime(newer / "records.jsonl", (now, now))
     (tmp_path / "reports" / "report-a-vs-b").mkdir()  # a report folder: no records, never "a run"
     monkeypatch.chdir(tmp_path)
     shown = cli.invoke(app, ["show"])

@@ -362,3 +362,18 @@ def test_gpu_all_on_the_command_line_gives_one_plan_per_gpu():
     # the context differs per GPU: so does the device memory of the same step
     assert len({p["variants"][0]["rows"][0]["device_used_mib"] for p in plans}) > 1
     assert all(g in r.stderr for g in GPUS) and "whether each batch size given fits, per GPU" in " ".join(r.stderr.split())
+
+
+def test_plot_draws_the_plan_as_png_or_svg(tmp_path):
+    png, svg = tmp_path / "plan.png", tmp_path / "gpus.svg"
+    r = cli.invoke(app, ["plan", "detr_tiny", "--gpu-mem", "1.5", "--image-size", SIZE, "-b", "2", "-b", "3",
+                         "--variants", "original", "--plot", str(png)])
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    r = cli.invoke(app, ["plan", "detr_tiny", "--gpu", "all", "--image-size", SIZE, "-b", "2",
+                         "--variants", "original", "--plot", str(svg)])
+    assert r.exit_code == 0, r.output
+    text = svg.read_text()
+    assert "ESTIMATE" in text and "h100-80gb" in text and "rtx4090-24gb" in text
+    bad = cli.invoke(app, ["plan", "detr_tiny", "--gpu", "h100", "--plot", str(tmp_path / "plan.pdf")])
+    assert bad.exit_code == 2 and ".png or .svg" in bad.output and len(bad.output.strip().splitlines()) == 1

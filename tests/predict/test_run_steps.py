@@ -68,6 +68,11 @@ def test_the_stream_at_any_padded_size_equals_a_fake_run_there():
         other = trainer.step(2, image_size=hw)
         assert canonical(model.synthesize(hw)) == canonical(other.events), hw
     assert other.live_before_counts == far.live_before_counts and other.live_before_counts[1] == 2 * 3
+    # the step's zero_grad frees the previous gradients inside the recorded stream (nothing holds them)
+    n_state = other.live_before_counts[0]
+    state = {key for _, key, _ in other.events[:n_state]}
+    freed = {key for kind, key, _ in other.events[n_state:] if kind == "free"} & state
+    assert len(freed) == sum(1 for p in trainer.model.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="multiples of 32"):
         model.synthesize((100, 128))
 
