@@ -60,6 +60,23 @@ TINY: dict[str, dict] = {
     "rt_detr_v2": _RT_DETR_LIKE,
     "d_fine": _D_FINE_LIKE,
     "deimv2": _D_FINE_LIKE,
+    # LW-DETR / RF-DETR: a two-block windowed ViT (DINOv2 for RF-DETR), one projector level (the
+    # defaults have none for LW-DETR), two query groups instead of 13
+    "lw_detr": {"backbone_config": {"model_type": "lw_detr_vit", "hidden_size": 32, "num_hidden_layers": 2,
+                                    "num_attention_heads": 2, "mlp_ratio": 2, "image_size": 128,
+                                    "pretrain_image_size": 64, "window_block_indices": [0], "num_windows": 4,
+                                    "num_windows_side": 2, "out_features": ["stage1", "stage2"], "out_indices": [1, 2]},
+                "d_model": 32, "decoder_ffn_dim": 64, "decoder_layers": 2, "decoder_self_attention_heads": 2,
+                "decoder_cross_attention_heads": 2, "num_queries": 10, "group_detr": 2, "decoder_n_points": 2,
+                "projector_scale_factors": [1.0], "projector_in_channels": [32, 32], "projector_out_channels": 32,
+                "num_feature_levels": 1},
+    "rf_detr": {"backbone_config": {"model_type": "rf_detr_dinov2", "hidden_size": 32, "num_hidden_layers": 2,
+                                    "num_attention_heads": 2, "mlp_ratio": 2, "image_size": 112, "num_windows": 2,
+                                    "window_block_indexes": [0], "out_features": ["stage1", "stage2"],
+                                    "out_indices": [1, 2]},
+                "d_model": 32, "decoder_ffn_dim": 64, "decoder_layers": 2, "decoder_self_attention_heads": 2,
+                "decoder_cross_attention_heads": 2, "num_queries": 10, "group_detr": 2, "decoder_n_points": 2,
+                "num_feature_levels": 1, "intermediate_size": 64},
 }
 
 # Model types whose inputs include text: refused (enact-bench feeds images and boxes only).

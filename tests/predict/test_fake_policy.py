@@ -82,16 +82,17 @@ def test_scipy_matcher_gets_a_fixed_assignment_only_inside_and_only_for_fake_cos
     assert hf_loss.linear_sum_assignment is original and scipy.optimize.linear_sum_assignment is original
 
 
-BOUNDED = ("d_fine",)  # its loss selects with masks of predicted values: the fake step bounds them above
+BOUNDED = ("d_fine", "deimv2")  # its loss selects with masks of predicted values: the fake step bounds them above
 
 
 @pytest.mark.parametrize("model_type", ["detr", "conditional_detr", "dab-detr", "table-transformer",
-                                        "deformable_detr", "yolos", "rt_detr", "rt_detr_v2", "d_fine"])
+                                        "deformable_detr", "yolos", "rt_detr", "rt_detr_v2", "d_fine", "deimv2",
+                                        "lw_detr", "rf_detr"])
 def test_fake_step_equals_the_real_cpu_step_to_the_byte(model_type):
     """A tiny HF model, batch 2 at 64x96: the real CPU step's tracked peak and start bytes equal the
     fake step's, whose optimizer state is primed (no warm-up step) for the parameters its loss
-    reaches (Conditional DETR and DAB-DETR leave a query_scale MLP without a gradient); D-FINE's
-    fake peak is an upper bound of the real one (its boolean masks of predicted values)."""
+    reaches (Conditional DETR and DAB-DETR leave a query_scale MLP without a gradient); D-FINE's and DEIMv2's
+    fake peaks are upper bounds of the real ones (their boolean masks of predicted values)."""
     name = f"hf:{model_type}"
     torch.manual_seed(0)
     real_model = create_detector(name, tiny=True)
