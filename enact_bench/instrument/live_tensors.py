@@ -206,7 +206,7 @@ class LiveTensorTracker(TorchDispatchMode):
 
     def _observe(self, func, args, kwargs, run):
         """Count what the op `func` (run by `run()`) writes into and the storages it creates."""
-        written = _written_args(func)
+        written = written_args(func)
         for i, name, kwarg_only in written:  # in-place / out= ops: their destinations existed before
             value = kwargs.get(name) if (kwarg_only or i >= len(args)) else args[i]
             for t in ((value,) if isinstance(value, torch.Tensor) else tree_leaves(value)):
@@ -258,7 +258,7 @@ _METADATA_OPS = frozenset({torch.ops.prim.device.default, torch.ops.prim.layout.
 _WRITTEN: dict = {}
 
 
-def _written_args(func) -> tuple:
+def written_args(func) -> tuple:
     """(position, name, kwarg_only) of each argument `func` writes into (in place, out=), cached
     per op: reading the schema costs more than the rest of the bookkeeping."""
     found = _WRITTEN.get(func)

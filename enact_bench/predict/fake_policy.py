@@ -44,6 +44,8 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_map_only
 
+from enact_bench.instrument.live_tensors import written_args
+
 aten = torch.ops.aten
 # elements an op may output and still get a real shadow: 2^25 holds the pixel mask of 31 images of
 # 800x1333 (int64: 256 MiB while it lives; only masks and small index tensors ever get one)
@@ -532,17 +534,9 @@ def _whole(t) -> bool:
     return t.is_contiguous() and t.numel() * t.element_size() == t.untyped_storage().nbytes()
 
 
-_WRITES: dict = {}
-
-
 def _written(func, args, kwargs) -> list:
-    """The tensors an op writes into (in place, out=); the schema's answer cached per op."""
-    where = _WRITES.get(func)
-    if where is None:
-        schema = func._schema
-        where = tuple((i, a.name, a.kwarg_only) for i, a in enumerate(schema.arguments)
-                      if schema.is_mutable and a.alias_info is not None and a.alias_info.is_write)
-        _WRITES[func] = where
+    """The tensors an op writes into (in place, out=)."""
+    where = written_args(func)
     if not where:
         return []
     out = []
