@@ -68,8 +68,7 @@ TINY: dict[str, dict] = {
                                     "num_windows_side": 2, "out_features": ["stage1", "stage2"], "out_indices": [1, 2]},
                 "d_model": 32, "decoder_ffn_dim": 64, "decoder_layers": 2, "decoder_self_attention_heads": 2,
                 "decoder_cross_attention_heads": 2, "num_queries": 10, "group_detr": 2, "decoder_n_points": 2,
-                "projector_scale_factors": [1.0], "projector_in_channels": [32, 32], "projector_out_channels": 32,
-                "num_feature_levels": 1},
+                "projector_scale_factors": [1.0]},
     "rf_detr": {"backbone_config": {"model_type": "rf_detr_dinov2", "hidden_size": 32, "num_hidden_layers": 2,
                                     "num_attention_heads": 2, "mlp_ratio": 2, "image_size": 112, "num_windows": 2,
                                     "window_block_indexes": [0], "out_features": ["stage1", "stage2"],
@@ -270,6 +269,17 @@ def build_config(kind: str, target: str, name: str, overrides: dict, num_classes
     return config, canonical
 
 
+def _check_trainable(config) -> None:
+    """A config whose model cannot run a step as configured: one line saying what to set. Only
+    LW-DETR's defaults are known to: its projector has no level (`projector_scale_factors = []`),
+    and the model fails in torch.cat with nothing to concatenate."""
+    if config.model_type == "lw_detr" and not list(getattr(config, "projector_scale_factors", [1.0])):
+        raise UserInputError("hf:lw_detr: its config has no projector level (projector_scale_factors = []: the "
+                             "transformers default), so the model cannot run; set one, e.g. --set "
+                             "'config.projector_scale_factors=[1.0]' (LW-DETR small's single P4 level), or "
+                             "overrides = {\"config.projector_scale_factors\" = [1.0]} in a suite")
+
+
 def _no_pretrained_backbone(config) -> None:
     """Random backbone weights: switch off every `use_pretrained_backbone` (config and sub-configs)."""
     for c in (config, getattr(config, "backbone_config", None)):
@@ -286,6 +296,7 @@ def supports_sdpa(model_type: str) -> bool:
 def build_model(config, attn_implementation: str | None):
     """transformers' *ForObjectDetection from `config` with random weights."""
     t = _transformers()
+    _check_trainable(config)
     kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         return t.AutoModelForObjectDetection.from_config(config, **kw)

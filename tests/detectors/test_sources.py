@@ -60,6 +60,16 @@ def test_hf_bad_names_and_fields_are_one_line_errors():
         create_detector("hf:detr", bogus=1)
 
 
+def test_a_config_that_cannot_train_says_what_to_set_and_the_setting_trains():
+    """LW-DETR's transformers defaults have no projector level (its forward fails in torch.cat):
+    one line naming the field; with the field set, a real step of the tiny model runs."""
+    with pytest.raises(UserInputError, match=r"hf:lw_detr: its config has no projector level .*"
+                                             r"config\.projector_scale_factors=\[1\.0\]") as e:
+        create_detector("hf:lw_detr")
+    assert "\n" not in str(e.value)
+    assert torch.isfinite(_one_step(create_detector("hf:lw_detr", tiny=True)))
+
+
 def test_hf_path_reads_a_saved_config_and_a_folder_without_one_is_an_error(tmp_path):
     from transformers import AutoConfig
 
