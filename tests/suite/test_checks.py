@@ -8,6 +8,7 @@ from enact_bench.errors import SuiteError
 from enact_bench.suite.case import CASE_KEYS
 from enact_bench.choices import DTYPES, MODES, TARGETS
 from enact_bench.suite.checks import LAUNCHERS, VALIDATORS, check_value
+from enact_bench.detectors.sources import SYNTAX
 
 IMAGE_SIZE = '"HxW" (e.g. "800x1333"), [H, W] or "coco"'
 
@@ -40,7 +41,7 @@ def test_a_key_without_a_validator_lists_the_valid_keys():
 # (key, bad value, the message after "W: key = value: "); a callable builds it from a registry
 BAD = [
     ("detector", 3, "expected a detector name (string)"),
-    ("detector", "detr_giant", lambda: f"expected one of {_detectors()}"),
+    ("detector", "detr_giant", lambda: f"expected one of {_detectors()}, or a model source ({SYNTAX})"),
     *[(k, 1, "expected true or false") for k in
       ("enact", "tf32", "cudnn_benchmark", "flops", "fake", "ddp", "trust_checkpoint")],
     ("enact_config", 3, 'expected a table of EnactConfig fields, e.g. {sigma = 3.0, backend = "sdpa"}'),
